@@ -1,0 +1,367 @@
+"""frank_wolfe computes Algorithm 1 exactly, compiles once, composes, rejects bad input."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fw_optax
+
+from numpy_reference import frank_wolfe_delta, quadratic_grad, rnn_loss_and_grad
+
+P_VALUES = [1.0, 2.0, 3.0, math.inf]
+SCOPES = ["global", "leaf"]
+SCHEDULE = optax.exponential_decay(0.3, transition_steps=1, decay_rate=0.5)
+
+
+def _delta_at(delta, t):
+    return float(delta(t)) if callable(delta) else delta
+
+
+def _to_np(tree):
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+# ----------------------------------------------------------------------------- problems
+def _quadratic(seed=0):
+    rng = np.random.default_rng(seed)
+    n = 7
+    M = rng.standard_normal((n, n))
+    A, b = M @ M.T / n, rng.standard_normal(n)
+    params = {
+        "u": jnp.asarray(rng.standard_normal(3), jnp.float32),
+        "v": jnp.asarray(rng.standard_normal((2, 2)), jnp.float32),
+    }
+    A32, b32 = jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32)
+
+    def loss_fn(w):
+        flat = jnp.concatenate([w["u"], w["v"].ravel()])
+        return 0.5 * flat @ A32 @ flat + b32 @ flat + jnp.sum(flat**4) / 4
+
+    def np_grad(w, k):
+        return quadratic_grad(w, A, b)
+
+    return params, loss_fn, np_grad
+
+
+def _rnn_params(rng, F=2, H=5):
+    shapes = {"Wx": (F, H), "Wh": (H, H), "b": (H,), "Wo": (H, 1), "bo": (1,)}
+    return {k: jnp.asarray(0.5 * rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+
+
+def _rnn_loss(w, x, y):
+    def step(h, xt):
+        h = jnp.tanh(xt @ w["Wx"] + h @ w["Wh"] + w["b"])
+        return h, None
+
+    h, _ = jax.lax.scan(step, jnp.zeros((x.shape[0], w["Wh"].shape[0])), jnp.swapaxes(x, 0, 1))
+    return jnp.mean((h @ w["Wo"] + w["bo"] - y) ** 2)
+
+
+def _rnn_order(w):  # the NumPy reference's parameter order
+    return [w[k] for k in ("Wx", "Wh", "b", "Wo", "bo")]
+
+
+def _rnn(seed=0, B=3, T=6, F=2):
+    rng = np.random.default_rng(seed)
+    params = _rnn_params(rng, F)
+    x, y = rng.standard_normal((B, T, F)), rng.standard_normal((B, 1))
+
+    def np_grad(w, k):
+        return rnn_loss_and_grad(w, x, y)[1]
+
+    loss_fn = functools.partial(
+        _rnn_loss, x=jnp.asarray(x, jnp.float32), y=jnp.asarray(y, jnp.float32)
+    )
+    return params, loss_fn, np_grad
+
+
+def _reference_step(params_np, np_grad, K, delta, p, scope, cumulative, t):
+    return frank_wolfe_delta(
+        params_np, np_grad(params_np, 1), np_grad, K, _delta_at(delta, t), p, scope, cumulative
+    )
+
+
+def _check_against_reference(params, loss_fn, np_grad, to_np, K, delta, p, scope, cumulative):
+    eta, steps = 0.5, 3
+    tx = optax.chain(
+        fw_optax.frank_wolfe(K, delta, p, scope=scope, cumulative=cumulative), optax.sgd(eta)
+    )
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    w_np = to_np(params)
+    for t in range(steps):
+        params, state = step(params, state)
+        d = _reference_step(w_np, np_grad, K, delta, p, scope, cumulative, t)
+        w_np = [w + eta * di for w, di in zip(w_np, d, strict=True)]
+        for got, want in zip(to_np(params), w_np, strict=True):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("K", [1, 2, 5])
+@pytest.mark.parametrize("p", P_VALUES)
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("delta", [0.2, SCHEDULE], ids=["float", "schedule"])
+def test_matches_numpy_reference_on_quadratic(K, p, scope, delta):
+    params, loss_fn, np_grad = _quadratic()
+    for cumulative in [False, True] if K == 5 else [False]:
+        _check_against_reference(params, loss_fn, np_grad, _to_np, K, delta, p, scope, cumulative)
+
+
+@pytest.mark.parametrize("K", [1, 2, 5])
+@pytest.mark.parametrize("p", P_VALUES)
+@pytest.mark.parametrize("scope", SCOPES)
+def test_matches_numpy_reference_on_rnn(K, p, scope):
+    params, loss_fn, np_grad = _rnn()
+    to_np = lambda w: [np.asarray(a, np.float64) for a in _rnn_order(w)]  # noqa: E731
+    delta = SCHEDULE if scope == "global" else 0.2
+    _check_against_reference(params, loss_fn, np_grad, to_np, K, delta, p, scope, K == 5)
+
+
+def test_rnn_reference_gradient_matches_autodiff():
+    # Guards the reference itself: its hand-written BPTT agrees with jax.grad.
+    params, loss_fn, np_grad = _rnn(seed=3)
+    got = [np.asarray(g) for g in _rnn_order(jax.grad(loss_fn)(params))]
+    want = np_grad([np.asarray(a, np.float64) for a in _rnn_order(params)], 1)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_cumulative_differs_from_algorithm_1_for_K_3():
+    params, loss_fn, _ = _quadratic()
+    grads = jax.grad(loss_fn)(params)
+    outs = []
+    for cumulative in (False, True):
+        tx = fw_optax.frank_wolfe(3, 0.5, 2, cumulative=cumulative)
+        outs.append(tx.update(grads, tx.init(params), params, value_fn=loss_fn)[0])
+    assert not np.allclose(outs[0]["u"], outs[1]["u"], atol=1e-4)
+
+
+def test_inner_batches_feed_one_batch_per_inner_step():
+    rng = np.random.default_rng(1)
+    K, B, T, F = 4, 3, 5, 2
+    params = _rnn_params(rng, F)
+    xs, ys = rng.standard_normal((K, B, T, F)), rng.standard_normal((K, B, 1))
+
+    def np_grad(w, k):  # inner step k eats mini-batch k (1-based)
+        return rnn_loss_and_grad(w, xs[k - 1], ys[k - 1])[1]
+
+    def value_fn(w, batch):
+        return _rnn_loss(w, *batch)
+
+    batches = (jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32))
+    tx = fw_optax.frank_wolfe(K, 0.3, 2, scope="leaf", cumulative=True)
+    grads = jax.grad(value_fn)(params, jax.tree.map(lambda a: a[0], batches))
+    inner = jax.tree.map(lambda a: a[1:], batches)
+    update = jax.jit(functools.partial(tx.update, value_fn=value_fn))
+    out, _ = update(grads, tx.init(params), params, inner_batches=inner)
+    w_np = [np.asarray(a, np.float64) for a in _rnn_order(params)]
+    want = frank_wolfe_delta(w_np, np_grad(w_np, 1), np_grad, K, 0.3, 2.0, "leaf", True)
+    for got, w in zip(_rnn_order(out), want, strict=True):
+        np.testing.assert_allclose(got, -w, rtol=2e-5, atol=2e-6)
+
+
+def test_inner_batches_can_carry_the_step_index():
+    seen = []
+    K = 4
+
+    def value_fn(w, k):
+        seen.append(k.shape)
+        return jnp.sum(w * k)  # gradient k: inner step k sees its own index
+
+    w = jnp.ones(2)
+    tx = fw_optax.frank_wolfe(K, 1.0, 2)
+    out, _ = tx.update(w, tx.init(w), w, value_fn=value_fn, inner_batches=jnp.arange(2.0, K + 1))
+    assert seen == [()]  # traced once, inside the scan
+    np.testing.assert_allclose(out, -lp_unit(w))
+
+
+def lp_unit(g):
+    return -g / jnp.linalg.norm(g)
+
+
+# ----------------------------------------------------------------------------- compilation
+def test_compiles_once_across_steps():
+    params, loss_fn, _ = _quadratic()
+    tx = optax.chain(fw_optax.frank_wolfe(5, SCHEDULE, 3), optax.adam(1e-2))
+    traces = []
+
+    @jax.jit
+    def step(params, state):
+        traces.append(1)
+        grads = jax.grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(3):
+        params, state = step(params, state)
+    assert len(traces) == 1
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("K", [2, 9])
+def test_inner_loop_is_one_scan_not_unrolled(K):
+    params, loss_fn, _ = _quadratic()
+    tx = fw_optax.frank_wolfe(K, 0.1, 2)
+    grads = jax.grad(loss_fn)(params)
+    jaxpr = jax.make_jaxpr(functools.partial(tx.update, value_fn=loss_fn))(
+        grads, tx.init(params), params
+    )
+    text = str(jaxpr)
+    assert text.count("scan[") == 1
+    assert f"length={K - 1}" in text
+
+
+# ----------------------------------------------------------------------------- composition
+def test_chain_with_clip_schedule_and_adam_matches_manual_composition():
+    params, loss_fn, _ = _quadratic()
+    fw = fw_optax.frank_wolfe(3, 0.2, 2)
+    lr = optax.linear_schedule(0.1, 0.01, 10)
+    tx = optax.chain(optax.clip_by_global_norm(0.5), fw, optax.sgd(lr), optax.adam(1e-2))
+    manual = [optax.clip_by_global_norm(0.5), fw, optax.sgd(lr), optax.adam(1e-2)]
+    state, mstates = tx.init(params), [m.init(params) for m in manual]
+    p1 = p2 = params
+    for _ in range(3):
+        g = jax.grad(loss_fn)(p1)
+        u, state = tx.update(g, state, p1, value_fn=loss_fn, unrelated=123)
+        p1 = optax.apply_updates(p1, u)
+        u = jax.grad(loss_fn)(p2)
+        for i, m in enumerate(manual):
+            u, mstates[i] = (
+                m.update(u, mstates[i], p2, value_fn=loss_fn)
+                if m is fw
+                else m.update(u, mstates[i], p2)
+            )
+        p2 = optax.apply_updates(p2, u)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_vmap_over_independent_problems():
+    rng = np.random.default_rng(2)
+    targets = jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)
+    tx = optax.chain(fw_optax.frank_wolfe(4, 0.3, 3), optax.sgd(1.0))
+
+    def one(w, target):
+        loss_fn = lambda v: jnp.sum((v - target) ** 2) + jnp.sum(v**4)  # noqa: E731
+        u, _ = tx.update(jax.grad(loss_fn)(w), tx.init(w), w, value_fn=loss_fn)
+        return u
+
+    w0 = jnp.zeros((4, 3))
+    batched = jax.vmap(one)(w0, targets)
+    looped = jnp.stack([one(w0[i], targets[i]) for i in range(4)])
+    np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(batched[0], batched[1])
+
+
+def test_inject_hyperparams_with_delta_injected():
+    params, loss_fn, _ = _quadratic()
+    grads = jax.grad(loss_fn)(params)
+    plain = fw_optax.frank_wolfe(3, 0.2, 3)
+    injected = optax.inject_hyperparams(fw_optax.frank_wolfe, static_args=("K", "p"))(
+        K=3, delta=0.2, p=3
+    )
+    state = injected.init(params)
+    want, _ = plain.update(grads, plain.init(params), params, value_fn=loss_fn)
+    got, _ = jax.jit(functools.partial(injected.update, value_fn=loss_fn))(grads, state, params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    state.hyperparams["delta"] = jnp.asarray(0.4)
+    got, _ = injected.update(grads, state, params, value_fn=loss_fn)
+    plain = fw_optax.frank_wolfe(3, 0.4, 3)
+    want, _ = plain.update(grads, plain.init(params), params, value_fn=loss_fn)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_params_keep_dtype(dtype):
+    params = {"w": jnp.ones((4,), dtype), "b": jnp.zeros((2,), dtype)}
+    loss_fn = lambda w: jnp.sum(w["w"].astype(jnp.float32) ** 2) + jnp.sum(w["b"] - 1.0)  # noqa: E731
+    tx = optax.chain(fw_optax.frank_wolfe(3, 0.1, 2), optax.sgd(0.1))
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=loss_fn))
+    for _ in range(2):
+        updates, state = step(jax.grad(loss_fn)(params), state, params)
+        params = optax.apply_updates(params, updates)
+        assert {u.dtype for u in jax.tree.leaves(updates)} == {jnp.dtype(dtype)}
+        assert {u.dtype for u in jax.tree.leaves(params)} == {jnp.dtype(dtype)}
+        assert state[0].count.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_zero_gradients_give_zero_updates(K):
+    params = {"a": jnp.ones((2, 2)), "b": jnp.ones(3)}
+    tx = fw_optax.frank_wolfe(K, 0.5, 2)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    out, state = tx.update(zero, tx.init(params), params, value_fn=lambda w: jnp.float32(1.0))
+    for leaf in jax.tree.leaves(out):
+        np.testing.assert_array_equal(leaf, 0.0)
+    assert int(state.count) == 1
+
+
+def test_k1_needs_no_value_fn_and_is_normalized_gradient():
+    g = {"a": jnp.array([3.0, 4.0])}
+    tx = fw_optax.frank_wolfe(1, 2.0, 2)
+    out, _ = tx.update(g, tx.init(g))
+    np.testing.assert_allclose(out["a"], [1.2, 1.6], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"K": 0}, "K must be an int >= 1, got K=0"),
+        ({"K": -2}, "K=-2"),
+        ({"K": 2.5}, "K=2.5"),
+        ({"K": "3"}, "K='3'"),
+        ({"K": True}, "K=True"),
+        ({"p": 0.5}, "p must be >= 1"),
+        ({"p": "two"}, "p='two'"),
+        ({"delta": -0.1}, "delta must be >= 0, got delta=-0.1"),
+        ({"delta": float("nan")}, "delta=nan"),
+        ({"delta": "big"}, "delta"),
+        ({"scope": "layer"}, "scope.*'layer'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    args = {"K": 2, "delta": 0.1, "p": 2} | kwargs
+    scope = args.pop("scope", "global")
+    with pytest.raises(ValueError, match=match):
+        fw_optax.frank_wolfe(**args, scope=scope)
+
+
+def test_missing_value_fn_is_a_type_error_naming_it():
+    w = jnp.ones(3)
+    tx = fw_optax.frank_wolfe(2, 0.1)
+    with pytest.raises(TypeError, match="value_fn"):
+        tx.update(w, tx.init(w), w)
+
+
+def test_inner_batches_with_wrong_leading_axis_is_named():
+    w = jnp.ones(3)
+    tx = fw_optax.frank_wolfe(3, 0.1)
+    with pytest.raises(ValueError, match="K-1=2"):
+        tx.update(
+            w, tx.init(w), w, value_fn=lambda v, b: jnp.sum(v * b), inner_batches=jnp.ones((3, 3))
+        )
+
+
+def test_injecting_K_without_static_args_says_how_to_fix():
+    tx = optax.inject_hyperparams(fw_optax.frank_wolfe)(K=2, delta=0.1)
+    w = jnp.ones(2)
+    update = jax.jit(functools.partial(tx.update, value_fn=lambda v: jnp.sum(v**2)))
+    with pytest.raises(ValueError, match="list 'K' in static_args"):
+        update(w, tx.init(w), w)
