@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import fw_optax
