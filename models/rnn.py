@@ -1,0 +1,287 @@
+"""Sequence models: stacked recurrent layers of any cell, batch norm, and a linear head.
+
+``RNNModel`` covers every model the paper's tables name: a vanilla tanh RNN, LSTM, GRU or
+IndRNN, one layer or a deep stack (P2), optional batch norm between layers (the authors'
+deep IndRNN) or on the final hidden state ("RNN + BN"), and a linear head on ``h_T``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Initializer
+
+from models.cells import CELL_NAMES, make_cell
+from models.scan_rnn import scan_cell
+
+Array = jax.Array
+Carry = Any
+IMPLS: tuple[str, ...] = ("auto", "hoisted", "flax")
+
+# PyTorch's BatchNorm1d defaults (momentum 0.1 = Flax 0.9, eps 1e-5), as the authors ran.
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+
+
+class HoistedRNN(nn.Module):
+    """A Flax cell run by ``scan_cell``: input projection hoisted out of the time loop.
+
+    The cell is a child module named ``cell``, so the parameters are created by the cell
+    itself and the tree equals ``nn.RNN(cell)``'s: the two are interchangeable.
+    """
+
+    cell: nn.RNNCellBase
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, xs: Array, initial_carry: Carry) -> tuple[Carry, Array]:
+        """Inputs ``[T, B, F]`` and a carry; returns ``(carry_T, outputs [T, B, H])``."""
+        if self.is_initializing():
+            self.cell(initial_carry, xs[0])
+        return scan_cell(
+            self.cell, self.cell.variables["params"], xs, initial_carry, unroll=self.unroll
+        )
+
+
+class RNNModel(nn.Module):
+    r"""Stacked RNN with a linear head on the last hidden state.
+
+    .. math::
+
+        h^{(0)}_t = x_t,\quad h^{(l)}_t = \mathrm{cell}_l(h^{(l)}_{t-1}, \mathrm{N}(h^{(l-1)}_t)),
+        \quad y = W_o\, \mathrm{BN}(h^{(d)}_T) + b_o
+
+    where N is the optional between-layer batch norm and dropout, and BN the optional final
+    batch norm. ``y`` is linear; the loss that gives it meaning is in ``models.heads``.
+
+    Batch norm ("RNN + BN", ``batch_norm``; between layers, ``layer_batch_norm``) keeps its
+    running statistics in the ``batch_stats`` collection, the Flax way: ``train=True``
+    normalizes with the batch's statistics and, when applied with
+    ``mutable=["batch_stats"]``, returns the updated running averages; ``train=False``
+    uses the stored averages and changes nothing. ``make_train_loss`` wraps this into a
+    pure loss for ``jax.grad`` and ``frank_wolfe`` (see there how the statistics flow).
+
+    Attributes:
+      hidden_size: H, units per layer.
+      output_size: size of ``y`` (classes for a classifier, 1 for regression/binary).
+      cell: one of ``"simple"`` (Flax ``SimpleCell``, tanh), ``"lstm"``
+        (``OptimizedLSTMCell``), ``"gru"`` (``GRUCell``), ``"indrnn"`` (``IndRNNCell``).
+      depth: number d of stacked recurrent layers, ``d >= 1``.
+      batch_norm: batch norm on ``h_T`` before the head.
+      layer_batch_norm: batch norm after every recurrent layer, over batch and time.
+      dropout_rate: dropout after every recurrent layer in training (needs a ``"dropout"``
+        rng when ``> 0``).
+      recurrent_init: ``"orthogonal"`` (Flax's default for its cells), ``"identity"``
+        (IRNN; ``u = 1`` for IndRNN), an initializer, or ``None`` for the cell's default.
+        For long sequences an orthogonal or identity ``W_h`` keeps the linearized
+        recurrence from shrinking or blowing up the state at initialization.
+      activation_fn: overrides the cell's nonlinearity (e.g. ``nn.relu`` for an IRNN).
+      recurrent_bound: IndRNN only: ``u ~ U(0, bound)`` at init; keep it during training
+        with ``models.clip_indrnn_recurrent``.
+      impl: ``"hoisted"`` (``scan_cell``: input projection of all steps as one matmul before
+        the scan), ``"flax"`` (``nn.RNN`` over the cell), or ``"auto"``: the faster of the
+        two on the default backend (``default_impl``). Same parameters, same function.
+      unroll: time steps per scan iteration; ``None`` picks ``default_unroll()``.
+    """
+
+    hidden_size: int
+    output_size: int
+    cell: str = "simple"
+    depth: int = 1
+    batch_norm: bool = False
+    layer_batch_norm: bool = False
+    dropout_rate: float = 0.0
+    recurrent_init: str | Initializer | None = None
+    activation_fn: Callable[[Array], Array] | None = None
+    recurrent_bound: float | None = None
+    impl: str = "auto"
+    unroll: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELL_NAMES:
+            raise ValueError(f"unknown cell {self.cell!r}; expected one of {CELL_NAMES}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.hidden_size < 1 or self.output_size < 1:
+            raise ValueError(
+                f"hidden_size and output_size must be >= 1, got {self.hidden_size}, "
+                f"{self.output_size}"
+            )
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown impl {self.impl!r}; expected one of {IMPLS}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.unroll is not None and self.unroll < 1:
+            raise ValueError(f"unroll must be >= 1, got {self.unroll}")
+        make_cell(self.cell, self.hidden_size, **self._cell_options())
+        super().__post_init__()
+
+    def _cell_options(self) -> dict[str, Any]:
+        return {
+            "recurrent_init": self.recurrent_init,
+            "activation_fn": self.activation_fn,
+            "recurrent_bound": self.recurrent_bound,
+        }
+
+    @nn.nowrap
+    def initialize_carry(self, batch_size: int) -> tuple[Carry, ...]:
+        """Zero initial carry: one per layer, each as the cell lays it out (LSTM: ``(c, h)``)."""
+        cell = make_cell(self.cell, self.hidden_size, **self._cell_options())
+        key = jax.random.key(0)
+        return tuple(
+            cell.initialize_carry(key, (batch_size, self.hidden_size)) for _ in range(self.depth)
+        )
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        *,
+        train: bool = False,
+        initial_carry: Sequence[Carry] | None = None,
+        return_carry: bool = False,
+    ) -> Array | tuple[tuple[Carry, ...], Array]:
+        """Run the stack over ``x`` and apply the head to the last hidden state.
+
+        Args:
+          x: inputs ``[B, T, F]``.
+          train: batch statistics and dropout (training) or running averages (eval).
+          initial_carry: per-layer carries (``initialize_carry``); zeros when omitted.
+          return_carry: also return the final per-layer carries (for truncated BPTT).
+
+        Returns:
+          ``y [B, output_size]``, or ``(carries, y)`` with ``return_carry``.
+        """
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape [batch, time, features], got shape {x.shape}")
+        carries = self.initialize_carry(x.shape[0]) if initial_carry is None else initial_carry
+        if len(carries) != self.depth:
+            raise ValueError(f"initial_carry must hold {self.depth} carries, got {len(carries)}")
+        impl = default_impl() if self.impl == "auto" else self.impl
+        unroll = default_unroll() if self.unroll is None else self.unroll
+        xs = jnp.swapaxes(x, 0, 1)
+        final_carries = []
+        for layer, carry in enumerate(carries):
+            cell = make_cell(self.cell, self.hidden_size, **self._cell_options())
+            if impl == "hoisted":
+                rnn = HoistedRNN(cell, unroll=unroll, name=f"rnn_{layer}")
+                carry, xs = rnn(xs, carry)
+            else:
+                rnn = nn.RNN(
+                    cell, time_major=True, return_carry=True, unroll=unroll, name=f"rnn_{layer}"
+                )
+                carry, xs = rnn(xs, initial_carry=carry)
+            final_carries.append(carry)
+            if self.layer_batch_norm:
+                xs = _batch_norm(train, f"bn_{layer}")(xs)
+            if self.dropout_rate > 0:
+                xs = nn.Dropout(self.dropout_rate, deterministic=not train)(xs)
+        h_last = xs[-1]
+        if self.batch_norm:
+            h_last = _batch_norm(train, "bn_final")(h_last)
+        y = nn.Dense(self.output_size, name="head")(h_last)
+        return (tuple(final_carries), y) if return_carry else y
+
+
+def default_impl() -> str:
+    """``"hoisted"`` on GPU/TPU, ``"flax"`` on CPU: the faster train step on each.
+
+    Measured (``benchmarks/perf_models.py``, batch 50, hidden 128, T = 100 and 400): on an
+    H200 the hoisted projection is 1.1-2.3x faster for the vanilla RNN, LSTM and IndRNN;
+    on CPU (XLA:CPU, 2 cores) the scan step that reads its slice of the precomputed
+    ``[T, B, G]`` projection is slower than recomputing the tiny ``x_t W_i`` inside it
+    (LSTM about 1.5x slower), so the per-step Flax cell is kept there.
+    """
+    return "flax" if jax.default_backend() == "cpu" else "hoisted"
+
+
+def default_unroll() -> int:
+    """8 scan steps per iteration on GPU/TPU (about 2x faster than 1 on an H200), 1 on CPU.
+
+    On CPU unrolling only grows the program: unroll 8 was 1.4-3x slower than 1 and took
+    longer to compile.
+    """
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
+    )
+
+
+def deep_indrnn(
+    output_size: int,
+    recurrent_bound: float,
+    *,
+    depth: int = 6,
+    hidden_size: int = 128,
+    dropout_rate: float = 0.1,
+    **kwargs: Any,
+) -> RNNModel:
+    """The authors' deep IndRNN: 6 layers x 128, batch norm after each layer, dropout 0.1.
+
+    ``recurrent_bound`` is ``indrnn_recurrent_bound(gamma, T)``; clip to it after each step
+    with ``clip_indrnn_recurrent``.
+    """
+    return RNNModel(
+        hidden_size=hidden_size,
+        output_size=output_size,
+        cell="indrnn",
+        depth=depth,
+        layer_batch_norm=True,
+        dropout_rate=dropout_rate,
+        recurrent_bound=recurrent_bound,
+        **kwargs,
+    )
+
+
+def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Split ``model.init``'s variables into ``(params, state)``; state is e.g. ``batch_stats``."""
+    state = {name: value for name, value in variables.items() if name != "params"}
+    return variables["params"], state
+
+
+def make_train_loss(
+    model: RNNModel, loss_fn: Callable[[Array, Array], Array]
+) -> Callable[..., tuple[Array, dict[str, Any]]]:
+    """A pure training loss ``f(params, state, x, y, dropout_key=None) -> (loss, new_state)``.
+
+    The model runs with ``train=True``; ``state`` holds the non-parameter collections
+    (``batch_stats``, empty without batch norm) and ``new_state`` their updated values.
+
+    With ``frank_wolfe``: take the outer gradient with ``has_aux`` and keep its
+    ``new_state``, the running statistics then advance once per outer update, from the
+    k = 1 evaluation at the current weights. The inner steps k = 2..K call a closure that
+    feeds the same ``state`` and drops the returned statistics, so ``value_fn`` is a pure
+    scalar function of the weights; inside it batch norm still normalizes with the
+    statistics of the batch it is given (train mode), as PyTorch does in the authors' code.
+    Their running averages also moved at every inner forward (K per update); ours move
+    once, so they average fewer batches but only batches seen at unperturbed weights.
+
+    Example::
+
+        f = make_train_loss(model, mse_loss)
+        (loss, new_state), g = jax.value_and_grad(f, has_aux=True)(params, state, x, y)
+        value_fn = lambda w, b: f(w, state, b[0], b[1])[0]
+        updates, opt_state = tx.update(g, opt_state, params, value_fn=value_fn,
+                                       inner_batches=(xs, ys))  # leading axis K - 1
+        params, state = optax.apply_updates(params, updates), new_state
+    """
+
+    def loss(
+        params: Any, state: dict[str, Any], x: Array, y: Array, dropout_key: Array | None = None
+    ) -> tuple[Array, dict[str, Any]]:
+        variables = {"params": params, **state}
+        rngs = None if dropout_key is None else {"dropout": dropout_key}
+        if state:
+            out, new_state = model.apply(variables, x, train=True, mutable=list(state), rngs=rngs)
+        else:
+            out, new_state = model.apply(variables, x, train=True, rngs=rngs), state
+        return loss_fn(out, y), dict(new_state)
+
+    return loss

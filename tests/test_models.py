@@ -1,0 +1,222 @@
+"""Tests for models/rnn.py and models/heads.py: every model's shapes, gradients, batch norm,
+errors, and a few jitted steps with ``chain(frank_wolfe(...), sgd(...))``."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fw_optax
+from models import (
+    CELL_NAMES,
+    RNNModel,
+    clip_indrnn_recurrent,
+    cross_entropy_loss,
+    deep_indrnn,
+    get_head,
+    make_train_loss,
+    mse_loss,
+    sigmoid_mse_loss,
+    split_variables,
+)
+
+B, T, F, H = 3, 6, 2, 5
+X = jax.random.normal(jax.random.key(0), (B, T, F))
+
+# Every model of the paper's tables, small (each cell alone, deep stacks, batch norm).
+CONFIGS = {
+    **{f"{cell}": {"cell": cell} for cell in CELL_NAMES},
+    "deep-lstm": {"cell": "lstm", "depth": 2},
+    "deep-gru": {"cell": "gru", "depth": 2},
+    "simple+bn": {"cell": "simple", "batch_norm": True},
+    "irnn": {"cell": "simple", "recurrent_init": "identity", "activation_fn": nn.relu},
+    "deep-indrnn-bn-dropout": {
+        "cell": "indrnn",
+        "depth": 2,
+        "layer_batch_norm": True,
+        "dropout_rate": 0.1,
+        "recurrent_bound": 1.2,
+    },
+}
+
+
+def _init(model, x=X):
+    return model.init(jax.random.key(1), x)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_shapes_dtypes_and_carries(config):
+    model = RNNModel(hidden_size=H, output_size=4, **config)
+    variables = _init(model)
+    y = model.apply(variables, X)
+    assert y.shape == (B, 4) and y.dtype == jnp.float32
+    carries, y2 = model.apply(variables, X, return_carry=True)
+    np.testing.assert_array_equal(y, y2)
+    assert len(carries) == config.get("depth", 1)
+    expected = jax.tree.map(jnp.shape, model.initialize_carry(B))
+    assert jax.tree.map(jnp.shape, carries) == expected
+    assert all(leaf.shape == (B, H) for leaf in jax.tree.leaves(carries))
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_hoisted_and_flax_impls_share_parameters_outputs_and_gradients(config):
+    hoisted = RNNModel(hidden_size=H, output_size=2, impl="hoisted", **config)
+    flax_rnn = hoisted.clone(impl="flax")
+    variables = _init(hoisted)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, _init(flax_rnn))
+    params, state = split_variables(variables)
+
+    def loss(model, p):
+        y, _ = model.apply(
+            {"params": p, **state},
+            X,
+            train=True,
+            mutable=list(state),
+            rngs={"dropout": jax.random.key(2)},
+        )
+        return jnp.sum(y**2)
+
+    grads = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
+    g_hoisted, g_flax = grads(hoisted, params), grads(flax_rnn, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_hoisted, g_flax
+    )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(g_hoisted):
+        assert np.all(np.isfinite(leaf)), path
+        assert np.any(leaf != 0), f"zero gradient at {jax.tree_util.keystr(path)}"
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_stacked_model_has_depth_recurrent_layers(depth):
+    model = RNNModel(hidden_size=H, output_size=1, cell="gru", depth=depth)
+    params = _init(model)["params"]
+    assert sorted(k for k in params if k.startswith("rnn_")) == [f"rnn_{i}" for i in range(depth)]
+    assert params["rnn_0"]["cell"]["ir"]["kernel"].shape == (F, H)
+    for i in range(1, depth):
+        assert params[f"rnn_{i}"]["cell"]["ir"]["kernel"].shape == (H, H)
+
+
+def test_deep_indrnn_is_the_authors_stack():
+    model = deep_indrnn(10, recurrent_bound=1.01, hidden_size=H)
+    variables = _init(model)
+    assert model.depth == 6 and model.dropout_rate == 0.1
+    assert sorted(variables["batch_stats"]) == [f"bn_{i}" for i in range(6)]
+    u = jnp.stack([variables["params"][f"rnn_{i}"]["cell"]["recurrent_kernel"] for i in range(6)])
+    assert float(u.max()) <= 1.01
+    clipped = clip_indrnn_recurrent(jax.tree.map(lambda a: 3 * a, variables["params"]), 1.01)
+    assert float(clipped["rnn_5"]["cell"]["recurrent_kernel"].max()) <= 1.01
+
+
+@pytest.mark.parametrize("config", [{"batch_norm": True}, {"layer_batch_norm": True, "depth": 2}])
+def test_batch_stats_update_in_train_mode_and_freeze_in_eval(config):
+    model = RNNModel(hidden_size=H, output_size=1, cell="simple", **config)
+    params, state = split_variables(_init(model))
+    x = 3.0 + X
+    _, new = model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), state, new)
+    assert all(jax.tree.leaves(moved))
+    if "batch_norm" in config:
+        # Running mean = 0.9 * 0 + 0.1 * batch mean of h_T (PyTorch's momentum 0.1).
+        carries, _ = model.apply({"params": params, **state}, x, return_carry=True)
+        np.testing.assert_allclose(
+            new["batch_stats"]["bn_final"]["mean"], 0.1 * carries[0].mean(0), rtol=1e-5, atol=1e-7
+        )
+    _, same = model.apply({"params": params, **new}, x, train=False, mutable=["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, same, new)
+    # Eval mode normalizes each example alone: no dependence on the rest of the batch.
+    full = model.apply({"params": params, **new}, x)
+    np.testing.assert_allclose(model.apply({"params": params, **new}, x[:1]), full[:1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cell": "transformer"}, "'transformer'"),
+        ({"depth": 0}, "depth must be >= 1, got 0"),
+        ({"impl": "cuda"}, "'cuda'"),
+        ({"dropout_rate": 1.0}, "1.0"),
+        ({"unroll": 0}, "unroll must be >= 1, got 0"),
+        ({"hidden_size": 0}, "got 0"),
+    ],
+)
+def test_bad_configuration_raises_value_error_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RNNModel(**{"hidden_size": H, "output_size": 1, **kwargs})
+
+
+@pytest.mark.parametrize("shape", [(B, T), (B, T, F, 1)])
+def test_wrong_input_rank_raises_value_error_naming_the_shape(shape):
+    model = RNNModel(hidden_size=H, output_size=1)
+    with pytest.raises(ValueError, match=str(shape).replace("(", r"\(").replace(")", r"\)")):
+        model.init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_heads_losses_and_predictions():
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(
+        cross_entropy_loss(logits, jnp.array([0, 0])),
+        np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))]),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(mse_loss(jnp.array([[1.0], [3.0]]), jnp.array([0.0, 1.0])), 2.5)
+    np.testing.assert_allclose(
+        sigmoid_mse_loss(jnp.array([[0.0], [0.0]]), jnp.array([1, 0])), 0.25, rtol=1e-6
+    )
+    np.testing.assert_array_equal(get_head("classifier").predict(logits), [0, 1])
+    np.testing.assert_array_equal(get_head("binary").predict(jnp.array([[0.3], [-2.0]])), [1, 0])
+    with pytest.raises(ValueError, match="'ranking'"):
+        get_head("ranking")
+
+
+def _fw_train(model, x, y, loss_fn, steps=3, K=2):
+    """A jitted FW step, the BN/dropout-aware way: fresh data and keys per inner step."""
+    params, state = split_variables(_init(model, x))
+    train_loss = make_train_loss(model, loss_fn)
+    tx = optax.chain(fw_optax.frank_wolfe(K=K, delta=0.05), optax.sgd(1.0))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, opt_state, key):
+        keys = jax.random.split(key, K)
+        (loss, new_state), grads = jax.value_and_grad(train_loss, has_aux=True)(
+            params, state, x, y, keys[0]
+        )
+
+        def value_fn(w, k):
+            return train_loss(w, state, x, y, k)[0]
+
+        updates, opt_state = tx.update(
+            grads, opt_state, params, value_fn=value_fn, inner_batches=keys[1:]
+        )
+        return optax.apply_updates(params, updates), new_state, opt_state, loss
+
+    losses = []
+    for i in range(steps):
+        params, state, opt_state, loss = step(params, state, opt_state, jax.random.key(i))
+        losses.append(float(loss))
+    return losses, step, state
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_every_model_trains_with_frank_wolfe_under_jit_without_recompiling(config):
+    model = RNNModel(hidden_size=H, output_size=1, **config)
+    y = jnp.array([0.5, -0.5, 1.0])
+    losses, step, state = _fw_train(model, X, y, mse_loss)
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert step._cache_size() == 1
+    if state:
+        assert jax.tree.leaves(state)[0].dtype == jnp.float32
+
+
+def test_frank_wolfe_with_batch_norm_updates_stats_once_per_outer_step():
+    model = RNNModel(hidden_size=H, output_size=1, cell="simple", batch_norm=True)
+    _, _, state = _fw_train(model, X + 3.0, jnp.zeros(B), mse_loss, steps=1)
+    # One outer step moves the running mean by exactly 0.1 * (batch mean - 0), once.
+    params, state0 = split_variables(_init(model, X + 3.0))
+    carries, _ = model.apply({"params": params, **state0}, X + 3.0, return_carry=True)
+    np.testing.assert_allclose(
+        state["batch_stats"]["bn_final"]["mean"], 0.1 * carries[0].mean(0), rtol=1e-5, atol=1e-7
+    )
