@@ -47,13 +47,10 @@ def _adding_problem(length: int, batch: int, hidden: int):
     return params, loss_fn, make_batch
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
 
 
 def _fw_tx(K: int) -> optax.GradientTransformation:
@@ -71,16 +68,25 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
         compiled = run.lower(params, tx.init(params), keys).compile()
         return compiled, time.perf_counter() - t0
 
-    def step_time(tx) -> float:
+    # Every variant is timed once per round, round after round: a slow spell of a shared
+    # machine then hits all of them alike instead of whichever happened to run during it.
+    variants = {"sgd": optax.sgd(0.01)} | {K: _fw_tx(K) for K in (1, 5, 10)}
+    runs = {}
+    for name, tx in variants.items():
         compiled, _ = compiled_chunk(tx)
         state = tx.init(params)
-        compiled(params, state, keys)  # warm-up
-        return _median_time(lambda: compiled(params, state, keys), args.repeats) / args.chunk
+        jax.block_until_ready(compiled(params, state, keys))  # warm-up
+        runs[name] = functools.partial(compiled, params, state, keys)
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            times[name].append(_seconds(run) / args.chunk)
+    step = {name: statistics.median(t) for name, t in times.items()}
 
     rows = []
-    sgd = step_time(optax.sgd(0.01))
+    sgd = step["sgd"]
     for K in (1, 5, 10):
-        fw = step_time(_fw_tx(K))
+        fw = step[K]
         rows.append(
             {
                 "metric": f"(a) step time FW K={K} / ({K} x SGD)",
