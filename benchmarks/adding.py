@@ -26,7 +26,7 @@ import optax
 
 import fw_optax
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
-from benchmarks.train import TrainResult, train
+from benchmarks.train import Objective, Stream, TrainResult, train
 from models import RNNModel, mse_loss
 
 
@@ -76,25 +76,27 @@ def run(args: argparse.Namespace) -> dict:
     params0 = model.init(jax.random.key(args.seed), x0)
     x_test, y_test = adding_batch(jax.random.key(10_000 + args.seed), args.test_size, args.length)
 
-    def loss_fn(params, batch):
+    def loss(params, state, batch, key):
         x, y = batch
-        return mse_loss(model.apply(params, x), y)
+        return mse_loss(model.apply(params, x), y), state
 
-    def eval_fn(params):
-        return mse_loss(model.apply(params, x_test), y_test)
+    def evaluate(params, state, test):
+        x, y = test
+        return {"loss": mse_loss(model.apply(params, x), y)}
+
+    objective = Objective(loss, evaluate, test=(x_test, y_test))
 
     runs: dict[str, TrainResult] = {}
     for method in methods(args):
-        _, result = train(
-            params=params0,
-            loss_fn=loss_fn,
+        _, _, result = train(
+            objective=objective,
             tx=method.make_tx(),
+            params=params0,
+            stream=Stream(generate=make_batch),
             steps=args.steps,
             eval_every=args.eval_every,
-            eval_fn=eval_fn,
             seed=args.seed,
             grad_evals_per_step=method.grad_evals_per_step,
-            make_batch=make_batch,
             desc=f"{method.name} T={args.length}",
             progress=not args.no_progress,
         )
@@ -109,7 +111,10 @@ def run(args: argparse.Namespace) -> dict:
         "config": vars(args) | {"out": str(args.out)},
         "machine": machine(),
         "plateau_mse": PLATEAU_MSE,
-        "runs": {name: dataclasses.asdict(r) for name, r in runs.items()},
+        "runs": {
+            name: {k: v for k, v in dataclasses.asdict(r).items() if k != "records"}
+            for name, r in runs.items()
+        },
     }
 
 

@@ -1,0 +1,164 @@
+"""The report (benchmarks/report.py): built from result files alone, every row and the paper's
+numbers in it, and an unreadable results folder refused with nothing written."""
+
+import dataclasses
+import json
+
+import pytest
+
+from benchmarks import configs, report
+from benchmarks.configs import get_config
+
+MACHINE = {"cpu": "Fixture CPU 9000", "cores": 2, "backend": "cpu", "device": "cpu", "jax": "0"}
+
+
+def write_run(folder, config, accuracy=None, mse=None, epochs=2, steps=10):
+    """A run summary and its curves, in the layout ``benchmarks.run`` writes."""
+    metric = "loss" if config.task == "adding" else "accuracy"
+    records = []
+    for i in range(3):
+        row = {"step": i * steps // 2, "grad_evals": i * steps * config.K / 2, "epoch": i}
+        row |= {"train_loss": None if i == 0 else 1.0 / i, "test_loss": mse or 0.5 / (i + 1)}
+        if accuracy is not None:
+            row["test_accuracy"] = accuracy * i / 2
+        records.append(row)
+    summary = {
+        "task": config.task,
+        "method": config.method,
+        "run": config.run_name,
+        "config": dataclasses.asdict(config),
+        "machine": MACHINE,
+        "data": {"sizes": {"train": 100, "test": 20}},
+        "metric": metric,
+        "final": records[-1],
+        "best_test": records[-1][f"test_{metric}"],
+        "steps": steps,
+        "grad_evals": steps * config.K,
+        "wall_time_s": 12.5,
+        "time_per_epoch_s": 6.25 if epochs else None,
+        "epochs": epochs,
+        "curves": f"{config.run_name}.jsonl",
+    }
+    target = folder / config.task_dir
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{config.run_name}.json").write_text(json.dumps(summary))
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    (target / f"{config.run_name}.jsonl").write_text(lines)
+
+
+@pytest.fixture
+def results(tmp_path):
+    """cpu runs for every Table 2 row (both flavours), MNIST and the adding task at T=100."""
+    folder = tmp_path / "results"
+    for task in ("har2", "noisy_har2"):
+        for config in configs.table_for(task, "cpu"):
+            write_run(folder, config, accuracy=0.8125 if task == "har2" else 0.6875)
+    for task in ("pixel_mnist", "permuted_mnist"):
+        for method in ("sgd", "adam", "tbptt"):
+            write_run(folder, get_config(task, method, "cpu"), accuracy=0.4375)
+        for flavour in configs.FLAVOURS:
+            write_run(folder, get_config(task, "fw", "cpu", K=1, flavour=flavour), accuracy=0.5)
+    for seed in (0, 1):
+        write_run(folder, get_config("adding", "sgd", "cpu", seed=seed), mse=0.1 + seed / 10)
+    write_run(folder, get_config("adding", "fw", "cpu", K=5, flavour="authors"), mse=0.0125)
+    # An equal-compute baseline, in a folder of its own: Adam with FW K=5's gradients.
+    adam = get_config("adding", "adam", "cpu", steps=10000)
+    write_run(folder / "equal_compute", adam, mse=0.025, steps=10000)
+    # benchmarks.adding's own output: one file for several methods, read as one row each.
+    (folder / "gpu").mkdir()
+    job = {
+        "task": "adding",
+        "config": {"length": 750, "seed": 0, "batch": 50},
+        "machine": "x86_64, gpu: Fixture GPU",
+        "plateau_mse": 1 / 6,
+        "runs": {
+            name: {
+                "steps": 200,
+                "grad_evals": 200 * K,
+                "wall_time_s": 3.0,
+                "train_curve": [[100, 0.2], [200, 0.1875]],
+                "eval_curve": [[0, 1.0], [100, 0.25], [200, mse]],
+            }
+            for name, K, mse in (("SGD", 1, 0.171875), ("FW K=5", 5, 0.03125))
+        },
+    }
+    (folder / "gpu" / "adding_T750.json").write_text(json.dumps(job))
+    (folder / "gpu" / "notes.json").write_text(json.dumps({"not": "a run"}))
+    return folder
+
+
+def test_report_has_every_table_row_the_paper_numbers_and_ours(results):
+    files = report.main(["--results", str(results)])
+    text = (results / "report.md").read_text()
+    assert text == files["report.md"].decode()
+    for name, (har, _time, noisy) in configs.PAPER_TABLE2.items():
+        lines = [line for line in text.splitlines() if line.startswith(f"| {name} |")]
+        # cpu and paper preset tables; FW rows once per flavour.
+        per_preset = 2 if configs.TABLE2_ROWS[name][0] in configs.FW_METHODS else 1
+        assert len(lines) == 2 * per_preset, name
+        assert all(f"| {har:.2f} |" in line and f"| {noisy:.2f} |" in line for line in lines)
+    cpu_table2 = text.split("### Table 2: HAR-2 and Noisy-HAR-2, `cpu` preset")[1].split("###")[0]
+    assert cpu_table2.count("81.25 (81.25)") == 20 and cpu_table2.count("68.75 (68.75)") == 20
+    assert "not yet run" not in cpu_table2
+    assert "Fixture CPU 9000 (2 cores), JAX cpu: cpu" in cpu_table2
+    assert (
+        "batch 128, 10 steps, 50 grads, 12 s, 2.0 epochs, 6.25 s/epoch" in cpu_table2
+    )  # K=5: 5 grads per step
+    for task, columns in configs.PAPER_TABLE1.items():
+        for accuracy, _ in columns.values():
+            assert f"| {task} |" in text and f"{accuracy:.2f}" in text
+    assert "98.88 (4.84)" in text and "93.00 (4.92)" in text
+    paper_table2 = text.split("`paper` preset")[2].split("###")[0]
+    assert "not yet run" in paper_table2
+    adding = text.split("### Adding task")[1]
+    assert "| 100 | cpu | sgd | 0.1500 ± 0.0707 | 0,1 |" in adding
+    assert "| 100 | cpu | fw K=5 authors | 0.0125 | 0 | 10 | 50 |" in adding
+    assert "| 100 | cpu | adam | 0.0250 | 0 | 10000 | 10000 |" in adding
+    assert "| 750 | paper | all | not yet run |" in adding
+    gpu = "| 750 | benchmarks.adding | fw K=5 alg1 | 0.0312 | 0 | 200 | 1000 | 3 | x86_64, gpu"
+    assert gpu in adding
+    assert "| 750 | benchmarks.adding | sgd | 0.1719 |" in adding
+
+
+def test_figures_are_png_files(results):
+    report.main(["--results", str(results), "--out", str(results / "out")])
+    for name in ("fig2_adding.png", "fig3_mnist.png"):
+        data = (results / "out" / "figures" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_missing_results_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--results", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken", ["summary", "curves"])
+def test_unreadable_file_is_named_and_nothing_is_written(results, broken, capsys):
+    config = get_config("har2", "sgd", "cpu")
+    path = results / "har2" / f"{config.run_name}.{'json' if broken == 'summary' else 'jsonl'}"
+    path.write_text("{not json")
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(results)])
+    assert path.name in capsys.readouterr().err
+    assert not (results / "report.md").exists() and not (results / "figures").exists()
+
+
+def test_malformed_adding_job_file_is_named(results, capsys):
+    path = results / "gpu" / "adding_T750.json"
+    job = json.loads(path.read_text())
+    del job["runs"]["SGD"]["eval_curve"]
+    path.write_text(json.dumps(job))
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(results)])
+    assert "adding_T750.json: not a benchmarks.adding result" in capsys.readouterr().err
+    assert not (results / "report.md").exists()
+
+
+def test_empty_results_folder_reports_every_row_as_not_yet_run(tmp_path):
+    files = report.build(report.load_results(tmp_path))
+    text = files["report.md"].decode()
+    assert text.count("not yet run") > 40
+    for name in configs.PAPER_TABLE2:
+        assert f"| {name} |" in text

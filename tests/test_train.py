@@ -1,0 +1,186 @@
+"""The one training loop (benchmarks/train.py): it learns, writes curves, and resumes exactly."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fw_optax
+from benchmarks.data import add_gaussian_noise
+from benchmarks.train import Checkpoints, Objective, Stream, make_chunk_fn, train
+
+W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
+
+
+def _regression(state_counter: bool = False) -> Objective:
+    """Least squares on ``y = x @ W_TRUE``; the model state counts training calls."""
+
+    def loss(params, state, batch, key):
+        x, y = batch
+        value = jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+        if state_counter:
+            state = {"calls": state["calls"] + 1}
+        return value, state
+
+    def evaluate(params, state, test):
+        x, y = test
+        return {"loss": jnp.mean((x @ params["w"] + params["b"] - y) ** 2)}
+
+    x = np.random.default_rng(1).standard_normal((32, 3)).astype(np.float32)
+    return Objective(loss, evaluate, test=(x, x @ W_TRUE))
+
+
+def _host_stream(noise: float = 0.0) -> Stream:
+    x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    transform = add_gaussian_noise(noise) if noise else None
+    return Stream(arrays=(x, x @ W_TRUE), batch_size=8, transform=transform)
+
+
+def _generated_stream() -> Stream:
+    def generate(key):
+        x = jax.random.normal(key, (8, 3))
+        return x, x @ jnp.asarray(W_TRUE)
+
+    return Stream(generate=generate)
+
+
+PARAMS = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+
+
+def _train(stream, tx, *, steps=8, eval_every=2, **kwargs):
+    kwargs.setdefault("objective", _regression())
+    return train(
+        tx=tx,
+        params=PARAMS,
+        stream=stream,
+        steps=steps,
+        eval_every=eval_every,
+        seed=3,
+        progress=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("stream", [_host_stream(), _generated_stream()], ids=["host", "gen"])
+def test_learns_and_writes_one_curve_record_per_evaluation(stream, tmp_path):
+    curves = tmp_path / "run.jsonl"
+    _, _, result = _train(stream, optax.sgd(0.1), steps=40, eval_every=10, curves=curves)
+    records = [json.loads(line) for line in curves.read_text().splitlines()]
+    assert records == result.records
+    assert [r["step"] for r in records] == [0, 10, 20, 30, 40]
+    assert records[-1]["test_loss"] < 0.05 * records[0]["test_loss"]
+    assert records[0]["train_loss"] is None and records[-1]["train_loss"] > 0
+    assert result.final_eval == records[-1]["test_loss"]
+
+
+def test_costs_count_batches_updates_and_gradient_evaluations():
+    tx = optax.chain(fw_optax.frank_wolfe(3, 0.1), optax.adam(0.01))
+    _, _, result = _train(
+        _host_stream(), tx, batches_per_step=3, updates_per_step=1, grad_evals_per_step=3
+    )
+    last = result.records[-1]
+    assert (last["step"], last["batches"], last["grad_evals"], last["updates"]) == (8, 24, 24, 8)
+    # 40 examples / batch 8 = 5 batches per epoch.
+    np.testing.assert_allclose(last["epoch"], 24 / 5)
+
+
+def test_fresh_inner_batches_change_the_result():
+    """With K batches per step the inner FW gradients see other data than with one batch."""
+    tx = optax.chain(fw_optax.frank_wolfe(3, 0.1, scope="leaf", cumulative=True), optax.sgd(0.1))
+    one, _, _ = _train(_host_stream(), tx, batches_per_step=1)
+    fresh, _, _ = _train(_host_stream(), tx, batches_per_step=3)
+    assert not np.allclose(one["w"], fresh["w"])
+
+
+def test_one_call_per_step_computes_the_same_as_one_call_per_interval():
+    tx = optax.chain(fw_optax.frank_wolfe(2, 0.1), optax.sgd(0.1))
+    scanned, _, _ = _train(_host_stream(), tx, batches_per_step=2, eval_every=4)
+    stepped, _, _ = _train(_host_stream(), tx, batches_per_step=2, eval_every=4, steps_per_call=1)
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(stepped), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "stream", [_host_stream(noise=0.3), _generated_stream()], ids=["host", "gen"]
+)
+def test_resume_after_a_kill_gives_the_uninterrupted_result(stream, tmp_path):
+    tx = optax.chain(fw_optax.frank_wolfe(2, 0.1, scope="leaf", cumulative=True), optax.adam(0.05))
+    kwargs = {"objective": _regression(state_counter=True), "batches_per_step": 2}
+    state0 = {"calls": jnp.zeros((), jnp.int32)}
+    whole, whole_state, whole_result = _train(
+        stream, tx, model_state=state0, curves=tmp_path / "a.jsonl", **kwargs
+    )
+
+    def kill_at_step_4(record):
+        if record["step"] == 4:
+            raise _Killed
+
+    ckpt = Checkpoints(tmp_path / "ckpt", every_s=0.0, meta={"run": "b"})
+    with pytest.raises(_Killed):
+        _train(
+            stream, tx, model_state=state0, curves=tmp_path / "b.jsonl", checkpoints=ckpt,
+            on_record=kill_at_step_4, **kwargs,
+        )  # fmt: skip
+    lines_at_kill = (tmp_path / "b.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines_at_kill] == [0, 2, 4]
+    resumed, resumed_state, result = _train(
+        stream, tx, model_state=state0, curves=tmp_path / "b.jsonl", checkpoints=ckpt, **kwargs
+    )
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(resumed_state["calls"]) == int(whole_state["calls"]) == 8
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
+
+    assert strip(result.records) == strip(whole_result.records)
+    on_disk = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert strip(on_disk) == strip(whole_result.records)
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    tx = optax.sgd(0.1)
+    _train(_host_stream(), tx, checkpoints=Checkpoints(tmp_path, 0.0, {"lr": 0.1}))
+    with pytest.raises(ValueError, match="another configuration"):
+        _train(_host_stream(), tx, checkpoints=Checkpoints(tmp_path, 0.0, {"lr": 0.2}))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 7, "eval_every": 2}, "multiple of eval_every"),
+        ({"steps": 0, "eval_every": 2}, "multiple of eval_every"),
+        ({"steps_per_call": 3}, "must divide eval_every"),
+    ],
+)
+def test_bad_budget_raises_before_anything_is_written(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        _train(_host_stream(), optax.sgd(0.1), curves=tmp_path / "c.jsonl", **kwargs)
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_stream_needs_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one"):
+        Stream()
+    with pytest.raises(ValueError, match="batch_size"):
+        Stream(arrays=(np.zeros((4, 1)),), batch_size=0)
+
+
+def test_make_chunk_fn_runs_one_step_per_key():
+    def loss_fn(params, batch):
+        x, y = batch
+        return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+    tx = optax.sgd(0.1)
+    run = make_chunk_fn(loss_fn, tx, _generated_stream().generate)
+    keys = jax.random.split(jax.random.key(0), 5)
+    params, _, losses = run(PARAMS, tx.init(PARAMS), keys)
+    assert losses.shape == (5,) and losses[-1] < losses[0]
+    assert not np.allclose(params["w"], 0.0)
