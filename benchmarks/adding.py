@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import optax
 
 import fw_optax
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
+from benchmarks.machine import describe, machine
 from benchmarks.train import Objective, Stream, TrainResult, train
 from models import RNNModel, mse_loss
 
@@ -61,12 +61,6 @@ def methods(args: argparse.Namespace) -> list[Method]:
     if "fw" in args.methods:
         chosen += [fw(K) for K in args.K]
     return chosen
-
-
-def machine() -> str:
-    """Which machine produced the numbers: the processor and the JAX backend."""
-    device = jax.devices()[0]
-    return f"{platform.processor() or platform.machine()}, {device.platform}: {device.device_kind}"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -122,7 +116,7 @@ def markdown_table(report: dict) -> str:
     cfg = report["config"]
     lines = [
         f"Adding task, T={cfg['length']}, hidden {cfg['hidden']}, batch {cfg['batch']}, "
-        f"{cfg['steps']} outer steps, seed {cfg['seed']}. Machine: {report['machine']}. "
+        f"{cfg['steps']} outer steps, seed {cfg['seed']}. Machine: {describe(report['machine'])}. "
         f"Predicting 1 gives MSE {report['plateau_mse']:.3f}.",
         "",
         "| method | final train MSE | final test MSE | steps | gradient evals | wall time (s) |",
@@ -154,7 +148,7 @@ def plot(report: dict, path: Path) -> None:
     axes[0].set_ylabel("MSE")
     axes[1].legend()
     cfg = report["config"]
-    fig.suptitle(f"Adding task, T={cfg['length']} ({report['machine']})", fontsize=9)
+    fig.suptitle(f"Adding task, T={cfg['length']} ({describe(report['machine'])})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -27,8 +27,8 @@ import jax
 import optax
 
 import fw_optax
-from benchmarks.adding import machine
 from benchmarks.data.adding import adding_batch
+from benchmarks.machine import describe, machine
 from benchmarks.train import make_chunk_fn
 from models import RNNModel, mse_loss
 
@@ -124,7 +124,7 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
     print_fn(
         f"frank_wolfe overheads, adding RNN T={args.length} batch {args.batch} hidden "
         f"{args.hidden}, {args.chunk} steps per jitted call, median of {args.repeats}. "
-        f"Machine: {machine()}"
+        f"Machine: {describe(machine())}"
     )
     print_fn(f"{'metric':40s} {'ratio':>7s} {'target':>7s}  ok   detail")
     for row in rows:

@@ -29,6 +29,7 @@ from typing import Any
 
 from benchmarks import configs
 from benchmarks.data.adding import PLATEAU_MSE
+from benchmarks.machine import describe
 
 ADDING_LENGTHS = (100, 200, 400, 750)
 FIG3_METHODS = ("sgd", "adam", "tbptt", "fw", "tbptt_fw")
@@ -158,10 +159,7 @@ def _cost(run: dict[str, Any] | None) -> str:
 
 
 def _machine(run: dict[str, Any]) -> str:
-    machine = run["machine"]
-    if isinstance(machine, str):  # benchmarks.adding writes one line
-        return machine
-    return "{cpu} ({cores} cores), JAX {backend}: {device}".format(**machine)
+    return describe(run["machine"])
 
 
 def _machines(runs: list[dict[str, Any]]) -> str:

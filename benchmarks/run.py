@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -37,6 +35,7 @@ import fw_optax
 from benchmarks import configs
 from benchmarks.configs import Config, get_config
 from benchmarks.data import Dataset
+from benchmarks.machine import machine
 from benchmarks.tasks import (
     TASK_SPECS,
     TaskData,
@@ -48,25 +47,6 @@ from benchmarks.tasks import (
 from benchmarks.train import Checkpoints, train
 
 INDRNN_RECURRENT = "recurrent_kernel"
-
-
-def machine() -> dict[str, Any]:
-    """The machine the numbers come from: CPU model, core count, JAX backend and device."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    device = jax.devices()[0]
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "device": device.device_kind,
-        "jax": jax.__version__,
-    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import adding
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
+from benchmarks.machine import describe
 
 
 def test_batch_shapes_markers_and_targets():
@@ -70,7 +71,8 @@ def test_main_job_writes_curves_table_and_figure(tmp_path):
     saved = json.loads((tmp_path / "T8_seed0.json").read_text())
     assert len(saved["runs"]["Adam"]["eval_curve"]) == 3  # step 0, 10, 20
     table = (tmp_path / "T8_seed0.md").read_text()
-    assert "| FW K=3 |" in table and report["machine"] in table
+    assert "| FW K=3 |" in table and describe(report["machine"]) in table
+    assert report["machine"]["cores"] >= 1
     assert (tmp_path / "T8_seed0.png").stat().st_size > 10_000
 
 
