@@ -24,6 +24,7 @@ import jax
 import optax
 
 import fw_optax
+from benchmarks.configs import get_config
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
 from benchmarks.machine import describe, machine
 from benchmarks.train import Objective, Stream, TrainResult, train
@@ -155,19 +156,26 @@ def plot(report: dict, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # Hyper-parameters come from the one table (benchmarks.configs, the runner's cpu preset);
+    # the budget (steps, test size) is this job's own.
+    sgd, clip = get_config("adding", "sgd", "cpu"), get_config("adding", "sgd_clip", "cpu")
+    adam = get_config("adding", "adam", "cpu")
+    fw = get_config("adding", "fw", "cpu", flavour="alg1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--length", "-T", type=int, default=100, help="sequence length T")
+    parser.add_argument("--length", "-T", type=int, default=sgd.length, help="sequence length T")
     parser.add_argument("--steps", type=int, default=3000, help="outer steps per method")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--K", type=int, nargs="+", default=[1, 5], help="FW inner steps")
-    parser.add_argument("--delta", type=float, default=0.1, help="FW radius δ")
-    parser.add_argument("--p", type=float, default=2.0, help="FW norm p")
-    parser.add_argument("--eta", type=float, default=1.0, help="FW outer SGD step η")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
-    parser.add_argument("--clip", type=float, default=1.0, help="global-norm clip for SGD+clip")
-    parser.add_argument("--adam-lr", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--delta", type=float, default=fw.delta, help="FW radius δ")
+    parser.add_argument("--p", type=float, default=fw.p, help="FW norm p")
+    parser.add_argument("--eta", type=float, default=fw.eta, help="FW outer SGD step η")
+    parser.add_argument("--lr", type=float, default=sgd.lr, help="SGD learning rate")
+    parser.add_argument(
+        "--clip", type=float, default=clip.clip, help="global-norm clip for SGD+clip"
+    )
+    parser.add_argument("--adam-lr", type=float, default=adam.lr)
+    parser.add_argument("--hidden", type=int, default=sgd.hidden)
+    parser.add_argument("--batch", type=int, default=sgd.batch_size)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
