@@ -1,0 +1,222 @@
+"""How much of the CPU one training run uses: one device against the batch split over cores.
+
+    python -m benchmarks.perf_cores                  # T=100 and T=400, every variant
+    python -m benchmarks.perf_cores --quick          # a smoke test at toy size
+    python -m benchmarks.perf_cores --out results/cpu/perf_cores.txt
+
+The adding-task RNN (``models.RNNModel``, vanilla, hidden 128, batch 50). Each optimizer runs
+three ways, on the same weights and batches:
+
+- ``1 device``: ``jax.jit`` on one CPU device (what a plain JAX program does);
+- ``jit+sharding``: ``jax.jit`` with the batch split over the host's CPU devices by a
+  ``NamedSharding`` (the SPMD partitioner places the collectives);
+- ``shard_map``: ``benchmarks.parallel``: each device runs the single-device step on its
+  shard, the gradient averaged once per evaluation.
+
+For each it prints the time of one outer step, the speed-up over ``1 device`` and the CPU
+cores the process kept busy (process CPU time / wall time). The variants are timed round
+after round, so a busy spell of a shared machine slows them alike; the load average is
+printed with each table. It first checks that the split steps equal the one-device step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import fw_optax
+from benchmarks import parallel
+from benchmarks.data.adding import adding_batch
+from benchmarks.machine import describe, machine
+from models import RNNModel, mse_loss
+
+
+def _optimizers(K: int) -> dict[str, Any]:
+    return {
+        "sgd": optax.sgd(0.01),
+        f"fw K={K} + sgd (Alg. 1)": optax.chain(fw_optax.frank_wolfe(K, 0.1), optax.sgd(1.0)),
+        f"fw K={K} + adam (authors)": optax.chain(
+            fw_optax.frank_wolfe(K, 1e-3, scope="leaf", cumulative=True), optax.adam(1e-3)
+        ),
+    }
+
+
+def _chunk_fn(loss: Callable[..., Any], tx: Any) -> Callable[..., Any]:
+    """``(params, opt_state, batches) -> (params, opt_state, losses)``: one step per batch."""
+    tx = optax.with_extra_args_support(tx)
+
+    def step(carry, batch):
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(loss)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params, value_fn=lambda w: loss(w, batch))
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    def chunk(params, opt_state, batches):
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
+        return params, opt_state, losses
+
+    return chunk
+
+
+def _variants(loss, tx, mesh, params, batches) -> dict[str, Callable[[], Any]]:
+    """The three ways to run ``steps`` outer steps, compiled, as zero-argument calls."""
+    opt_state = tx.init(params)
+    replicated = NamedSharding(mesh, P())
+    split = NamedSharding(mesh, parallel.batch_spec(batch_axis=1))
+    sharded_args = (
+        jax.device_put(params, replicated),
+        jax.device_put(opt_state, replicated),
+        parallel.shard_batch(batches, mesh, batch_axis=1),
+    )
+    one = jax.jit(_chunk_fn(loss, tx)).lower(params, opt_state, batches).compile()
+    spmd = jax.jit(
+        _chunk_fn(loss, tx),
+        in_shardings=(replicated, replicated, split),
+        out_shardings=replicated,
+    )
+    shmap = parallel.data_parallel(
+        _chunk_fn(parallel.data_parallel_loss(loss), tx),
+        mesh,
+        in_specs=(P(), P(), parallel.batch_spec(batch_axis=1)),
+        out_specs=P(),
+    )
+    return {
+        "1 device": functools.partial(one, params, opt_state, batches),
+        "jit+sharding": functools.partial(spmd.lower(*sharded_args).compile(), *sharded_args),
+        "shard_map": functools.partial(shmap.lower(*sharded_args).compile(), *sharded_args),
+    }
+
+
+def _max_relative_difference(a: Any, b: Any) -> float:
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(
+        float(np.max(np.abs(x - y)) / max(np.max(np.abs(x)), 1e-30))
+        for x, y in ((np.asarray(x), np.asarray(y)) for x, y in leaves)
+    )
+
+
+def _timed(run: Callable[[], Any]) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of one call; cpu counts every thread of the process."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    jax.block_until_ready(run())
+    return time.perf_counter() - wall0, time.process_time() - cpu0
+
+
+def _load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[str], None]):
+    """One table: every optimizer x variant at sequence length ``length``; returns its rows."""
+    model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple")
+    keys = jax.random.split(jax.random.key(1), args.steps)
+    batches = jax.vmap(lambda k: adding_batch(k, args.batch, length))(keys)
+    params = model.init(jax.random.key(0), batches[0][:1, 0])
+
+    def loss(params, batch):
+        x, y = batch
+        return mse_loss(model.apply(params, x), y)
+
+    mesh = parallel.data_mesh(jax.devices()[: args.devices])
+    runs, checks = {}, {}
+    for opt_name, tx in _optimizers(args.K).items():
+        variants = _variants(loss, tx, mesh, params, batches)
+        reference = variants["1 device"]()[0]
+        for name, run in variants.items():
+            checks[opt_name, name] = _max_relative_difference(reference, run()[0])
+            runs[opt_name, name] = run  # the call above was the warm-up
+
+    load_before = _load()
+    walls = {key: [] for key in runs}
+    cpus = {key: [] for key in runs}
+    for _ in range(args.repeats):
+        for key, run in runs.items():
+            wall, cpu = _timed(run)
+            walls[key].append(wall)
+            cpus[key].append(cpu)
+
+    rows = []
+    for opt_name, name in runs:
+        step = statistics.median(walls[opt_name, name]) / args.steps
+        base = statistics.median(walls[opt_name, "1 device"]) / args.steps
+        rows.append(
+            {
+                "T": length,
+                "optimizer": opt_name,
+                "variant": name,
+                "ms_per_step": step * 1e3,
+                "speedup": base / step,
+                "cores": sum(cpus[opt_name, name]) / sum(walls[opt_name, name]),
+                "max_rel_diff": checks[opt_name, name],
+            }
+        )
+    print_fn(
+        f"T={length}, batch {args.batch} ({args.batch // args.devices} per device on "
+        f"{args.devices} devices), hidden {args.hidden}, {args.steps} steps per call, median "
+        f"of {args.repeats} rounds; {load_before} before, {_load()} after"
+    )
+    print_fn(
+        f"{'optimizer':28s} {'variant':14s} {'ms/step':>8s} {'speed-up':>9s} {'cores':>6s}"
+        f"  {'params vs 1 device':>18s}"
+    )
+    for row in rows:
+        print_fn(
+            f"{row['optimizer']:28s} {row['variant']:14s} {row['ms_per_step']:8.2f} "
+            f"{row['speedup']:8.2f}x {row['cores']:6.2f}  {row['max_rel_diff']:18.1e}"
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 400])
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--K", type=int, default=5, help="Frank-Wolfe inner steps")
+    parser.add_argument("--steps", type=int, default=5, help="outer steps per jitted call")
+    parser.add_argument("--repeats", type=int, default=7, help="timing rounds")
+    parser.add_argument(
+        "--devices", type=int, default=None, help="CPU devices (default: one per core)"
+    )
+    parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke test")
+    parser.add_argument("--out", default=None, help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths, args.batch, args.hidden, args.K = [8], 4, 8, 2
+        args.steps, args.repeats = 2, 2
+    # Before anything computes: JAX reads the device count when its backend starts
+    # (importing jax, flax or optax does not start it).
+    args.devices = parallel.use_cpu_devices(args.devices)
+    if args.devices < 2:
+        parser.error(f"needs at least 2 CPU devices to split over, got {args.devices}")
+    parallel.per_device_batch(args.batch, args.devices)
+
+    lines: list[str] = []
+
+    def print_fn(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    print_fn(f"One training step on all CPU cores. Machine: {describe(machine())}")
+    rows = []
+    for length in args.lengths:
+        rows += measure_length(args, length, print_fn)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
