@@ -1,0 +1,670 @@
+"""fw-optax against PyTorch: one vanilla RNN, one Frank-Wolfe optimizer, timed side by side.
+
+    pip install -e ".[compare]"                  # the CPU build of torch
+    python -m benchmarks.compare_torch           # check, then time T=100 and T=400 (~3 min)
+    python -m benchmarks.compare_torch --quick   # smoke run: tiny T, one repeat
+    python -m benchmarks.compare_torch --compile --lengths 100   # add a torch.compile set-up
+
+The model is the adding task's: a tanh RNN (hidden 128, 2 inputs, batch 50) with a linear head
+on ``h_T`` and the MSE loss; fw-optax runs ``models.RNNModel(cell="simple")``, torch runs
+``torch.nn.RNN`` (tanh, ``batch_first``) and an ``nn.Linear`` head, written as a PyTorch user
+would. Both start from the same weights (Flax's, copied into torch) and eat the same batches.
+Two optimizers, K = 5 inner steps, hyper-parameters from ``benchmarks.configs``:
+
+* ``alg1``, Algorithm 1: one L2 ball of radius δ over all parameters, inner gradient k taken
+  at ``ω + Δ_{k-1}``, ``Δ_k = (1 - 1/k) Δ_{k-1} + s_k / k``, then ``ω ← ω + η Δ_K``;
+  ``chain(frank_wolfe(5, δ, 2), sgd(η))``; one mini-batch per outer step.
+* ``authors``, the authors' released code: one L2 ball per tensor, inner gradient k taken at
+  ``ω + Δ_1 + ... + Δ_{k-1}``, Adam on ``-Δ_K``, a fresh mini-batch per inner step;
+  ``chain(frank_wolfe(5, δ, 2, scope="leaf", cumulative=True), adam(η))``. Their code hands
+  Adam ``-Δ_K / δ``; both sides here hand it ``-Δ_K``, which Adam's normalization makes the
+  same step up to its ε.
+
+First, in float64, both sides take one outer step from the same weights: the relative
+differences of the direction ``Δ_K``, of the step ``ω_1 - ω_0`` and of ``ω_1`` (largest over
+the parameter tensors) must be below 1e-6, or nothing is timed. Then every contender (fw-optax
+and each torch set-up: threads 1 and 2, flush-denormal on and off) runs a few outer steps in
+turn, round after round, so that a busy spell of a shared machine slows them alike; the median
+time per outer step is reported, with the ratio of the fastest torch set-up to fw-optax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fw_optax
+from benchmarks.configs import get_config
+from benchmarks.data.adding import adding_batch
+from benchmarks.machine import describe, machine
+from benchmarks.train import Objective, make_step
+from models import RNNModel, mse_loss
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "benchmarks.compare_torch needs PyTorch: pip install -e '.[compare]'"
+    ) from None
+
+Params = Any
+TOLERANCE = 1e-6
+TARGET = 2.0
+INPUTS = 2
+
+# (Flax parameter path, torch parameter name, transpose): Flax computes x @ W, torch W x.
+_LAYOUT: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    (("rnn_0", "cell", "i", "kernel"), "rnn.weight_ih_l0", True),
+    (("rnn_0", "cell", "i", "bias"), "rnn.bias_ih_l0", False),
+    (("rnn_0", "cell", "h", "kernel"), "rnn.weight_hh_l0", True),
+    (("head", "kernel"), "head.weight", True),
+    (("head", "bias"), "head.bias", False),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One Frank-Wolfe optimizer, as both sides build it.
+
+    Attributes:
+      name: ``"alg1"`` or ``"authors"`` (``benchmarks.configs`` flavours).
+      K: inner steps.
+      delta: the radius δ.
+      eta: the outer learning rate η.
+      scope: ``"global"`` (one ball) or ``"leaf"`` (one ball per tensor).
+      cumulative: inner gradient k at ``ω + Σ_{j<k} Δ_j`` instead of ``ω + Δ_{k-1}``.
+      outer: ``"sgd"`` or ``"adam"``.
+      fresh_batches: one mini-batch per inner step (K per outer step) instead of one.
+    """
+
+    name: str
+    K: int
+    delta: float
+    eta: float
+    scope: str
+    cumulative: bool
+    outer: str
+    fresh_batches: bool
+
+    @property
+    def batches_per_step(self) -> int:
+        return self.K if self.fresh_batches else 1
+
+
+def variants(K: int = 5) -> dict[str, Variant]:
+    """The two compared optimizers, δ and η read from the adding task's cpu table."""
+    alg1 = get_config("adding", "fw", "cpu", flavour="alg1")
+    authors = get_config("adding", "fw", "cpu", flavour="authors")
+    return {
+        "alg1": Variant("alg1", K, alg1.delta, alg1.eta, "global", False, "sgd", False),
+        "authors": Variant("authors", K, authors.delta, authors.eta, "leaf", True, "adam", True),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """The benchmark's size: sequence length T, batch B, hidden H."""
+
+    length: int
+    batch: int
+    hidden: int
+
+
+# --------------------------------------------------------------------------- data and weights
+
+
+def make_batches(problem: Problem, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` adding-task batches as host arrays ``x [count, B, T, 2]``, ``y [count, B, 1]``."""
+    keys = jax.random.split(jax.random.key(seed), count)
+    x, y = jax.vmap(lambda k: adding_batch(k, problem.batch, problem.length))(keys)
+    return np.array(x), np.array(y)
+
+
+def flax_model(problem: Problem) -> RNNModel:
+    return RNNModel(hidden_size=problem.hidden, output_size=1, cell="simple")
+
+
+def init_params(problem: Problem, seed: int = 0) -> Params:
+    """Flax's initial weights (float32), the starting point of both sides."""
+    x = jnp.zeros((problem.batch, problem.length, INPUTS), jnp.float32)
+    return flax_model(problem).init(jax.random.key(seed), x)
+
+
+def _flax_leaves(params: Params) -> dict[tuple[str, ...], np.ndarray]:
+    flat = {
+        tuple(k.key for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params["params"])
+    }
+    expected = {path for path, _, _ in _LAYOUT}
+    if set(flat) != expected:
+        raise ValueError(
+            f"models.RNNModel's parameters changed: got {sorted(flat)}, expected {sorted(expected)}"
+        )
+    return flat
+
+
+# --------------------------------------------------------------------------- the fw-optax side
+
+
+def jax_tx(variant: Variant) -> optax.GradientTransformation:
+    fw = fw_optax.frank_wolfe(
+        variant.K, variant.delta, 2, scope=variant.scope, cumulative=variant.cumulative
+    )
+    outer = optax.sgd(variant.eta) if variant.outer == "sgd" else optax.adam(variant.eta)
+    return optax.chain(fw, outer)
+
+
+def _loss_fn(model: RNNModel) -> Callable[[Params, Any], jax.Array]:
+    def loss(params, batch):
+        x, y = batch
+        # RNNModel's zero carry is float32 whatever the weights: cast it for the float64 check.
+        carry = jax.tree.map(lambda c: c.astype(x.dtype), model.initialize_carry(x.shape[0]))
+        return mse_loss(model.apply(params, x, initial_carry=carry), y)
+
+    return loss
+
+
+@functools.cache
+def jax_step(problem: Problem, variant: Variant) -> Callable[..., tuple[Params, Any, jax.Array]]:
+    """``step(params, opt_state, x, y) -> (params, opt_state, loss)``, jitted.
+
+    One outer step of the project's training loop (``benchmarks.train.make_step``) on the
+    step's stacked mini-batches ``x [batches_per_step, B, T, 2]``, ``y [batches_per_step, B, 1]``.
+    """
+    loss = _loss_fn(flax_model(problem))
+    objective = Objective(
+        loss=lambda params, state, batch, key: (loss(params, batch), state),
+        evaluate=lambda params, state, test: {},
+        test=None,
+    )
+    step = make_step(objective, jax_tx(variant), seed=0, batches_per_step=variant.batches_per_step)
+
+    @jax.jit
+    def run(params, opt_state, x, y):
+        (params, _, opt_state), value = step((params, {}, opt_state), (0, (x, y)))
+        return params, opt_state, value
+
+    return run
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def jax_direction(problem: Problem, variant: Variant, params: Params, x, y) -> Params:
+    """``-Δ_K``: what ``frank_wolfe`` hands the outer optimizer on these batches."""
+    loss = _loss_fn(flax_model(problem))
+    fw = fw_optax.frank_wolfe(
+        variant.K, variant.delta, 2, scope=variant.scope, cumulative=variant.cumulative
+    )
+    grads = jax.grad(loss)(params, (x[0], y[0]))
+    if variant.fresh_batches:
+        extra = {"value_fn": loss, "inner_batches": (x[1:], y[1:])}
+    else:
+        extra = {"value_fn": lambda w: loss(w, (x[0], y[0]))}
+    direction, _ = fw.update(grads, fw.init(params), params, **extra)
+    return direction
+
+
+# --------------------------------------------------------------------------- the torch side
+
+
+class TorchRNN(torch.nn.Module):
+    """``torch.nn.RNN`` (tanh, batch first) and a linear head on ``h_T``.
+
+    Flax's ``SimpleCell`` has one bias, torch's RNN two (``b_ih + b_hh``): ``b_hh`` stays zero
+    and frozen, so both sides train the same five tensors.
+    """
+
+    def __init__(self, hidden_size: int, output_size: int = 1) -> None:
+        super().__init__()
+        self.rnn = torch.nn.RNN(INPUTS, hidden_size, nonlinearity="tanh", batch_first=True)
+        self.head = torch.nn.Linear(hidden_size, output_size)
+        with torch.no_grad():
+            self.rnn.bias_hh_l0.zero_()
+        self.rnn.bias_hh_l0.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_last = self.rnn(x)
+        return self.head(h_last[-1])
+
+
+def torch_model(params: Params, dtype: torch.dtype = torch.float32) -> TorchRNN:
+    """A ``TorchRNN`` holding Flax's weights ``params``."""
+    leaves = _flax_leaves(params)
+    hidden = leaves[("rnn_0", "cell", "h", "kernel")].shape[0]
+    model = TorchRNN(hidden).to(dtype)
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for path, name, transpose in _LAYOUT:
+            value = leaves[path].T if transpose else leaves[path]
+            named[name].copy_(torch.from_numpy(np.array(value)))
+    return model
+
+
+def flax_layout(tensors: dict[str, torch.Tensor]) -> dict[tuple[str, ...], np.ndarray]:
+    """Torch tensors by parameter name, as arrays in Flax's layout keyed by Flax's path."""
+    out = {}
+    for path, name, transpose in _LAYOUT:
+        value = tensors[name].detach().cpu().numpy()
+        out[path] = value.T if transpose else value
+    return out
+
+
+class FrankWolfe:
+    r"""Algorithm 1 in PyTorch: K linear-minimization steps, then ``outer`` steps on ``-Δ_K``.
+
+    With ``s_k = argmin_{‖s‖_2 ≤ δ} <s, ∇F(ω + p_{k-1})>`` (one ball over all parameters, or
+    one per tensor), ``Δ_k = (1 - 1/k) Δ_{k-1} + s_k / k`` and the perturbation ``p_{k-1}``
+    equal to ``Δ_{k-1}`` (Algorithm 1) or ``Δ_1 + ... + Δ_{k-1}`` (``cumulative``, the
+    authors' code), the weights are restored to ω and ``-Δ_K`` is handed to ``outer`` as the
+    gradient: ``SGD(lr=η)`` gives ``ω + η Δ_K``.
+
+    Args:
+      outer: the optimizer that applies ``-Δ_K``; its parameters are the ones perturbed.
+      K: inner steps.
+      delta: the radius δ.
+      scope: ``"global"`` or ``"leaf"``.
+      cumulative: where the inner gradients are taken (above).
+    """
+
+    def __init__(
+        self,
+        outer: torch.optim.Optimizer,
+        *,
+        K: int,
+        delta: float,
+        scope: str = "global",
+        cumulative: bool = False,
+    ) -> None:
+        if K < 1 or not delta >= 0 or scope not in ("global", "leaf"):
+            raise ValueError(f"bad Frank-Wolfe settings: K={K}, delta={delta}, scope={scope!r}")
+        self.outer = outer
+        self.params = [p for group in outer.param_groups for p in group["params"]]
+        self.K, self.delta, self.scope, self.cumulative = K, delta, scope, cumulative
+        self._origin = [torch.empty_like(p) for p in self.params]
+
+    def _lmo(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``-δ g / ‖g‖_2``, the norm over all tensors or per tensor; ``g = 0`` gives 0."""
+        tiny = torch.finfo(grads[0].dtype).tiny
+        norms = torch._foreach_norm(grads)
+        if self.scope == "global":
+            total = torch.linalg.vector_norm(torch.stack(norms)).clamp_min(tiny)
+            return torch._foreach_mul(grads, -self.delta / total)
+        scales = [-self.delta / n.clamp_min(tiny) for n in norms]
+        return torch._foreach_mul(grads, scales)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """One outer step. ``closure(k)`` zeroes the gradients, computes the loss of inner step
+        ``k`` (0 .. K-1; step 0 at ω) at the current weights, calls ``backward`` and returns the
+        loss. Returns the loss at ω."""
+        torch._foreach_copy_(self._origin, self.params)
+        avg: list[torch.Tensor] = []
+        for k in range(1, self.K + 1):
+            with torch.enable_grad():
+                value = closure(k - 1)
+            if k == 1:
+                loss = value.detach()
+            s = self._lmo([p.grad for p in self.params])
+            if k == 1:
+                avg = s
+            else:
+                torch._foreach_lerp_(avg, s, 1.0 / k)
+            if k < self.K:
+                if self.cumulative:
+                    torch._foreach_add_(self.params, avg)
+                else:
+                    torch._foreach_copy_(self.params, torch._foreach_add(self._origin, avg))
+        torch._foreach_copy_(self.params, self._origin)
+        for p, a in zip(self.params, avg, strict=True):
+            p.grad = a.neg_()
+        self.outer.step()
+        return loss
+
+
+def torch_optimizer(model: TorchRNN, variant: Variant) -> FrankWolfe:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if variant.outer == "sgd":
+        outer = torch.optim.SGD(params, lr=variant.eta, foreach=True)
+    else:
+        outer = torch.optim.Adam(params, lr=variant.eta, foreach=True)
+    # fw_optax holds δ in float32; round it the same way so the float64 check compares like with
+    # like.
+    delta = float(np.float32(variant.delta))
+    return FrankWolfe(
+        outer, K=variant.K, delta=delta, scope=variant.scope, cumulative=variant.cumulative
+    )
+
+
+def torch_step(model: Callable, optimizer: FrankWolfe, x: torch.Tensor, y: torch.Tensor):
+    """One outer step on the stacked mini-batches (inner step k reads ``x[k]`` if present)."""
+
+    def closure(k: int) -> torch.Tensor:
+        b = min(k, x.shape[0] - 1)
+        optimizer.outer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x[b]), y[b])
+        loss.backward()
+        return loss
+
+    return optimizer.step(closure)
+
+
+# --------------------------------------------------------------------------- the float64 check
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """Relative differences (largest over tensors) of the two sides after one outer step."""
+
+    variant: str
+    direction: float
+    step: float
+    params: float
+    tolerance: float = TOLERANCE
+
+    @property
+    def ok(self) -> bool:
+        return max(self.direction, self.step, self.params) < self.tolerance
+
+    def line(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        return (
+            f"{self.variant:8s} rel. diff  Δ_K {self.direction:.1e}  ω1-ω0 {self.step:.1e}  "
+            f"ω1 {self.params:.1e}  (< {self.tolerance:.0e}: {verdict})"
+        )
+
+
+def _relative(a: dict, b: dict) -> float:
+    """``max over tensors ‖a - b‖ / ‖b‖``."""
+    tiny = np.finfo(np.float64).tiny
+    return max(float(np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(b[k]), tiny)) for k in b)
+
+
+def check_first_step(
+    problem: Problem,
+    variant: Variant,
+    *,
+    seed: int = 0,
+    torch_delta: float | None = None,
+    perturb: Callable[[TorchRNN], None] | None = None,
+) -> Check:
+    """Both sides take one float64 outer step from the same weights on the same batches.
+
+    ``torch_delta`` and ``perturb`` (applied to the torch model before the step) exist to show
+    that the check can fail.
+    """
+    x, y = make_batches(problem, variant.batches_per_step, seed)
+    params0 = init_params(problem, seed)
+    with jax.enable_x64(True):
+        p0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params0)
+        x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+        tx = jax_tx(variant)
+        p1, _, _ = jax_step(problem, variant)(p0, tx.init(p0), x64, y64)
+        direction = jax_direction(problem, variant, p0, x64, y64)
+        jax_p0, jax_p1 = _flax_leaves(p0), _flax_leaves(p1)
+        jax_dir = _flax_leaves({"params": direction["params"]})
+
+    model = torch_model(params0, torch.float64)
+    if perturb is not None:
+        with torch.no_grad():
+            perturb(model)
+    optimizer = torch_optimizer(model, variant)
+    if torch_delta is not None:
+        optimizer.delta = torch_delta
+    torch_step(model, optimizer, torch.from_numpy(x).double(), torch.from_numpy(y).double())
+    named = dict(model.named_parameters())
+    torch_p1 = flax_layout(named)
+    torch_dir = flax_layout({name: p.grad for name, p in named.items() if p.grad is not None})
+    return Check(
+        variant.name,
+        direction=_relative(torch_dir, jax_dir),
+        step=_relative(
+            {k: torch_p1[k] - jax_p0[k] for k in jax_p0}, {k: jax_p1[k] - jax_p0[k] for k in jax_p0}
+        ),
+        params=_relative(torch_p1, jax_p1),
+    )
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchSetup:
+    """Process-wide torch settings for one contender."""
+
+    threads: int
+    flush_denormal: bool
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        flush = "on" if self.flush_denormal else "off"
+        return f"torch {self.threads} thr, flush {flush}" + (", compile" if self.compile else "")
+
+    def apply(self) -> None:
+        torch.set_num_threads(self.threads)
+        torch.set_flush_denormal(self.flush_denormal)
+
+
+def torch_setups(compile_: bool = False) -> list[TorchSetup]:
+    threads = sorted({1, min(2, os.cpu_count() or 1)})
+    setups = [TorchSetup(t, f) for t, f in itertools.product(threads, (False, True))]
+    if compile_:
+        setups.append(TorchSetup(threads[-1], False, compile=True))
+    return setups
+
+
+Runner = Callable[[int], None]
+
+
+def jax_runner(problem: Problem, variant: Variant, params0: Params, x, y) -> Runner:
+    step = jax_step(problem, variant)
+    state = [params0, jax_tx(variant).init(params0)]
+    per_step = variant.batches_per_step
+    xs = [jnp.asarray(x[i : i + per_step]) for i in range(0, len(x), per_step)]
+    ys = [jnp.asarray(y[i : i + per_step]) for i in range(0, len(y), per_step)]
+    order = itertools.cycle(range(len(xs)))
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            i = next(order)
+            state[0], state[1], loss = step(state[0], state[1], xs[i], ys[i])
+        jax.block_until_ready(loss)
+
+    return run
+
+
+def torch_runner(setup: TorchSetup, variant: Variant, params0: Params, x, y) -> Runner:
+    model = torch_model(params0)
+    optimizer = torch_optimizer(model, variant)
+    forward = model
+    if setup.compile:
+        import torch._dynamo as dynamo
+
+        # Without this dynamo leaves nn.RNN to eager mode; with it, it unrolls the T steps.
+        dynamo.config.allow_rnn = True
+        forward = torch.compile(model)
+    per_step = variant.batches_per_step
+    xs = [torch.from_numpy(x[i : i + per_step]) for i in range(0, len(x), per_step)]
+    ys = [torch.from_numpy(y[i : i + per_step]) for i in range(0, len(y), per_step)]
+    order = itertools.cycle(range(len(xs)))
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            i = next(order)
+            torch_step(forward, optimizer, xs[i], ys[i])
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per outer step of each contender: all rounds, median and warm-up (compile)."""
+
+    times: dict[str, list[float]]
+    warmup: dict[str, float]
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+
+def time_interleaved(
+    runners: dict[str, Runner],
+    setups: dict[str, Callable[[], None]],
+    *,
+    repeats: int,
+    steps: int,
+    pause: float = 0.05,
+) -> Timing:
+    """Round-robin timing: each round runs ``steps`` outer steps of every contender in turn.
+
+    The order rotates from round to round, ``setups[name]()`` applies a contender's process
+    settings before it runs, and a short pause lets the other library's idle worker threads
+    stop spinning before the clock starts.
+    """
+    warmup = {}
+    for name, run in runners.items():
+        setups.get(name, lambda: None)()
+        t0 = time.perf_counter()
+        run(1)
+        warmup[name] = time.perf_counter() - t0
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            setups.get(name, lambda: None)()
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            runners[name](steps)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return Timing(times, warmup)
+
+
+JAX_NAME = "fw-optax"
+
+
+def benchmark(
+    problem: Problem,
+    variant: Variant,
+    setups: Sequence[TorchSetup],
+    *,
+    repeats: int,
+    steps: int,
+    seed: int = 0,
+) -> Timing:
+    """Times fw-optax and every torch set-up on the same weights and batches."""
+    params0 = init_params(problem, seed)
+    x, y = make_batches(problem, max(steps, 2) * variant.batches_per_step, seed + 1)
+    runners = {JAX_NAME: jax_runner(problem, variant, params0, x, y)}
+    applies: dict[str, Callable[[], None]] = {}
+    for setup in setups:
+        runners[setup.name] = torch_runner(setup, variant, params0, x, y)
+        applies[setup.name] = setup.apply
+    return time_interleaved(runners, applies, repeats=repeats, steps=steps)
+
+
+def report(problem: Problem, variant: Variant, timing: Timing, print_fn=print) -> float:
+    """Prints one table; returns the fastest torch set-up's time / fw-optax's time."""
+    jax_time = timing.median(JAX_NAME)
+    torch_names = [n for n in timing.times if n != JAX_NAME]
+    fastest = min(torch_names, key=timing.median)
+    print_fn(
+        f"\n{variant.name}, T={problem.length}: ms per outer step (K={variant.K}), median of "
+        f"{len(timing.times[JAX_NAME])} rounds [min-max]; first step (compile) in s"
+    )
+    for name in timing.times:
+        t = timing.times[name]
+        print_fn(
+            f"  {name:30s} {timing.median(name) * 1e3:8.1f}  [{min(t) * 1e3:.1f}-"
+            f"{max(t) * 1e3:.1f}]  first {timing.warmup[name]:.1f}"
+        )
+    ratio = timing.median(fastest) / jax_time
+    verdict = "met" if ratio >= TARGET else "NOT met"
+    print_fn(
+        f"  fastest torch ({fastest}) / fw-optax = {ratio:.2f}x  (target >= {TARGET}: {verdict})"
+    )
+    return ratio
+
+
+def _load() -> str:
+    try:
+        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    config = get_config("adding", "fw", "cpu", flavour="alg1")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 400], help="T values")
+    parser.add_argument("--variants", nargs="+", choices=["alg1", "authors"], default=None)
+    parser.add_argument("--K", type=int, default=5, help="inner Frank-Wolfe steps")
+    parser.add_argument("--hidden", type=int, default=config.hidden)
+    parser.add_argument("--batch", type=int, default=config.batch_size)
+    parser.add_argument("--repeats", type=int, default=7, help="timing rounds")
+    parser.add_argument("--steps", type=int, default=3, help="outer steps per contender per round")
+    parser.add_argument("--check-length", type=int, default=None, help="T of the float64 check")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (compiles for minutes)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: T=10, one round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths, args.repeats, args.steps = [10], 1, 1
+    if args.variants is None:
+        args.variants = ["alg1", "authors"]
+    for name in ("K", "hidden", "batch", "repeats", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if min(args.lengths + [args.check_length or 2]) < 2:
+        parser.error(f"sequence lengths must be >= 2 (the adding task), got {args.lengths}")
+    return args
+
+
+def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print) -> dict:
+    """Checks, then times; returns ``{"checks": [...], "ratios": {(variant, T): ratio}}``."""
+    args = parse_args(argv)
+    chosen = [variants(args.K)[name] for name in args.variants]
+    print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {_load()}")
+    print_fn(
+        f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}; "
+        + "; ".join(f"{v.name}: δ={v.delta}, η={v.eta}" for v in chosen)
+    )
+
+    check_problem = Problem(args.check_length or min(args.lengths), args.batch, args.hidden)
+    print_fn(f"float64 check, one outer step at T={check_problem.length}:")
+    checks = [check_first_step(check_problem, v) for v in chosen]
+    for check in checks:
+        print_fn("  " + check.line())
+    if not all(check.ok for check in checks):
+        print_fn("The two sides disagree: not timing them.")
+        raise SystemExit(1)
+
+    if not args.compile:
+        print_fn(
+            "torch.compile not timed (--compile does): dynamo leaves nn.RNN in eager mode unless "
+            "torch._dynamo.config.allow_rnn, and with it unrolls all T steps."
+        )
+    setups = torch_setups(args.compile)
+    ratios = {}
+    for length in args.lengths:
+        problem = Problem(length, args.batch, args.hidden)
+        for variant in chosen:
+            timing = benchmark(problem, variant, setups, repeats=args.repeats, steps=args.steps)
+            ratios[(variant.name, length)] = report(problem, variant, timing, print_fn)
+            print_fn(f"  ({_load()})")
+    return {"checks": checks, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()
