@@ -3,7 +3,8 @@
 XLA:CPU runs one device's program on about one core: the recurrence is a chain of small
 matmuls (``[B, H] x [H, H]`` per time step) too small to split across threads. Splitting
 the host into one JAX device per core and the batch over them gives each core its own
-``B / n`` rows of every step. What a user sets, before JAX starts::
+``B / n`` rows of every step. What a user sets, before JAX starts (``use_cpu_devices()``
+does it, one device per core, unless the environment already says how many)::
 
     JAX_NUM_CPU_DEVICES=2 python ...            # or, first thing after `import jax`:
     jax.config.update("jax_num_cpu_devices", 2)  # what `use_cpu_devices(2)` does
@@ -34,7 +35,9 @@ step on the whole batch (to float rounding).
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,12 +57,28 @@ def default_device_count() -> int:
         return os.cpu_count() or 1
 
 
+def requested_device_count() -> int | None:
+    """The CPU device count the user asked for, if any.
+
+    ``JAX_NUM_CPU_DEVICES`` (or an earlier ``jax_num_cpu_devices`` update) first, then
+    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``.
+    """
+    configured = jax.config.jax_num_cpu_devices
+    if configured > 0:
+        return configured
+    flag = re.search(
+        r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", "")
+    )
+    return int(flag.group(1)) if flag else None
+
+
 def use_cpu_devices(count: int | None = None) -> int:
-    """Split the host CPU into ``count`` JAX devices (default: one per core).
+    """Split the host CPU into ``count`` JAX devices.
 
     Sets ``jax_num_cpu_devices``, which JAX reads when it starts its backends: call this
-    before any JAX computation (``JAX_NUM_CPU_DEVICES=n`` in the environment does the same).
-    Calling it again once JAX has started is fine if the count already matches.
+    before any JAX computation. ``count=None`` keeps what the user asked for in the
+    environment (:func:`requested_device_count`), else one device per core. Calling it
+    again once JAX has started is fine if the count already matches.
 
     Returns:
       The number of CPU devices JAX will use.
@@ -68,7 +87,8 @@ def use_cpu_devices(count: int | None = None) -> int:
       ValueError: ``count < 1``.
       RuntimeError: JAX already started with a different number of CPU devices.
     """
-    count = default_device_count() if count is None else count
+    if count is None:
+        count = requested_device_count() or default_device_count()
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be an int >= 1, got count={count!r}.")
     try:
@@ -240,3 +260,61 @@ def data_parallel(
     return jax.jit(
         jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
     )
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) ")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%\S+ = (.+?) ([\w\-]+)\(")
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_BITS = {"pred": 8, "bf16": 16}
+_COLLECTIVES = frozenset(
+    {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"}
+)
+
+
+def _bytes(shape_text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(shape_text):
+        bits = _BITS.get(dtype) or int(dtype[1:])
+        total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
+    return total
+
+
+def collectives(hlo_text: str) -> tuple[int, int]:
+    """``(count, bytes)`` of the collectives one run of a compiled program executes.
+
+    Read from ``jax.jit(...).lower(...).compile().as_text()``: every all-reduce,
+    all-gather, reduce-scatter, all-to-all and collective-permute counts once per trip of
+    each ``while`` loop around it (XLA's ``known_trip_count``; a loop without one counts
+    once), so an all-reduce inside the backward pass over T time steps counts T times.
+    ``bytes`` is the size of their results on one device.
+    """
+    own: dict[str, list[int]] = {}
+    callees: dict[str, list[tuple[str, int]]] = {}
+    entry, name = None, None
+    for line in hlo_text.splitlines():
+        match = _COMPUTATION.match(line)
+        if match:
+            name = match.group(1)
+            entry = name if line.startswith("ENTRY") else entry
+            own[name], callees[name] = [], []
+            continue
+        instruction = _INSTRUCTION.match(line)
+        if name is None or instruction is None:
+            continue
+        if instruction.group(2).removesuffix("-start") in _COLLECTIVES:
+            own[name].append(_bytes(instruction.group(1)))
+        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+        for callee in re.findall(r"(?:body|calls)=%([\w.\-]+)", line):
+            callees[name].append((callee, int(trips.group(1)) if trips else 1))
+
+    @functools.cache
+    def executed(comp: str) -> tuple[int, int]:
+        count, size = len(own.get(comp, ())), sum(own.get(comp, ()))
+        for callee, trips in callees.get(comp, ()):
+            sub_count, sub_size = executed(callee)
+            count, size = count + trips * sub_count, size + trips * sub_size
+        return count, size
+
+    if entry is None:
+        raise ValueError("not the text of a compiled HLO module: no ENTRY computation found")
+    return executed(entry)

@@ -13,10 +13,13 @@ three ways, on the same weights and batches:
 - ``shard_map``: ``benchmarks.parallel``: each device runs the single-device step on its
   shard, the gradient averaged once per evaluation.
 
-For each it prints the time of one outer step, the speed-up over ``1 device`` and the CPU
-cores the process kept busy (process CPU time / wall time). The variants are timed round
-after round, so a busy spell of a shared machine slows them alike; the load average is
-printed with each table. It first checks that the split steps equal the one-device step.
+For each it prints the time of one outer step, the speed-up over ``1 device``, the CPU
+cores the process kept busy (process CPU time / wall time), the collectives (all-reduces,
+all-gathers, ...) one outer step executes and the megabytes they move per device (read from
+the compiled program, loop trips counted: ``benchmarks.parallel.collectives``), and the
+largest relative difference of the parameters after the timed steps from ``1 device``'s.
+The variants are timed round after round, so a busy spell of a shared machine slows them
+alike; the load average is printed with each table.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import fw_optax
 from benchmarks import parallel
 from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
-from models import RNNModel, mse_loss
+from models import RNNModel, default_impl, mse_loss
 
 
 def _optimizers(K: int) -> dict[str, Any]:
@@ -69,8 +72,8 @@ def _chunk_fn(loss: Callable[..., Any], tx: Any) -> Callable[..., Any]:
     return chunk
 
 
-def _variants(loss, tx, mesh, params, batches) -> dict[str, Callable[[], Any]]:
-    """The three ways to run ``steps`` outer steps, compiled, as zero-argument calls."""
+def _variants(loss, tx, mesh, params, batches) -> dict[str, tuple[Any, tuple]]:
+    """The three ways to run ``steps`` outer steps: ``name -> (compiled, its arguments)``."""
     opt_state = tx.init(params)
     replicated = NamedSharding(mesh, P())
     split = NamedSharding(mesh, parallel.batch_spec(batch_axis=1))
@@ -92,9 +95,9 @@ def _variants(loss, tx, mesh, params, batches) -> dict[str, Callable[[], Any]]:
         out_specs=P(),
     )
     return {
-        "1 device": functools.partial(one, params, opt_state, batches),
-        "jit+sharding": functools.partial(spmd.lower(*sharded_args).compile(), *sharded_args),
-        "shard_map": functools.partial(shmap.lower(*sharded_args).compile(), *sharded_args),
+        "1 device": (one, (params, opt_state, batches)),
+        "jit+sharding": (spmd.lower(*sharded_args).compile(), sharded_args),
+        "shard_map": (shmap.lower(*sharded_args).compile(), sharded_args),
     }
 
 
@@ -119,7 +122,7 @@ def _load() -> str:
 
 def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[str], None]):
     """One table: every optimizer x variant at sequence length ``length``; returns its rows."""
-    model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple")
+    model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple", impl=args.impl)
     keys = jax.random.split(jax.random.key(1), args.steps)
     batches = jax.vmap(lambda k: adding_batch(k, args.batch, length))(keys)
     params = model.init(jax.random.key(0), batches[0][:1, 0])
@@ -129,13 +132,16 @@ def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[st
         return mse_loss(model.apply(params, x), y)
 
     mesh = parallel.data_mesh(jax.devices()[: args.devices])
-    runs, checks = {}, {}
+    runs, checks, collectives = {}, {}, {}
     for opt_name, tx in _optimizers(args.K).items():
         variants = _variants(loss, tx, mesh, params, batches)
-        reference = variants["1 device"]()[0]
-        for name, run in variants.items():
-            checks[opt_name, name] = _max_relative_difference(reference, run()[0])
-            runs[opt_name, name] = run  # the call above was the warm-up
+        reference = None
+        for name, (compiled, inputs) in variants.items():
+            run = runs[opt_name, name] = functools.partial(compiled, *inputs)
+            new_params = run()[0]  # also the warm-up
+            reference = new_params if reference is None else reference
+            checks[opt_name, name] = _max_relative_difference(reference, new_params)
+            collectives[opt_name, name] = parallel.collectives(compiled.as_text())
 
     load_before = _load()
     walls = {key: [] for key in runs}
@@ -158,22 +164,27 @@ def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[st
                 "ms_per_step": step * 1e3,
                 "speedup": base / step,
                 "cores": sum(cpus[opt_name, name]) / sum(walls[opt_name, name]),
+                "collectives": collectives[opt_name, name][0] / args.steps,
+                "collective_mb": collectives[opt_name, name][1] / args.steps / 1e6,
                 "max_rel_diff": checks[opt_name, name],
             }
         )
+    impl = default_impl() if args.impl == "auto" else args.impl
     print_fn(
-        f"T={length}, batch {args.batch} ({args.batch // args.devices} per device on "
-        f"{args.devices} devices), hidden {args.hidden}, {args.steps} steps per call, median "
+        f"T={length}, recurrence impl={impl}, batch {args.batch} ({args.batch // args.devices} "
+        f"per device on {args.devices} devices), hidden {args.hidden}, {args.steps} steps per "
+        f"call, median "
         f"of {args.repeats} rounds; {load_before} before, {_load()} after"
     )
     print_fn(
-        f"{'optimizer':28s} {'variant':14s} {'ms/step':>8s} {'speed-up':>9s} {'cores':>6s}"
-        f"  {'params vs 1 device':>18s}"
+        f"{'optimizer':26s} {'variant':13s} {'ms/step':>8s} {'speed-up':>9s} {'cores':>6s}"
+        f" {'collectives':>11s} {'MB':>7s} {'vs 1 device':>11s}"
     )
     for row in rows:
         print_fn(
-            f"{row['optimizer']:28s} {row['variant']:14s} {row['ms_per_step']:8.2f} "
-            f"{row['speedup']:8.2f}x {row['cores']:6.2f}  {row['max_rel_diff']:18.1e}"
+            f"{row['optimizer']:26s} {row['variant']:13s} {row['ms_per_step']:8.2f} "
+            f"{row['speedup']:8.2f}x {row['cores']:6.2f} {row['collectives']:11.0f} "
+            f"{row['collective_mb']:7.2f} {row['max_rel_diff']:11.1e}"
         )
     return rows
 
@@ -183,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 400])
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument(
+        "--impl", default="auto", help="models.RNNModel's recurrence (auto: the backend's default)"
+    )
     parser.add_argument("--K", type=int, default=5, help="Frank-Wolfe inner steps")
     parser.add_argument("--steps", type=int, default=5, help="outer steps per jitted call")
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds")
@@ -208,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(line, flush=True)
         lines.append(line)
 
-    print_fn(f"One training step on all CPU cores. Machine: {describe(machine())}")
+    print_fn(
+        f"One training step on all CPU cores. Machine: {describe(machine())}; this process "
+        f"may run on {parallel.default_device_count()} of them"
+    )
     rows = []
     for length in args.lengths:
         rows += measure_length(args, length, print_fn)

@@ -29,7 +29,8 @@ _WORKER = textwrap.dedent(
     """
     import functools, json
     from benchmarks import parallel
-    parallel.use_cpu_devices(2)
+    count = parallel.use_cpu_devices()  # 2, from XLA_FLAGS: see the fixture
+
 
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import PartitionSpec as P
@@ -38,7 +39,7 @@ _WORKER = textwrap.dedent(
     from benchmarks.data.adding import adding_batch
     from models import RNNModel, mse_loss
 
-    out = {}
+    out = {"count": count, "devices": len(jax.devices())}
     mesh = parallel.data_mesh()
     model = RNNModel(hidden_size=8, output_size=1, cell="simple")
     keys = jax.random.split(jax.random.key(0), 2)
@@ -106,8 +107,13 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_devices() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    env.pop("JAX_NUM_CPU_DEVICES", None)
     proc = subprocess.run(
         [sys.executable, "-c", _WORKER],
         cwd=ROOT,
@@ -119,6 +125,10 @@ def two_devices() -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     return json.loads(line.removeprefix("RESULT "))
+
+
+def test_the_device_count_set_in_the_environment_is_kept(two_devices):
+    assert two_devices["count"] == two_devices["devices"] == 2
 
 
 @pytest.mark.parametrize("K", [1, 3])
@@ -173,6 +183,15 @@ def test_per_device_batch():
 def test_bad_device_count(count):
     with pytest.raises(ValueError, match="count must be an int >= 1"):
         parallel.use_cpu_devices(count)
+
+
+def test_requested_device_count_reads_xla_flags(monkeypatch):
+    if jax.config.jax_num_cpu_devices > 0:
+        pytest.skip("JAX_NUM_CPU_DEVICES is set: it takes precedence over XLA_FLAGS")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert parallel.requested_device_count() is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    assert parallel.requested_device_count() == 3
 
 
 def test_batch_spec_splits_the_named_axis():
