@@ -8,6 +8,7 @@ from models.cells import (
     indrnn_recurrent_bound,
     make_cell,
 )
+from models.fused import fused_scan_cell, supports_fused
 from models.heads import (
     HEADS,
     Head,
@@ -24,6 +25,7 @@ from models.rnn import (
     default_impl,
     default_unroll,
     make_train_loss,
+    resolve_impl,
     split_variables,
 )
 from models.scan_rnn import scan_cell, simple_rnn_scan
@@ -51,18 +53,21 @@ __all__ = [
     "deep_indrnn",
     "default_impl",
     "default_unroll",
+    "fused_scan_cell",
     "get_head",
     "identity_init",
     "indrnn_recurrent_bound",
     "make_cell",
     "make_train_loss",
     "mse_loss",
+    "resolve_impl",
     "rnn_chunk_fn",
     "scan_cell",
     "sigmoid_mse_loss",
     "simple_rnn_scan",
     "split_chunks",
     "split_variables",
+    "supports_fused",
     "tbptt_loss",
     "tbptt_step",
 ]

@@ -7,6 +7,7 @@ deep IndRNN) or on the final hidden state ("RNN + BN"), and a linear head on ``h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,11 +17,12 @@ import jax.numpy as jnp
 from flax.typing import Initializer
 
 from models.cells import CELL_NAMES, make_cell
-from models.scan_rnn import scan_cell
+from models.fused import fused_scan_cell, supports_fused
+from models.scan_rnn import scan_cell, supports_hoisting
 
 Array = jax.Array
 Carry = Any
-IMPLS: tuple[str, ...] = ("auto", "hoisted", "flax")
+IMPLS: tuple[str, ...] = ("auto", "fused", "hoisted", "flax")
 
 # PyTorch's BatchNorm1d defaults (momentum 0.1 = Flax 0.9, eps 1e-5), as the authors ran.
 _BN_MOMENTUM = 0.9
@@ -28,23 +30,26 @@ _BN_EPSILON = 1e-5
 
 
 class HoistedRNN(nn.Module):
-    """A Flax cell run by ``scan_cell``: input projection hoisted out of the time loop.
+    """A Flax cell run with its input projection hoisted out of the time loop.
 
-    The cell is a child module named ``cell``, so the parameters are created by the cell
-    itself and the tree equals ``nn.RNN(cell)``'s: the two are interchangeable.
+    ``fused=True`` runs ``models.fused.fused_scan_cell`` (custom VJP: the backward loop
+    carries only the state cotangent, weight gradients are one matmul after it);
+    ``fused=False`` runs ``models.scan_rnn.scan_cell`` and lets autodiff differentiate the
+    scan. The cell is a child module named ``cell``, so the parameters are created by the
+    cell itself and the tree equals ``nn.RNN(cell)``'s: the three are interchangeable.
     """
 
     cell: nn.RNNCellBase
     unroll: int = 1
+    fused: bool = False
 
     @nn.compact
     def __call__(self, xs: Array, initial_carry: Carry) -> tuple[Carry, Array]:
         """Inputs ``[T, B, F]`` and a carry; returns ``(carry_T, outputs [T, B, H])``."""
         if self.is_initializing():
             self.cell(initial_carry, xs[0])
-        return scan_cell(
-            self.cell, self.cell.variables["params"], xs, initial_carry, unroll=self.unroll
-        )
+        run = fused_scan_cell if self.fused else scan_cell
+        return run(self.cell, self.cell.variables["params"], xs, initial_carry, unroll=self.unroll)
 
 
 class RNNModel(nn.Module):
@@ -82,9 +87,12 @@ class RNNModel(nn.Module):
       activation_fn: overrides the cell's nonlinearity (e.g. ``nn.relu`` for an IRNN).
       recurrent_bound: IndRNN only: ``u ~ U(0, bound)`` at init; keep it during training
         with ``models.clip_indrnn_recurrent``.
-      impl: ``"hoisted"`` (``scan_cell``: input projection of all steps as one matmul before
-        the scan), ``"flax"`` (``nn.RNN`` over the cell), or ``"auto"``: the faster of the
-        two on the default backend (``default_impl``). Same parameters, same function.
+      impl: ``"fused"`` (``models.fused``: input projection of all steps as one matmul
+        before the scan, a custom backward pass whose loop does only the sequential part),
+        ``"hoisted"`` (the same projection, autodiff through ``scan_cell``), ``"flax"``
+        (``nn.RNN`` over the cell, as landed), or ``"auto"``: the measured fastest on the
+        default backend (``default_impl``), ``"flax"`` for a cell without that fast path.
+        Same parameters, same function.
       unroll: time steps per scan iteration; ``None`` picks ``default_unroll()``.
     """
 
@@ -161,14 +169,14 @@ class RNNModel(nn.Module):
         carries = self.initialize_carry(x.shape[0]) if initial_carry is None else initial_carry
         if len(carries) != self.depth:
             raise ValueError(f"initial_carry must hold {self.depth} carries, got {len(carries)}")
-        impl = default_impl() if self.impl == "auto" else self.impl
         unroll = default_unroll() if self.unroll is None else self.unroll
         xs = jnp.swapaxes(x, 0, 1)
         final_carries = []
         for layer, carry in enumerate(carries):
             cell = make_cell(self.cell, self.hidden_size, **self._cell_options())
-            if impl == "hoisted":
-                rnn = HoistedRNN(cell, unroll=unroll, name=f"rnn_{layer}")
+            impl = resolve_impl(self.impl, cell)
+            if impl in ("fused", "hoisted"):
+                rnn = HoistedRNN(cell, unroll=unroll, fused=impl == "fused", name=f"rnn_{layer}")
                 carry, xs = rnn(xs, carry)
             else:
                 rnn = nn.RNN(
@@ -187,25 +195,88 @@ class RNNModel(nn.Module):
         return (tuple(final_carries), y) if return_carry else y
 
 
-def default_impl() -> str:
-    """``"hoisted"`` on GPU/TPU, ``"flax"`` on CPU: the faster train step on each.
+@dataclasses.dataclass(frozen=True)
+class Recurrence:
+    """How to run the recurrences on one backend: ``impl`` (one of ``IMPLS`` but "auto")
+    and ``unroll`` (time steps per scan iteration), with where the choice comes from."""
 
-    Measured (``benchmarks/perf_models.py``, batch 50, hidden 128, T = 100 and 400): on an
-    H200 the hoisted projection is 1.1-2.3x faster for the vanilla RNN, LSTM and IndRNN;
-    on CPU (XLA:CPU, 2 cores) the scan step that reads its slice of the precomputed
-    ``[T, B, G]`` projection is slower than recomputing the tiny ``x_t W_i`` inside it
-    (LSTM about 1.5x slower), so the per-step Flax cell is kept there.
+    impl: str
+    unroll: int
+    source: str
+
+
+# The measured choice per backend. Fallback to "flax" for cells without the fast path is
+# in ``resolve_impl``.
+MEASURED: dict[str, Recurrence] = {
+    "cpu": Recurrence(
+        "fused",
+        1,
+        "benchmarks/perf_models.py on the 2-core Xeon (results/cpu/perf_models.txt): the "
+        "fused backward beats the Flax cell and the autodiff'd hoisted scan for every cell; "
+        "unroll 1 is fastest on XLA:CPU (unrolling only grows the loop body).",
+    ),
+    "gpu": Recurrence(
+        "hoisted",
+        8,
+        "an H200 (results/gpu_h200/, perf_models of commit 3b1eb99): the hoisted projection "
+        "was 1.1-2.3x faster than the Flax cell, unroll 8 about 2x faster than 1. The fused "
+        "backward has not been measured on a GPU yet.",
+    ),
+    "tpu": Recurrence(
+        "hoisted",
+        8,
+        "not measured on a TPU: the GPU choice, the nearest measured accelerator.",
+    ),
+}
+
+
+def _recurrence(backend: str | None = None) -> Recurrence:
+    backend = jax.default_backend() if backend is None else backend
+    return MEASURED.get(backend, MEASURED["gpu"])
+
+
+def default_impl(backend: str | None = None) -> str:
+    """The implementation ``impl="auto"`` picks on ``backend`` (default: JAX's default).
+
+    Read from ``MEASURED``: ``"fused"`` on CPU, ``"hoisted"`` on GPU and TPU (see each
+    entry's ``source`` for the measurement). An unknown backend gets the GPU choice.
     """
-    return "flax" if jax.default_backend() == "cpu" else "hoisted"
+    return _recurrence(backend).impl
 
 
-def default_unroll() -> int:
-    """8 scan steps per iteration on GPU/TPU (about 2x faster than 1 on an H200), 1 on CPU.
+def default_unroll(backend: str | None = None) -> int:
+    """Scan steps per iteration for ``backend`` (default: JAX's default), from ``MEASURED``.
 
-    On CPU unrolling only grows the program: unroll 8 was 1.4-3x slower than 1 and took
-    longer to compile.
+    1 on CPU, 8 on GPU/TPU. Training code should pass ``unroll=None`` to ``RNNModel`` (or
+    call this function) rather than hard-code a number, so each backend gets its own.
     """
-    return 1 if jax.default_backend() == "cpu" else 8
+    return _recurrence(backend).unroll
+
+
+_SUPPORTS: dict[str, Callable[[nn.RNNCellBase], bool]] = {
+    "fused": supports_fused,
+    "hoisted": supports_hoisting,
+    "flax": lambda cell: True,
+}
+
+
+def resolve_impl(impl: str, cell: nn.RNNCellBase, backend: str | None = None) -> str:
+    """The implementation that runs ``cell``: ``impl`` itself, or for ``"auto"`` the
+    backend's measured choice when it covers the cell, else ``"flax"`` (``nn.RNN`` runs
+    any cell).
+
+    Raises:
+      ValueError: for an unknown ``impl``, or an explicit ``"fused"`` / ``"hoisted"`` that
+        has no recurrence for this cell.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
+    if impl == "auto":
+        choice = default_impl(backend)
+        return choice if _SUPPORTS[choice](cell) else "flax"
+    if not _SUPPORTS[impl](cell):
+        raise ValueError(f"impl {impl!r} has no recurrence for cell {cell!r}; use 'auto' or 'flax'")
+    return impl
 
 
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:

@@ -71,11 +71,31 @@ def _concat(params: Params, names: tuple[str, ...], leaf: str) -> Array:
     return jnp.concatenate([params[n][leaf] for n in names], axis=-1)
 
 
-def _lstm_scan(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, unroll: int):
+def lstm_weights(params: Params) -> tuple[Array, Array, Array]:
+    """An LSTM cell's ``(W_i [F, 4H], b [4H], W_h [H, 4H])``, gates in Flax's order i, f, g, o.
+
+    Flax puts the one bias of each gate on the recurrent ``h*`` dense layer.
+    """
     gates = ("i", "f", "g", "o")
     w_i = _concat(params, tuple(f"i{g}" for g in gates), "kernel")
     w_h = _concat(params, tuple(f"h{g}" for g in gates), "kernel")
     b = _concat(params, tuple(f"h{g}" for g in gates), "bias")
+    return w_i, b, w_h
+
+
+def gru_weights(params: Params) -> tuple[Array, Array, Array, Array]:
+    """A GRU cell's ``(W_i [F, 3H], b_i [3H], W_h [H, 3H], b_hn [H])``, gates r, z, n.
+
+    Flax's GRU has biases on the input side and one more, ``b_hn``, inside ``r * (h W_n + b_hn)``.
+    """
+    w_i = _concat(params, ("ir", "iz", "in"), "kernel")
+    b_i = _concat(params, ("ir", "iz", "in"), "bias")
+    w_h = _concat(params, ("hr", "hz", "hn"), "kernel")
+    return w_i, b_i, w_h, params["hn"]["bias"]
+
+
+def _lstm_scan(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, unroll: int):
+    w_i, b, w_h = lstm_weights(params)
     projected = xs @ w_i + b
 
     def step(carry: tuple[Array, Array], p_t: Array):
@@ -89,10 +109,7 @@ def _lstm_scan(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, un
 
 
 def _gru_scan(cell: nn.GRUCell, params: Params, xs: Array, carry: Array, unroll: int):
-    w_i = _concat(params, ("ir", "iz", "in"), "kernel")
-    b_i = _concat(params, ("ir", "iz", "in"), "bias")
-    w_h = _concat(params, ("hr", "hz", "hn"), "kernel")
-    b_hn = params["hn"]["bias"]
+    w_i, b_i, w_h, b_hn = gru_weights(params)
     projected = xs @ w_i + b_i
 
     def step(h: Array, p_t: Array):
