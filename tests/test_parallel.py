@@ -72,6 +72,8 @@ _WORKER = textwrap.dedent(
         two = parallel.data_parallel(functools.partial(train, dp_loss, tx), mesh, **specs)
         no_mean = parallel.data_parallel(functools.partial(train, loss, tx), mesh, **specs)
         out[f"K{K}"] = rel_diff(one, two(params, sharded))
+        hlo = two.lower(params, sharded).compile().as_text()
+        out[f"K{K}_collectives"] = parallel.collectives(hlo)
         out[f"K{K}_without_mean"] = rel_diff(one, no_mean(params, sharded))
 
     def with_aux(params, batch):
@@ -137,6 +139,13 @@ def test_two_device_step_equals_one_device_step(two_devices, K):
 
 
 @pytest.mark.parametrize("K", [1, 3])
+def test_one_gradient_mean_per_gradient_evaluation(two_devices, K):
+    count, size = two_devices[f"K{K}_collectives"]
+    assert count == 2 * K  # 2 outer steps of K gradients, none inside the time loop
+    assert size > 0
+
+
+@pytest.mark.parametrize("K", [1, 3])
 def test_without_the_gradient_mean_the_steps_differ(two_devices, K):
     # The check above can fail: per-device gradients alone move the weights elsewhere.
     assert two_devices[f"K{K}_without_mean"] > 100 * RTOL
@@ -171,6 +180,29 @@ def test_perf_cores_quick_runs_every_variant_and_checks_them(two_devices):
     for row in rows:
         assert row["max_rel_diff"] < RTOL
         assert row["ms_per_step"] > 0 and row["cores"] > 0
+
+
+_HLO = """HloModule m
+
+%body (p: (s32[], f32[4,4])) -> (s32[], f32[4,4]) {
+  %p = (s32[], f32[4,4]{1,0}) parameter(0)
+  %x = f32[4,4]{1,0} get-tuple-element(%p), index=1
+  %ar = f32[4,4]{1,0} all-reduce(%x), channel_id=1, to_apply=%add
+  ROOT %t = (s32[], f32[4,4]{1,0}) tuple(%i, %ar)
+}
+
+ENTRY %main (a: f32[8]) -> f32[16] {
+  %w = (s32[], f32[4,4]{1,0}) while(%init), condition=%cond, body=%body, \
+backend_config={"known_trip_count":{"n":"7"}}
+  ROOT %ag = f32[16]{0} all-gather(%a), channel_id=2, dimensions={0}
+}
+"""
+
+
+def test_collectives_count_loop_trips():
+    assert parallel.collectives(_HLO) == (7 + 1, 7 * 16 * 4 + 16 * 4)
+    with pytest.raises(ValueError, match="no ENTRY computation"):
+        parallel.collectives("not hlo")
 
 
 def test_per_device_batch():
