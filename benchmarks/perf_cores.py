@@ -2,7 +2,7 @@
 
     python -m benchmarks.perf_cores                  # T=100 and T=400, every variant
     python -m benchmarks.perf_cores --quick          # a smoke test at toy size
-    python -m benchmarks.perf_cores --out results/cpu/perf_cores.txt
+    python -m benchmarks.perf_cores --impls flax fused --out results/cpu/perf_cores.txt
 
 The adding-task RNN (``models.RNNModel``, vanilla, hidden 128, batch 50). Each optimizer runs
 three ways, on the same weights and batches:
@@ -120,9 +120,9 @@ def _load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[str], None]):
-    """One table: every optimizer x variant at sequence length ``length``; returns its rows."""
-    model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple", impl=args.impl)
+def _adding_problem(args: argparse.Namespace, impl: str, length: int):
+    """``(loss, params, batches)``: the adding-task RNN and ``args.steps`` batches."""
+    model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple", impl=impl)
     keys = jax.random.split(jax.random.key(1), args.steps)
     batches = jax.vmap(lambda k: adding_batch(k, args.batch, length))(keys)
     params = model.init(jax.random.key(0), batches[0][:1, 0])
@@ -131,51 +131,22 @@ def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[st
         x, y = batch
         return mse_loss(model.apply(params, x), y)
 
-    mesh = parallel.data_mesh(jax.devices()[: args.devices])
-    runs, checks, collectives = {}, {}, {}
-    for opt_name, tx in _optimizers(args.K).items():
-        variants = _variants(loss, tx, mesh, params, batches)
-        reference = None
-        for name, (compiled, inputs) in variants.items():
-            run = runs[opt_name, name] = functools.partial(compiled, *inputs)
-            new_params = run()[0]  # also the warm-up
-            reference = new_params if reference is None else reference
-            checks[opt_name, name] = _max_relative_difference(reference, new_params)
-            collectives[opt_name, name] = parallel.collectives(compiled.as_text())
+    return loss, params, batches
 
-    load_before = _load()
+
+def _round_robin(runs: dict[Any, Callable[[], Any]], repeats: int):
+    """``(walls, cpus)``: each run timed once per round, ``repeats`` rounds."""
     walls = {key: [] for key in runs}
     cpus = {key: [] for key in runs}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for key, run in runs.items():
             wall, cpu = _timed(run)
             walls[key].append(wall)
             cpus[key].append(cpu)
+    return walls, cpus
 
-    rows = []
-    for opt_name, name in runs:
-        step = statistics.median(walls[opt_name, name]) / args.steps
-        base = statistics.median(walls[opt_name, "1 device"]) / args.steps
-        rows.append(
-            {
-                "T": length,
-                "optimizer": opt_name,
-                "variant": name,
-                "ms_per_step": step * 1e3,
-                "speedup": base / step,
-                "cores": sum(cpus[opt_name, name]) / sum(walls[opt_name, name]),
-                "collectives": collectives[opt_name, name][0] / args.steps,
-                "collective_mb": collectives[opt_name, name][1] / args.steps / 1e6,
-                "max_rel_diff": checks[opt_name, name],
-            }
-        )
-    impl = default_impl() if args.impl == "auto" else args.impl
-    print_fn(
-        f"T={length}, recurrence impl={impl}, batch {args.batch} ({args.batch // args.devices} "
-        f"per device on {args.devices} devices), hidden {args.hidden}, {args.steps} steps per "
-        f"call, median "
-        f"of {args.repeats} rounds; {load_before} before, {_load()} after"
-    )
+
+def _print_table(rows: list[dict[str, Any]], print_fn: Callable[[str], None]) -> None:
     print_fn(
         f"{'optimizer':26s} {'variant':13s} {'ms/step':>8s} {'speed-up':>9s} {'cores':>6s}"
         f" {'collectives':>11s} {'MB':>7s} {'vs 1 device':>11s}"
@@ -186,6 +157,52 @@ def measure_length(args: argparse.Namespace, length: int, print_fn: Callable[[st
             f"{row['speedup']:8.2f}x {row['cores']:6.2f} {row['collectives']:11.0f} "
             f"{row['collective_mb']:7.2f} {row['max_rel_diff']:11.1e}"
         )
+
+
+def measure_length(
+    args: argparse.Namespace, impl: str, length: int, print_fn: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """One table: every optimizer x variant at sequence length ``length``; returns its rows."""
+    impl = default_impl() if impl == "auto" else impl
+    loss, params, batches = _adding_problem(args, impl, length)
+    mesh = parallel.data_mesh(jax.devices()[: args.devices])
+    runs, checks, collectives = {}, {}, {}
+    for opt_name, tx in _optimizers(args.K).items():
+        reference = None
+        for name, (compiled, inputs) in _variants(loss, tx, mesh, params, batches).items():
+            run = runs[opt_name, name] = functools.partial(compiled, *inputs)
+            new_params = run()[0]  # also the warm-up
+            reference = new_params if reference is None else reference
+            checks[opt_name, name] = _max_relative_difference(reference, new_params)
+            collectives[opt_name, name] = parallel.collectives(compiled.as_text())
+
+    load_before = _load()
+    walls, cpus = _round_robin(runs, args.repeats)
+    rows = []
+    for opt_name, name in runs:
+        step = statistics.median(walls[opt_name, name]) / args.steps
+        base = statistics.median(walls[opt_name, "1 device"]) / args.steps
+        count, size = collectives[opt_name, name]
+        rows.append(
+            {
+                "T": length,
+                "impl": impl,
+                "optimizer": opt_name,
+                "variant": name,
+                "ms_per_step": step * 1e3,
+                "speedup": base / step,
+                "cores": sum(cpus[opt_name, name]) / sum(walls[opt_name, name]),
+                "collectives": count / args.steps,
+                "collective_mb": size / args.steps / 1e6,
+                "max_rel_diff": checks[opt_name, name],
+            }
+        )
+    print_fn(
+        f"T={length}, recurrence impl={impl}, batch {args.batch} ({args.batch // args.devices} "
+        f"per device on {args.devices} devices), hidden {args.hidden}, {args.steps} steps per "
+        f"call, median of {args.repeats} rounds; {load_before} before, {_load()} after"
+    )
+    _print_table(rows, print_fn)
     return rows
 
 
@@ -195,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument(
-        "--impl", default="auto", help="models.RNNModel's recurrence (auto: the backend's default)"
+        "--impls",
+        nargs="+",
+        default=["auto"],
+        help="models.RNNModel recurrences to measure (auto: the backend's default)",
     )
     parser.add_argument("--K", type=int, default=5, help="Frank-Wolfe inner steps")
     parser.add_argument("--steps", type=int, default=5, help="outer steps per jitted call")
@@ -227,8 +247,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         f"may run on {parallel.default_device_count()} of them"
     )
     rows = []
-    for length in args.lengths:
-        rows += measure_length(args, length, print_fn)
+    for impl in args.impls:
+        for length in args.lengths:
+            rows += measure_length(args, impl, length, print_fn)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")
