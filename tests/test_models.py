@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import fw_optax
+import models.rnn as models_rnn
 from models import (
     CELL_NAMES,
     RNNModel,
@@ -16,8 +17,10 @@ from models import (
     cross_entropy_loss,
     deep_indrnn,
     get_head,
+    make_cell,
     make_train_loss,
     mse_loss,
+    resolve_impl,
     sigmoid_mse_loss,
     split_variables,
 )
@@ -60,9 +63,16 @@ def test_shapes_dtypes_and_carries(config):
     assert all(leaf.shape == (B, H) for leaf in jax.tree.leaves(carries))
 
 
-@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-def test_hoisted_and_flax_impls_share_parameters_outputs_and_gradients(config):
-    hoisted = RNNModel(hidden_size=H, output_size=2, impl="hoisted", **config)
+# The fused path is checked cell by cell in tests/test_fused.py; here in the stacks.
+FAST_CASES = [(name, "hoisted") for name in CONFIGS] + [
+    (name, "fused") for name in ("deep-lstm", "deep-gru", "irnn", "deep-indrnn-bn-dropout")
+]
+
+
+@pytest.mark.parametrize(("name", "impl"), FAST_CASES)
+def test_fast_and_flax_impls_share_parameters_outputs_and_gradients(name, impl):
+    config = CONFIGS[name]
+    hoisted = RNNModel(hidden_size=H, output_size=2, impl=impl, **config)
     flax_rnn = hoisted.clone(impl="flax")
     variables = _init(hoisted)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, _init(flax_rnn))
@@ -86,6 +96,45 @@ def test_hoisted_and_flax_impls_share_parameters_outputs_and_gradients(config):
     for path, leaf in jax.tree_util.tree_leaves_with_path(g_hoisted):
         assert np.all(np.isfinite(leaf)), path
         assert np.any(leaf != 0), f"zero gradient at {jax.tree_util.keystr(path)}"
+
+
+class _UserCell(nn.GRUCell):
+    """A cell of the user's own (a subclass): no fast path knows its math."""
+
+
+BACKENDS = ["cpu", "gpu", "tpu"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "cell",
+    [nn.SimpleCell(H, residual=True, parent=None), _UserCell(H, parent=None)],
+    ids=["residual", "user-cell"],
+)
+def test_auto_falls_back_to_flax_rnn_for_cells_without_a_fast_path(cell, backend):
+    assert resolve_impl("auto", cell, backend) == "flax"
+    for impl in ("fused", "hoisted"):
+        with pytest.raises(ValueError, match=f"impl '{impl}' has no recurrence for cell"):
+            resolve_impl(impl, cell, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_picks_the_measured_choice_for_cells_with_a_fast_path(backend):
+    choice = models_rnn.MEASURED[backend]
+    assert models_rnn.default_impl(backend) == choice.impl in ("fused", "hoisted")
+    assert models_rnn.default_unroll(backend) == choice.unroll >= 1
+    for name in CELL_NAMES:
+        assert resolve_impl("auto", make_cell(name, H), backend) == choice.impl
+        assert resolve_impl("flax", make_cell(name, H), backend) == "flax"
+
+
+def test_auto_model_with_a_cell_lacking_the_fast_path_runs_nn_rnn():
+    model = RNNModel(hidden_size=H, output_size=1, activation_fn=nn.elu)
+    variables = _init(model)
+    y = model.apply(variables, X)
+    np.testing.assert_allclose(y, model.clone(impl="flax").apply(variables, X), rtol=1e-6)
+    with pytest.raises(ValueError, match="impl 'fused' has no recurrence"):
+        model.clone(impl="fused").apply(variables, X)
 
 
 @pytest.mark.parametrize("depth", [1, 3])
