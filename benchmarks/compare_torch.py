@@ -509,10 +509,12 @@ def torch_runner(setup: TorchSetup, variant: Variant, params0: Params, x, y) -> 
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """Seconds per outer step of each contender: all rounds, median and warm-up (compile)."""
+    """Seconds per outer step of each contender: every round's time and the first (compiling)
+    step; ``dropped[name]`` is the round after which a set-up stopped being timed."""
 
     times: dict[str, list[float]]
     warmup: dict[str, float]
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -524,30 +526,41 @@ def time_interleaved(
     *,
     repeats: int,
     steps: int,
+    prune: float = 3.0,
+    keep: Sequence[str] = (),
     pause: float = 0.05,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
     """Round-robin timing: each round runs ``steps`` outer steps of every contender in turn.
 
     The order rotates from round to round, ``setups[name]()`` applies a contender's process
     settings before it runs, and a short pause lets the other library's idle worker threads
-    stop spinning before the clock starts.
+    stop spinning before the clock starts. A contender not in ``keep`` whose median so far is
+    over ``prune`` times the best such median is timed no more: on a loaded machine torch with
+    more threads than free cores can take seconds per step, and it cannot be the fastest.
     """
     warmup = {}
     for name, run in runners.items():
         setups.get(name, lambda: None)()
-        t0 = time.perf_counter()
+        t0 = clock()
         run(1)
-        warmup[name] = time.perf_counter() - t0
-    names = list(runners)
-    times: dict[str, list[float]] = {name: [] for name in names}
+        warmup[name] = clock() - t0
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    dropped: dict[str, int] = {}
     for r in range(repeats):
+        names = [name for name in runners if name not in dropped]
         for name in names[r % len(names) :] + names[: r % len(names)]:
             setups.get(name, lambda: None)()
-            time.sleep(pause)
-            t0 = time.perf_counter()
+            if pause:
+                time.sleep(pause)
+            t0 = clock()
             runners[name](steps)
-            times[name].append((time.perf_counter() - t0) / steps)
-    return Timing(times, warmup)
+            times[name].append((clock() - t0) / steps)
+        medians = {n: statistics.median(times[n]) for n in names if n not in keep}
+        if medians:
+            best = min(medians.values())
+            dropped |= {n: r + 1 for n, m in medians.items() if m > prune * best}
+    return Timing(times, warmup, dropped)
 
 
 JAX_NAME = "fw-optax"
@@ -570,7 +583,7 @@ def benchmark(
     for setup in setups:
         runners[setup.name] = torch_runner(setup, variant, params0, x, y)
         applies[setup.name] = setup.apply
-    return time_interleaved(runners, applies, repeats=repeats, steps=steps)
+    return time_interleaved(runners, applies, repeats=repeats, steps=steps, keep=(JAX_NAME,))
 
 
 def report(problem: Problem, variant: Variant, timing: Timing, print_fn=print) -> float:
@@ -582,11 +595,13 @@ def report(problem: Problem, variant: Variant, timing: Timing, print_fn=print) -
         f"\n{variant.name}, T={problem.length}: ms per outer step (K={variant.K}), median of "
         f"{len(timing.times[JAX_NAME])} rounds [min-max]; first step (compile) in s"
     )
-    for name in timing.times:
-        t = timing.times[name]
+    for name, t in timing.times.items():
+        note = ""
+        if name in timing.dropped:
+            note = f"  (dropped after round {timing.dropped[name]}: over 3x the fastest torch)"
         print_fn(
             f"  {name:30s} {timing.median(name) * 1e3:8.1f}  [{min(t) * 1e3:.1f}-"
-            f"{max(t) * 1e3:.1f}]  first {timing.warmup[name]:.1f}"
+            f"{max(t) * 1e3:.1f}]  first {timing.warmup[name]:.1f}{note}"
         )
     ratio = timing.median(fastest) / jax_time
     verdict = "met" if ratio >= TARGET else "NOT met"

@@ -61,6 +61,34 @@ def test_torch_frank_wolfe_rejects_bad_settings():
         ct.FrankWolfe(outer, K=2, delta=0.1, scope="tensor")
 
 
+def test_interleaved_timing_rotates_and_drops_a_setup_far_slower_than_the_fastest():
+    clock, order = [0.0], []
+
+    def contender(name, seconds_per_step):
+        def run(steps):
+            order.append(name)
+            clock[0] += seconds_per_step * steps
+
+        return run
+
+    runners = {"jax": contender("jax", 10.0), "fast": contender("fast", 1.0)}
+    runners["slow"] = contender("slow", 3.5)
+    timing = ct.time_interleaved(
+        runners, {}, repeats=3, steps=2, keep=("jax",), pause=0, clock=lambda: clock[0]
+    )
+    assert timing.dropped == {"slow": 1}
+    assert timing.times == {"jax": [10.0] * 3, "fast": [1.0] * 3, "slow": [3.5]}
+    assert timing.warmup == {"jax": 10.0, "fast": 1.0, "slow": 3.5}
+    # The warm-up in order, then rounds that start one contender later each time.
+    warmup, first, second, third = (
+        ["jax", "fast", "slow"],
+        ["jax", "fast", "slow"],
+        ["fast", "jax"],
+        ["jax", "fast"],
+    )
+    assert order == warmup + first + second + third
+
+
 def test_quick_run_checks_then_times_every_setup():
     lines = []
     argv = ["--quick", "--hidden", "8", "--batch", "4", "--variants", "alg1"]
