@@ -1,7 +1,7 @@
 """fw-optax against PyTorch: one vanilla RNN, one Frank-Wolfe optimizer, timed side by side.
 
     pip install -e ".[compare]"                  # the CPU build of torch
-    python -m benchmarks.compare_torch           # check, then time T=100 and T=400 (~3 min)
+    python -m benchmarks.compare_torch           # check, then time T=100 and T=400
     python -m benchmarks.compare_torch --quick   # smoke run: tiny T, one repeat
     python -m benchmarks.compare_torch --compile --lengths 100   # add a torch.compile set-up
 
@@ -36,6 +36,7 @@ import functools
 import itertools
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -515,6 +516,7 @@ class Timing:
     times: dict[str, list[float]]
     warmup: dict[str, float]
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+    steps: int = 1
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -560,7 +562,7 @@ def time_interleaved(
         if medians:
             best = min(medians.values())
             dropped |= {n: r + 1 for n, m in medians.items() if m > prune * best}
-    return Timing(times, warmup, dropped)
+    return Timing(times, warmup, dropped, steps)
 
 
 JAX_NAME = "fw-optax"
@@ -593,7 +595,8 @@ def report(problem: Problem, variant: Variant, timing: Timing, print_fn=print) -
     fastest = min(torch_names, key=timing.median)
     print_fn(
         f"\n{variant.name}, T={problem.length}: ms per outer step (K={variant.K}), median of "
-        f"{len(timing.times[JAX_NAME])} rounds [min-max]; first step (compile) in s"
+        f"{len(timing.times[JAX_NAME])} rounds of {timing.steps} steps [min-max]; first step "
+        "(compile) in s"
     )
     for name, t in timing.times.items():
         note = ""
@@ -627,7 +630,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=config.hidden)
     parser.add_argument("--batch", type=int, default=config.batch_size)
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds")
-    parser.add_argument("--steps", type=int, default=3, help="outer steps per contender per round")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="outer steps per contender per round (default 300 // T, at least 1)",
+    )
     parser.add_argument("--check-length", type=int, default=None, help="T of the float64 check")
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile (compiles for minutes)"
@@ -639,7 +647,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.variants is None:
         args.variants = ["alg1", "authors"]
     for name in ("K", "hidden", "batch", "repeats", "steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if min(args.lengths + [args.check_length or 2]) < 2:
         parser.error(f"sequence lengths must be >= 2 (the adding task), got {args.lengths}")
@@ -650,6 +658,7 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print)
     """Checks, then times; returns ``{"checks": [...], "ratios": {(variant, T): ratio}}``."""
     args = parse_args(argv)
     chosen = [variants(args.K)[name] for name in args.variants]
+    print_fn(f"python -m benchmarks.compare_torch {' '.join(argv or sys.argv[1:])}")
     print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {_load()}")
     print_fn(
         f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}; "
@@ -675,7 +684,8 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print)
     for length in args.lengths:
         problem = Problem(length, args.batch, args.hidden)
         for variant in chosen:
-            timing = benchmark(problem, variant, setups, repeats=args.repeats, steps=args.steps)
+            steps = args.steps or max(1, 300 // length)
+            timing = benchmark(problem, variant, setups, repeats=args.repeats, steps=steps)
             ratios[(variant.name, length)] = report(problem, variant, timing, print_fn)
             print_fn(f"  ({_load()})")
     return {"checks": checks, "ratios": ratios}
