@@ -1,119 +1,377 @@
-"""Train-step time of the recurrences: Flax cell (``nn.RNN``) vs hoisted input projection.
+"""How fast the recurrences run: FLOP rate against the matmul peak, per-cell gradient times,
+the compiled loops' memory traffic, and a deep-IndRNN HAR-2 training epoch.
 
-For each cell and sequence length, one jitted SGD step on a regression loss (the adding
-task's shapes: 2 input features, batch 50, hidden 128) is timed after a warm-up call, with
-``block_until_ready``, as the median of several repeats. Both implementations share the
-same parameters and compute the same function (``tests/test_scan_rnn.py``).
+Every section times its variants round-robin (one call of each in turn, repeated), so a
+busy machine slows them alike; times are medians. Implementations (``RNNModel.impl``):
+``flax`` (``nn.RNN`` over the Flax cell, as landed), ``hoisted`` (input projection of all
+steps as one matmul, autodiff through the scan) and ``fused`` (the same projection, and the
+custom backward of ``models.fused``: a loop that carries only the state cotangent, weight
+gradients as one matmul after it). All three compute the same function with the same
+parameters (``tests/test_fused.py``, ``tests/test_models.py``).
 
-Run: ``python -m benchmarks.perf_models`` (about a minute on 2 CPU cores).
+1. Peak: a jitted float32 1024^3 matmul, GFLOP/s, timed in the same rounds as section 2.
+2. The vanilla-RNN gradient (``models.RNNModel``, hidden 128, batch 50, 2 inputs, T = 100
+   and 400). FLOPs counted as REFERENCE.md does: 3 x 2·B·H² per step for the recurrent
+   products (forward h W_h, backward dz W_hᵀ, and the weight gradient hᵀ dz).
+3. Every cell's gradient (vanilla, LSTM, GRU, IndRNN) with each implementation.
+4. Anatomy of the compiled gradient: how many [T, ...] stacked arrays each scan writes
+   per step, read from the optimized HLO, next to microseconds per step at several T.
+5. Deep IndRNN of Table 2 (6 x 128, batch norm, dropout 0.1) on a HAR-2 training epoch
+   (7415 windows of 128 x 9, batch 64, Adam, recurrent weights clipped; generated data of
+   the real shapes), steps of the two implementations interleaved.
+
+Run: ``python -m benchmarks.perf_models`` (about 4 minutes on 2 CPU cores);
+``--quick`` runs every section at toy size (the smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from models import RNNModel, default_impl, default_unroll, mse_loss
+from benchmarks.machine import describe, machine
+from models import (
+    RNNModel,
+    clip_indrnn_recurrent,
+    deep_indrnn,
+    default_impl,
+    default_unroll,
+    indrnn_recurrent_bound,
+    mse_loss,
+    sigmoid_mse_loss,
+)
 
-CELLS: tuple[str, ...] = ("simple", "lstm", "indrnn")
-SEQ_LENS: tuple[int, ...] = (100, 400)
-
-
-def time_train_step(
-    cell: str,
-    seq_len: int,
-    impl: str,
-    *,
-    batch_size: int = 50,
-    hidden_size: int = 128,
-    input_size: int = 2,
-    unroll: int | None = None,
-    repeats: int = 10,
-) -> float:
-    """Median seconds of one jitted ``value_and_grad`` + SGD step (after compiling)."""
-    model = RNNModel(hidden_size, 1, cell=cell, impl=impl, unroll=unroll)
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (batch_size, seq_len, input_size))
-    y = jax.random.normal(ky, (batch_size, 1))
-    params = model.init(kp, x)["params"]
-    tx = optax.sgd(1e-3)
-    opt_state = tx.init(params)
-
-    def loss_fn(params, x, y):
-        return mse_loss(model.apply({"params": params}, x), y)
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    jax.block_until_ready(step(params, opt_state, x, y))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(step(params, opt_state, x, y))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+IMPLS: tuple[str, ...] = ("flax", "hoisted", "fused")
+CELLS: tuple[str, ...] = ("simple", "lstm", "gru", "indrnn")
 
 
-def run_model_benchmarks(
-    print_fn: Callable[[str], None] = print,
-    *,
-    cells: Sequence[str] = CELLS,
-    seq_lens: Sequence[int] = SEQ_LENS,
-    unroll: int | None = None,
-    repeats: int = 10,
-) -> list[dict]:
-    """Time every (cell, T) pair with both implementations and print one table.
+def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each zero-argument function, called in turn ``repeats`` times.
 
-    Returns one dict per pair: ``cell``, ``seq_len``, ``flax_ms``, ``hoisted_ms``,
-    ``speedup`` (flax / hoisted), ``unroll`` and ``device``.
+    Each function is called once first (compilation, warm-up) and not timed.
     """
-    device = jax.devices()[0].device_kind
-    unroll = default_unroll() if unroll is None else unroll
-    rows = []
-    print_fn(
-        f"train step, batch 50, hidden 128, unroll {unroll}, device {device} "
-        f"(impl='auto' picks {default_impl()!r} here)"
-    )
-    print_fn(f"{'cell':<8}{'T':>6}{'flax ms':>11}{'hoisted ms':>13}{'speedup':>10}")
-    for cell in cells:
-        for seq_len in seq_lens:
-            flax_s, hoisted_s = (
-                time_train_step(cell, seq_len, impl, unroll=unroll, repeats=repeats)
-                for impl in ("flax", "hoisted")
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_peak(size: int = 1024) -> tuple[Callable[[], jax.Array], float]:
+    """A jitted float32 ``size^3`` matmul and its FLOP count ``2 size^3``."""
+    a = jax.random.normal(jax.random.key(0), (size, size))
+    matmul = jax.jit(lambda m: m @ m)
+    return lambda: matmul(a), 2.0 * size**3
+
+
+def rnn_gradient(
+    cell: str,
+    impl: str,
+    seq_len: int,
+    *,
+    batch: int = 50,
+    hidden: int = 128,
+    features: int = 2,
+    unroll: int | None = None,
+) -> Callable[[], Any]:
+    """The jitted gradient of an MSE loss of ``RNNModel`` w.r.t. its parameters."""
+    model = RNNModel(hidden, 1, cell=cell, impl=impl, unroll=unroll)
+    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, seq_len, features))
+    y = jax.random.normal(ky, (batch, 1))
+    params = model.init(kp, x)["params"]
+    grad = jax.jit(jax.grad(lambda p: mse_loss(model.apply({"params": p}, x), y)))
+    return lambda: grad(params)
+
+
+def recurrent_flops(seq_len: int, batch: int, hidden: int) -> float:
+    """3 x 2·B·H² per step: forward ``h W_h``, backward ``dz W_hᵀ``, weight gradient."""
+    return 3.0 * 2.0 * batch * hidden**2 * seq_len
+
+
+def flop_rate_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
+    """Sections 1-2: the peak and the vanilla-RNN gradient of every impl, in one round-robin."""
+    peak_fn, peak_flops = matmul_peak(args.peak_size)
+    fns: dict[str, Callable[[], Any]] = {"peak": peak_fn}
+    for seq_len in args.lengths:
+        for impl in IMPLS:
+            fns[f"{impl}/{seq_len}"] = rnn_gradient(
+                "simple", impl, seq_len, batch=args.batch, hidden=args.hidden
             )
+    times = round_robin(fns, args.repeats)
+    peak = peak_flops / times["peak"]
+    print_fn(
+        f"\n[1] float32 matmul peak ({args.peak_size}^3, jit): {peak / 1e9:.1f} GFLOP/s "
+        f"({1e3 * times['peak']:.2f} ms)"
+    )
+    print_fn(
+        f"[2] vanilla-RNN gradient (RNNModel, hidden {args.hidden}, batch {args.batch}, 2 "
+        "inputs); FLOPs = 3 x 2*B*H^2 per step (h W_h, dz W_h^T, h^T dz), as REFERENCE.md"
+    )
+    print_fn(f"{'T':>5} {'impl':<8}{'GFLOP':>8}{'ms':>9}{'GFLOP/s':>9}{'of peak':>9}")
+    rows = []
+    for seq_len in args.lengths:
+        flops = recurrent_flops(seq_len, args.batch, args.hidden)
+        for impl in IMPLS:
+            seconds = times[f"{impl}/{seq_len}"]
             row = {
-                "cell": cell,
                 "seq_len": seq_len,
-                "flax_ms": 1e3 * flax_s,
-                "hoisted_ms": 1e3 * hoisted_s,
-                "speedup": flax_s / hoisted_s,
-                "unroll": unroll,
-                "device": device,
+                "impl": impl,
+                "flops": flops,
+                "ms": 1e3 * seconds,
+                "gflops_per_s": flops / seconds / 1e9,
+                "fraction_of_peak": flops / seconds / peak,
+                "peak_gflops_per_s": peak / 1e9,
             }
             rows.append(row)
             print_fn(
-                f"{cell:<8}{seq_len:>6}{row['flax_ms']:>11.2f}{row['hoisted_ms']:>13.2f}"
-                f"{row['speedup']:>9.2f}x"
+                f"{seq_len:>5} {impl:<8}{flops / 1e9:>8.3f}{row['ms']:>9.2f}"
+                f"{row['gflops_per_s']:>9.1f}{100 * row['fraction_of_peak']:>8.1f}%"
             )
     return rows
 
 
-def main() -> None:
+def cell_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
+    """Section 3: each cell's gradient time with each impl, and flax / fused."""
+    fns = {
+        f"{cell}/{seq_len}/{impl}": rnn_gradient(
+            cell, impl, seq_len, batch=args.batch, hidden=args.hidden
+        )
+        for cell in args.cells
+        for seq_len in args.lengths
+        for impl in IMPLS
+    }
+    times = round_robin(fns, args.repeats)
+    print_fn(f"\n[3] gradient of each cell, ms (batch {args.batch}, hidden {args.hidden})")
+    print_fn(
+        f"{'cell':<8}{'T':>5}"
+        + "".join(f"{i:>10}" for i in IMPLS)
+        + f"{'flax/fused':>12}{'fastest':>9}"
+    )
+    rows = []
+    for cell in args.cells:
+        for seq_len in args.lengths:
+            ms = {impl: 1e3 * times[f"{cell}/{seq_len}/{impl}"] for impl in IMPLS}
+            fastest = min(IMPLS, key=ms.__getitem__)
+            rows.append(
+                {
+                    "cell": cell,
+                    "seq_len": seq_len,
+                    "fastest": fastest,
+                    **{f"{i}_ms": ms[i] for i in IMPLS},
+                }
+            )
+            print_fn(
+                f"{cell:<8}{seq_len:>5}"
+                + "".join(f"{ms[i]:>10.2f}" for i in IMPLS)
+                + f"{ms['flax'] / ms['fused']:>11.2f}x{fastest:>9}"
+            )
+    return rows
+
+
+def stacked_writes_per_step(hlo_text: str, seq_len: int) -> list[int]:
+    """Per ``while`` loop of an optimized HLO module: how many ``[seq_len, ...]`` arrays its
+    body updates in place each iteration (the scan's stacked outputs and residuals)."""
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            current = bodies.setdefault(header.group(1), [])
+        elif current is not None and line.startswith("  "):
+            current.append(line)
+    stacked = re.compile(rf"= \w+\[{seq_len},[\d,]*\]\S* (dynamic-update-slice|fusion)\(")
+    counts = []
+    for line in hlo_text.splitlines():
+        loop = re.search(r" while\(.*body=%([\w.\-]+)", line)
+        if loop:
+            body = bodies.get(loop.group(1), [])
+            counts.append(sum(bool(stacked.search(op)) for op in body))
+    return counts
+
+
+def anatomy_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
+    """Section 4: microseconds per step against T, and the stacked arrays each loop writes."""
+    fns = {
+        f"{impl}/{seq_len}": rnn_gradient(
+            "simple", impl, seq_len, batch=args.batch, hidden=args.hidden
+        )
+        for seq_len in args.anatomy_lengths
+        for impl in IMPLS
+    }
+    times = round_robin(fns, args.repeats)
+    print_fn(
+        "\n[4] anatomy of the vanilla-RNN gradient: us per time step, and the [T, B, H] arrays "
+        "each scan writes per step (forward loop, backward loop; from the compiled HLO)"
+    )
+    print_fn(
+        f"{'impl':<8}"
+        + "".join(f"{f'T={t}':>9}" for t in args.anatomy_lengths)
+        + "   stacked writes/step"
+    )
+    rows = []
+    # A length no other axis has, so the HLO's [T, ...] shapes are the stacked arrays.
+    seq_len = next(t for t in (*args.anatomy_lengths, 97) if t not in (args.batch, args.hidden))
+    for impl in IMPLS:
+        model = RNNModel(args.hidden, 1, impl=impl)
+        x = jnp.zeros((args.batch, seq_len, 2))
+        params = model.init(jax.random.key(0), x)["params"]
+        grad = jax.jit(jax.grad(lambda p, m=model, x=x: jnp.sum(m.apply({"params": p}, x))))
+        writes = stacked_writes_per_step(grad.lower(params).compile().as_text(), seq_len)
+        us = {t: 1e6 * times[f"{impl}/{t}"] / t for t in args.anatomy_lengths}
+        rows.append({"impl": impl, "us_per_step": us, "stacked_writes_per_loop": writes})
+        print_fn(
+            f"{impl:<8}" + "".join(f"{us[t]:>9.1f}" for t in args.anatomy_lengths) + f"   {writes}"
+        )
+    return rows
+
+
+def _har2_like(num: int, seq_len: int, features: int) -> tuple[jax.Array, jax.Array]:
+    """Generated data of HAR-2's shapes: standardized windows and binary labels."""
+    kx, ky = jax.random.split(jax.random.key(42))
+    x = jax.random.normal(kx, (num, seq_len, features))
+    y = jax.random.bernoulli(ky, 0.5, (num,)).astype(jnp.int32)
+    return x, y
+
+
+def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
+    """Section 5: one HAR-2 epoch of the deep IndRNN, the two impls' steps interleaved."""
+    x_all, y_all = _har2_like(args.har_windows, args.har_length, 9)
+    steps = args.har_windows // args.har_batch
+    bound = indrnn_recurrent_bound(2.0, args.har_length)
+    tx = optax.adam(2e-4)
+
+    def make_step(impl: str) -> tuple[Callable[[Any, jax.Array], Any], Any]:
+        """A jitted training step ``carry, i -> carry`` on batch ``i``, and the first carry."""
+        model = deep_indrnn(1, bound, depth=args.har_depth, hidden_size=args.har_hidden, impl=impl)
+        variables = model.init(jax.random.key(0), x_all[: args.har_batch])
+        params = variables["params"]
+        state = {"batch_stats": variables["batch_stats"]}
+
+        def loss(p, st, x, y, key):
+            out, new_state = model.apply(
+                {"params": p, **st}, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+            )
+            return sigmoid_mse_loss(out, y), new_state
+
+        @jax.jit
+        def step(carry, i):
+            p, st, opt_state = carry
+            x = jax.lax.dynamic_slice_in_dim(x_all, i * args.har_batch, args.har_batch)
+            y = jax.lax.dynamic_slice_in_dim(y_all, i * args.har_batch, args.har_batch)
+            (_, st), g = jax.value_and_grad(loss, has_aux=True)(
+                p, st, x, y, jax.random.fold_in(jax.random.key(1), i)
+            )
+            updates, opt_state = tx.update(g, opt_state, p)
+            p = clip_indrnn_recurrent(optax.apply_updates(p, updates), bound)
+            return p, st, opt_state
+
+        return step, (params, state, tx.init(params))
+
+    # (impl, threefry_partitionable): the landed model, the fused recurrence, and the fused
+    # recurrence with dropout masks drawn by the non-partitionable threefry (a global JAX
+    # setting, cheaper on one CPU device; it changes the random stream, not the model).
+    variants = {"flax": ("flax", True), "fused": ("fused", True), "fused+rng": ("fused", False)}
+    runs = {}
+    for name, (impl, partitionable) in variants.items():
+        with jax.threefry_partitionable(partitionable):
+            step, carry = make_step(impl)
+            runs[name] = (step, jax.block_until_ready(step(carry, 0)), partitionable)
+    seconds = dict.fromkeys(variants, 0.0)
+    carries = {name: carry for name, (_, carry, _) in runs.items()}
+    for i in range(steps):
+        for name, (step, _, partitionable) in runs.items():
+            with jax.threefry_partitionable(partitionable):
+                start = time.perf_counter()
+                carries[name] = jax.block_until_ready(step(carries[name], i))
+                seconds[name] += time.perf_counter() - start
+    ratio = seconds["flax"] / seconds["fused"]
+    ratio_rng = seconds["flax"] / seconds["fused+rng"]
+    print_fn(
+        f"\n[5] deep IndRNN ({args.har_depth} x {args.har_hidden}, batch norm, dropout 0.1), "
+        f"HAR-2 epoch: {steps} steps of batch {args.har_batch}, {args.har_length} x 9 "
+        "(generated data of the real shapes), Adam + clipping, steps interleaved"
+    )
+    print_fn(
+        f"epoch seconds: flax {seconds['flax']:.2f}, fused {seconds['fused']:.2f}, fused with "
+        f"jax.threefry_partitionable(False) {seconds['fused+rng']:.2f}; "
+        f"flax / fused = {ratio:.2f}x, flax / (fused + that RNG) = {ratio_rng:.2f}x"
+    )
+    return {
+        "steps": steps,
+        **{f"{name}_s": seconds[name] for name in variants},
+        "ratio": ratio,
+        "ratio_with_rng": ratio_rng,
+    }
+
+
+def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every section in order; returns their rows."""
+    print_fn(f"Machine: {describe(machine())}")
+    print_fn(
+        "impl='auto' picks, on this backend: "
+        + ", ".join(f"{cell} {default_impl(cell)!r}" for cell in CELLS)
+        + f"; unroll {default_unroll()}. Timings: medians of {args.repeats} round-robin repeats"
+    )
+    return {
+        "flop_rate": flop_rate_table(args, print_fn),
+        "cells": cell_table(args, print_fn),
+        "anatomy": anatomy_table(args, print_fn),
+        "indrnn_epoch": indrnn_epoch(args, print_fn),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--unroll", type=int, default=None, help="default: default_unroll()")
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    jnp.zeros(()).block_until_ready()
-    run_model_benchmarks(unroll=args.unroll, repeats=args.repeats)
+    parser.add_argument("--quick", action="store_true", help="toy sizes: the smoke test")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    full = {
+        "peak_size": 1024,
+        "lengths": (100, 400),
+        "cells": CELLS,
+        "anatomy_lengths": (50, 100, 200, 400, 800),
+        "batch": 50,
+        "hidden": 128,
+        "har_windows": 7415,
+        "har_length": 128,
+        "har_batch": 64,
+        "har_depth": 6,
+        "har_hidden": 128,
+    }
+    quick = {
+        "peak_size": 64,
+        "lengths": (4,),
+        "cells": ("lstm",),
+        "anatomy_lengths": (4,),
+        "batch": 3,
+        "hidden": 8,
+        "har_windows": 12,
+        "har_length": 5,
+        "har_batch": 4,
+        "har_depth": 2,
+        "har_hidden": 8,
+        "repeats": 1,
+    }
+    for name, value in (quick if args.quick else full).items():
+        setattr(args, name, value)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

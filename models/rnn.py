@@ -8,7 +8,7 @@ deep IndRNN) or on the final hidden state ("RNN + BN"), and a linear head on ``h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Initializer
 
-from models.cells import CELL_NAMES, make_cell
+from models.cells import CELL_NAMES, IndRNNCell, make_cell
 from models.fused import fused_scan_cell, supports_fused
 from models.scan_rnn import scan_cell, supports_hoisting
 
@@ -197,36 +197,51 @@ class RNNModel(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Recurrence:
-    """How to run the recurrences on one backend: ``impl`` (one of ``IMPLS`` but "auto")
-    and ``unroll`` (time steps per scan iteration), with where the choice comes from."""
+    """The measured way to run each cell on one backend.
 
-    impl: str
+    Attributes:
+      impl: cell name (``CELL_NAMES``) -> implementation (``"fused"``, ``"hoisted"`` or
+        ``"flax"``), the fastest gradient measured for that cell.
+      unroll: time steps per scan iteration.
+      source: where the numbers come from.
+    """
+
+    impl: Mapping[str, str]
     unroll: int
     source: str
 
 
-# The measured choice per backend. Fallback to "flax" for cells without the fast path is
-# in ``resolve_impl``.
 MEASURED: dict[str, Recurrence] = {
     "cpu": Recurrence(
-        "fused",
+        {"simple": "fused", "lstm": "flax", "gru": "flax", "indrnn": "flax"},
         1,
-        "benchmarks/perf_models.py on the 2-core Xeon (results/cpu/perf_models.txt): the "
-        "fused backward beats the Flax cell and the autodiff'd hoisted scan for every cell; "
-        "unroll 1 is fastest on XLA:CPU (unrolling only grows the loop body).",
+        "benchmarks/perf_models.py on the 2-core Xeon, sections [2]-[3] "
+        "(results/cpu/perf_models.txt): the fused recurrence is the fastest vanilla-RNN "
+        "gradient; for the LSTM, GRU and IndRNN with 2 inputs the per-step Flax cell was "
+        "faster, because on XLA:CPU the [T, B, H] arrays the hoisted projection and its "
+        "cotangent add cost more memory traffic than the tiny x_t W_i products they save "
+        "(section [4]). Unroll 1: unrolling only grows the loop body on XLA:CPU.",
     ),
     "gpu": Recurrence(
-        "hoisted",
+        dict.fromkeys(CELL_NAMES, "hoisted"),
         8,
-        "an H200 (results/gpu_h200/, perf_models of commit 3b1eb99): the hoisted projection "
-        "was 1.1-2.3x faster than the Flax cell, unroll 8 about 2x faster than 1. The fused "
-        "backward has not been measured on a GPU yet.",
+        "an H200 (perf_models of commit 3b1eb99): the hoisted projection was 1.1-2.3x faster "
+        "than the Flax cell for the vanilla RNN, LSTM and IndRNN, unroll 8 about 2x faster "
+        "than 1. The fused backward has not been measured on a GPU yet.",
     ),
     "tpu": Recurrence(
-        "hoisted",
+        dict.fromkeys(CELL_NAMES, "hoisted"),
         8,
         "not measured on a TPU: the GPU choice, the nearest measured accelerator.",
     ),
+}
+
+_CELL_NAMES_BY_TYPE: dict[type, str] = {
+    nn.SimpleCell: "simple",
+    nn.LSTMCell: "lstm",
+    nn.OptimizedLSTMCell: "lstm",
+    nn.GRUCell: "gru",
+    IndRNNCell: "indrnn",
 }
 
 
@@ -235,13 +250,15 @@ def _recurrence(backend: str | None = None) -> Recurrence:
     return MEASURED.get(backend, MEASURED["gpu"])
 
 
-def default_impl(backend: str | None = None) -> str:
-    """The implementation ``impl="auto"`` picks on ``backend`` (default: JAX's default).
+def default_impl(cell: str = "simple", backend: str | None = None) -> str:
+    """The implementation ``impl="auto"`` picks for ``cell`` (a ``CELL_NAMES`` entry) on
+    ``backend`` (default: JAX's default), read from ``MEASURED``.
 
-    Read from ``MEASURED``: ``"fused"`` on CPU, ``"hoisted"`` on GPU and TPU (see each
-    entry's ``source`` for the measurement). An unknown backend gets the GPU choice.
+    An unknown backend gets the GPU choice.
     """
-    return _recurrence(backend).impl
+    if cell not in CELL_NAMES:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {CELL_NAMES}")
+    return _recurrence(backend).impl[cell]
 
 
 def default_unroll(backend: str | None = None) -> int:
@@ -262,8 +279,8 @@ _SUPPORTS: dict[str, Callable[[nn.RNNCellBase], bool]] = {
 
 def resolve_impl(impl: str, cell: nn.RNNCellBase, backend: str | None = None) -> str:
     """The implementation that runs ``cell``: ``impl`` itself, or for ``"auto"`` the
-    backend's measured choice when it covers the cell, else ``"flax"`` (``nn.RNN`` runs
-    any cell).
+    backend's measured choice for the cell's type when it has that fast path, else
+    ``"flax"`` (``nn.RNN`` runs any cell, a user's own included).
 
     Raises:
       ValueError: for an unknown ``impl``, or an explicit ``"fused"`` / ``"hoisted"`` that
@@ -272,7 +289,8 @@ def resolve_impl(impl: str, cell: nn.RNNCellBase, backend: str | None = None) ->
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
     if impl == "auto":
-        choice = default_impl(backend)
+        name = _CELL_NAMES_BY_TYPE.get(type(cell))
+        choice = "flax" if name is None else default_impl(name, backend)
         return choice if _SUPPORTS[choice](cell) else "flax"
     if not _SUPPORTS[impl](cell):
         raise ValueError(f"impl {impl!r} has no recurrence for cell {cell!r}; use 'auto' or 'flax'")

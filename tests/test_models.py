@@ -121,11 +121,14 @@ def test_auto_falls_back_to_flax_rnn_for_cells_without_a_fast_path(cell, backend
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_auto_picks_the_measured_choice_for_cells_with_a_fast_path(backend):
     choice = models_rnn.MEASURED[backend]
-    assert models_rnn.default_impl(backend) == choice.impl in ("fused", "hoisted")
     assert models_rnn.default_unroll(backend) == choice.unroll >= 1
+    assert set(choice.impl) == set(CELL_NAMES)
     for name in CELL_NAMES:
-        assert resolve_impl("auto", make_cell(name, H), backend) == choice.impl
+        assert models_rnn.default_impl(name, backend) == choice.impl[name] != "auto"
+        assert resolve_impl("auto", make_cell(name, H), backend) == choice.impl[name]
         assert resolve_impl("flax", make_cell(name, H), backend) == "flax"
+    with pytest.raises(ValueError, match="'elman'"):
+        models_rnn.default_impl("elman", backend)
 
 
 def test_auto_model_with_a_cell_lacking_the_fast_path_runs_nn_rnn():

@@ -13,3 +13,23 @@ def test_fw_suite_reports_all_ratios(capsys):
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "Machine:" in out and "K=64 / K=2" in out
+
+
+def test_perf_models_reports_every_section_at_toy_size(capsys):
+    from benchmarks import perf_models
+
+    rows = perf_models.run(perf_models.parse_args(["--quick"]))
+    flop_rows = rows["flop_rate"]
+    assert {r["impl"] for r in flop_rows} == set(perf_models.IMPLS)
+    for r in flop_rows:
+        assert r["flops"] == 3 * 2 * 3 * 8**2 * r["seq_len"]
+        assert 0 < r["fraction_of_peak"] and math.isfinite(r["gflops_per_s"])
+    assert [r["cell"] for r in rows["cells"]] == ["lstm"]
+    writes = {r["impl"]: r["stacked_writes_per_loop"] for r in rows["anatomy"]}
+    # The fused recurrence stores one state per step forward and one cotangent backward.
+    assert writes["fused"] == [1, 1]
+    assert sum(writes["flax"]) > sum(writes["fused"])
+    epoch = rows["indrnn_epoch"]
+    assert epoch["steps"] == 3 and epoch["ratio"] > 0
+    out = capsys.readouterr().out
+    assert "Machine:" in out and "of peak" in out and "flax / fused" in out
