@@ -31,14 +31,17 @@ time per outer step is reported, with the ratio of the fastest torch set-up to f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import itertools
+import multiprocessing
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
 import jax
@@ -441,7 +444,8 @@ def check_first_step(
 
 @dataclasses.dataclass(frozen=True)
 class TorchSetup:
-    """Process-wide torch settings for one contender."""
+    """Process-wide torch settings for one contender: intra-op threads, flushing denormal
+    numbers to zero, and ``torch.compile`` of the model."""
 
     threads: int
     flush_denormal: bool
@@ -453,15 +457,18 @@ class TorchSetup:
         return f"torch {self.threads} thr, flush {flush}" + (", compile" if self.compile else "")
 
     def apply(self) -> None:
-        torch.set_num_threads(self.threads)
+        """Call before any torch work: flush-denormal is per thread, and OpenMP's worker
+        threads copy the setting of the thread that starts them."""
         torch.set_flush_denormal(self.flush_denormal)
+        torch.set_num_threads(self.threads)
 
 
-def torch_setups(compile_: bool = False) -> list[TorchSetup]:
-    threads = sorted({1, min(2, os.cpu_count() or 1)})
-    setups = [TorchSetup(t, f) for t, f in itertools.product(threads, (False, True))]
+def torch_setups(threads: Sequence[int] = (1, 2), compile_: bool = False) -> list[TorchSetup]:
+    """Every thread count with flush-denormal off and on; ``compile_`` adds a compiled model
+    with the most threads and flush-denormal on."""
+    setups = [TorchSetup(t, f) for t, f in itertools.product(sorted(threads), (False, True))]
     if compile_:
-        setups.append(TorchSetup(threads[-1], False, compile=True))
+        setups.append(TorchSetup(max(threads), True, compile=True))
     return setups
 
 
@@ -486,6 +493,7 @@ def jax_runner(problem: Problem, variant: Variant, params0: Params, x, y) -> Run
 
 
 def torch_runner(setup: TorchSetup, variant: Variant, params0: Params, x, y) -> Runner:
+    """Outer steps of the torch side from ``params0`` (Flax layout) on the pooled batches."""
     model = torch_model(params0)
     optimizer = torch_optimizer(model, variant)
     forward = model
@@ -508,6 +516,81 @@ def torch_runner(setup: TorchSetup, variant: Variant, params0: Params, x, y) -> 
     return run
 
 
+def _serve(conn: Connection, setup: TorchSetup) -> None:
+    """The loop of a torch set-up's process: ``("load", args)`` builds a ``torch_runner``,
+    ``("run", steps)`` runs it, ``None`` ends; each answer is ``None`` or an error message."""
+    setup.apply()
+    run = None
+    while (message := conn.recv()) is not None:
+        command, payload = message
+        try:
+            if command == "load":
+                run = torch_runner(setup, *payload)
+            else:
+                run(payload)
+            conn.send(None)
+        except Exception as error:  # handed to the parent, which raises it
+            conn.send(f"{type(error).__name__}: {error}")
+
+
+class TorchProcess:
+    """One torch set-up in a process of its own, stepped from this one.
+
+    Its settings are applied before torch starts a thread (``TorchSetup.apply``), as a torch
+    user sets them at start-up, and its thread pool never shares a process with XLA's.
+    """
+
+    def __init__(self, setup: TorchSetup) -> None:
+        context = multiprocessing.get_context("spawn")  # JAX's threads do not survive fork.
+        self.setup = setup
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, setup), daemon=True)
+        self._process.start()
+        child.close()
+
+    def _call(self, command: str, payload: Any) -> None:
+        self._conn.send((command, payload))
+        try:
+            error = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.setup.name}: its process died") from None
+        if error is not None:
+            raise RuntimeError(f"{self.setup.name}: {error}")
+
+    def load(self, variant: Variant, params0: Params, x: np.ndarray, y: np.ndarray) -> None:
+        """Starts a new run from ``params0`` on the batch pool ``x, y``."""
+        self._call("load", (variant, jax.tree.map(np.asarray, params0), x, y))
+
+    def __call__(self, steps: int) -> None:
+        self._call("run", steps)
+
+    def stop(self) -> None:
+        """Asks the process to end (``join`` waits for it)."""
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass  # already gone
+
+    def join(self, timeout: float = 30.0) -> None:
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._conn.close()
+
+
+@contextlib.contextmanager
+def torch_processes(setups: Sequence[TorchSetup]) -> Iterator[list[TorchProcess]]:
+    """A running ``TorchProcess`` per set-up, all stopped on exit."""
+    processes = [TorchProcess(setup) for setup in setups]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+        for process in processes:
+            process.join()
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Seconds per outer step of each contender: every round's time and the first (compiling)
@@ -524,7 +607,6 @@ class Timing:
 
 def time_interleaved(
     runners: dict[str, Runner],
-    setups: dict[str, Callable[[], None]],
     *,
     repeats: int,
     steps: int,
@@ -535,15 +617,14 @@ def time_interleaved(
 ) -> Timing:
     """Round-robin timing: each round runs ``steps`` outer steps of every contender in turn.
 
-    The order rotates from round to round, ``setups[name]()`` applies a contender's process
-    settings before it runs, and a short pause lets the other library's idle worker threads
-    stop spinning before the clock starts. A contender not in ``keep`` whose median so far is
-    over ``prune`` times the best such median is timed no more: on a loaded machine torch with
-    more threads than free cores can take seconds per step, and it cannot be the fastest.
+    The order rotates from round to round, and a short pause lets the previous contender's
+    idle worker threads stop spinning before the clock starts. A contender not in ``keep``
+    whose median so far is over ``prune`` times the best such median is timed no more: on a
+    loaded machine torch with more threads than free cores can take seconds per step, and it
+    cannot be the fastest.
     """
     warmup = {}
     for name, run in runners.items():
-        setups.get(name, lambda: None)()
         t0 = clock()
         run(1)
         warmup[name] = clock() - t0
@@ -552,7 +633,6 @@ def time_interleaved(
     for r in range(repeats):
         names = [name for name in runners if name not in dropped]
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            setups.get(name, lambda: None)()
             if pause:
                 time.sleep(pause)
             t0 = clock()
@@ -571,7 +651,7 @@ JAX_NAME = "fw-optax"
 def benchmark(
     problem: Problem,
     variant: Variant,
-    setups: Sequence[TorchSetup],
+    workers: Sequence[TorchProcess],
     *,
     repeats: int,
     steps: int,
@@ -580,12 +660,11 @@ def benchmark(
     """Times fw-optax and every torch set-up on the same weights and batches."""
     params0 = init_params(problem, seed)
     x, y = make_batches(problem, max(steps, 2) * variant.batches_per_step, seed + 1)
-    runners = {JAX_NAME: jax_runner(problem, variant, params0, x, y)}
-    applies: dict[str, Callable[[], None]] = {}
-    for setup in setups:
-        runners[setup.name] = torch_runner(setup, variant, params0, x, y)
-        applies[setup.name] = setup.apply
-    return time_interleaved(runners, applies, repeats=repeats, steps=steps, keep=(JAX_NAME,))
+    runners: dict[str, Runner] = {JAX_NAME: jax_runner(problem, variant, params0, x, y)}
+    for worker in workers:
+        worker.load(variant, params0, x, y)
+        runners[worker.setup.name] = worker
+    return time_interleaved(runners, repeats=repeats, steps=steps, keep=(JAX_NAME,))
 
 
 def report(problem: Problem, variant: Variant, timing: Timing, print_fn=print) -> float:
@@ -636,6 +715,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="outer steps per contender per round (default 300 // T, at least 1)",
     )
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try"
+    )
     parser.add_argument("--check-length", type=int, default=None, help="T of the float64 check")
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile (compiles for minutes)"
@@ -649,6 +731,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("K", "hidden", "batch", "repeats", "steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if min(args.threads) < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if min(args.lengths + [args.check_length or 2]) < 2:
         parser.error(f"sequence lengths must be >= 2 (the adding task), got {args.lengths}")
     return args
@@ -679,15 +763,15 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print)
             "torch.compile not timed (--compile does): dynamo leaves nn.RNN in eager mode unless "
             "torch._dynamo.config.allow_rnn, and with it unrolls all T steps."
         )
-    setups = torch_setups(args.compile)
     ratios = {}
-    for length in args.lengths:
-        problem = Problem(length, args.batch, args.hidden)
-        for variant in chosen:
+    with torch_processes(torch_setups(args.threads, args.compile)) as workers:
+        for length in args.lengths:
+            problem = Problem(length, args.batch, args.hidden)
             steps = args.steps or max(1, 300 // length)
-            timing = benchmark(problem, variant, setups, repeats=args.repeats, steps=steps)
-            ratios[(variant.name, length)] = report(problem, variant, timing, print_fn)
-            print_fn(f"  ({_load()})")
+            for variant in chosen:
+                timing = benchmark(problem, variant, workers, repeats=args.repeats, steps=steps)
+                ratios[(variant.name, length)] = report(problem, variant, timing, print_fn)
+                print_fn(f"  ({_load()})")
     return {"checks": checks, "ratios": ratios}
 
 

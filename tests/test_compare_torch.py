@@ -74,7 +74,7 @@ def test_interleaved_timing_rotates_and_drops_a_setup_far_slower_than_the_fastes
     runners = {"jax": contender("jax", 10.0), "fast": contender("fast", 1.0)}
     runners["slow"] = contender("slow", 3.5)
     timing = ct.time_interleaved(
-        runners, {}, repeats=3, steps=2, keep=("jax",), pause=0, clock=lambda: clock[0]
+        runners, repeats=3, steps=2, keep=("jax",), pause=0, clock=lambda: clock[0]
     )
     assert timing.dropped == {"slow": 1}
     assert timing.times == {"jax": [10.0] * 3, "fast": [1.0] * 3, "slow": [3.5]}
@@ -91,13 +91,13 @@ def test_interleaved_timing_rotates_and_drops_a_setup_far_slower_than_the_fastes
 
 def test_quick_run_checks_then_times_every_setup():
     lines = []
-    argv = ["--quick", "--hidden", "8", "--batch", "4", "--variants", "alg1"]
+    argv = ["--quick", "--hidden", "8", "--batch", "4", "--variants", "alg1", "--threads", "1"]
     result = ct.main(argv, print_fn=lines.append)
     assert [c.ok for c in result["checks"]] == [True]
     ((key, ratio),) = result["ratios"].items()
     assert key == ("alg1", 10) and ratio > 0
     text = "\n".join(lines)
-    for setup in ct.torch_setups():
+    for setup in ct.torch_setups(threads=[1]):
         assert setup.name in text
     assert "fastest torch" in text and "Machine:" in text
 
@@ -107,3 +107,5 @@ def test_bad_command_line_is_rejected():
         ct.parse_args(["--steps", "0"])
     with pytest.raises(SystemExit):
         ct.parse_args(["--lengths", "1"])
+    with pytest.raises(SystemExit):
+        ct.parse_args(["--threads", "0"])
