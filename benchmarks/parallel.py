@@ -252,10 +252,13 @@ def data_parallel(
     computes from them (the optimizer update, the new parameters) is the same on every
     device and is returned once (``PartitionSpec()`` in ``out_specs``).
 
-    The replication check is off (``check_vma=False``): with it on, JAX would insert the
-    gradient's sum where the replicated weights meet per-device values, inside the
-    recurrence's time loop, and a scan whose carry starts replicated (the zero state) and
-    turns per-device is rejected; :func:`mean_gradient` places the one average itself.
+    The replication check is off (``check_vma=False``). With it on, a Flax RNN does not
+    trace (a scan whose carry starts replicated, the zero state, and turns per-device is
+    rejected), and where it does (a hand-written scan with a per-device initial state) JAX
+    differentiates the replicated weights by summing their gradient over the devices where
+    they meet per-device values: inside the time loop, T all-reduces per gradient, and a
+    sum where the global-batch loss needs a mean. :func:`mean_gradient` places the one
+    average itself.
     """
     return jax.jit(
         jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
@@ -286,7 +289,8 @@ def collectives(hlo_text: str) -> tuple[int, int]:
     all-gather, reduce-scatter, all-to-all and collective-permute counts once per trip of
     each ``while`` loop around it (XLA's ``known_trip_count``; a loop without one counts
     once), so an all-reduce inside the backward pass over T time steps counts T times.
-    ``bytes`` is the size of their results on one device.
+    ``bytes`` is the size of their results on one device. Branches of a ``conditional``
+    are not followed.
     """
     own: dict[str, list[int]] = {}
     callees: dict[str, list[tuple[str, int]]] = {}
@@ -304,7 +308,7 @@ def collectives(hlo_text: str) -> tuple[int, int]:
         if instruction.group(2).removesuffix("-start") in _COLLECTIVES:
             own[name].append(_bytes(instruction.group(1)))
         trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-        for callee in re.findall(r"(?:body|calls)=%([\w.\-]+)", line):
+        for callee in re.findall(r"(?:body|calls|to_apply)=%([\w.\-]+)", line):
             callees[name].append((callee, int(trips.group(1)) if trips else 1))
 
     @functools.cache
