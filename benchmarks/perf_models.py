@@ -18,15 +18,18 @@ parameters (``tests/test_fused.py``, ``tests/test_models.py``).
    per step, read from the optimized HLO, next to microseconds per step at several T.
 5. Deep IndRNN of Table 2 (6 x 128, batch norm, dropout 0.1) on a HAR-2 training epoch
    (7415 windows of 128 x 9, batch 64, Adam, recurrent weights clipped; generated data of
-   the real shapes), steps of the two implementations interleaved.
+   the real shapes), steps of the implementations interleaved.
+6. Where that training step's time goes: the same step without dropout, and without
+   dropout and batch norm.
 
-Run: ``python -m benchmarks.perf_models`` (about 4 minutes on 2 CPU cores);
-``--quick`` runs every section at toy size (the smoke test).
+Run: ``python -m benchmarks.perf_models --out results/cpu/perf_models.txt`` (about 5
+minutes on 2 quiet CPU cores); ``--quick`` runs every section at toy size (the smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import time
@@ -41,7 +44,6 @@ from benchmarks.machine import describe, machine
 from models import (
     RNNModel,
     clip_indrnn_recurrent,
-    deep_indrnn,
     default_impl,
     default_unroll,
     indrnn_recurrent_bound,
@@ -246,39 +248,58 @@ def _har2_like(num: int, seq_len: int, features: int) -> tuple[jax.Array, jax.Ar
     return x, y
 
 
-def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
-    """Section 5: one HAR-2 epoch of the deep IndRNN, the two impls' steps interleaved."""
-    x_all, y_all = _har2_like(args.har_windows, args.har_length, 9)
-    steps = args.har_windows // args.har_batch
+def indrnn_train_step(
+    args: argparse.Namespace,
+    data: tuple[jax.Array, jax.Array],
+    impl: str,
+    *,
+    dropout_rate: float = 0.1,
+    layer_batch_norm: bool = True,
+) -> tuple[Callable[[Any, int], Any], Any]:
+    """The deep IndRNN's jitted training step ``carry, i -> carry`` on batch ``i`` (Adam,
+    recurrent weights clipped), and its first carry."""
+    x_all, y_all = data
     bound = indrnn_recurrent_bound(2.0, args.har_length)
+    model = RNNModel(
+        args.har_hidden,
+        1,
+        cell="indrnn",
+        depth=args.har_depth,
+        layer_batch_norm=layer_batch_norm,
+        dropout_rate=dropout_rate,
+        recurrent_bound=bound,
+        impl=impl,
+    )
+    variables = model.init(jax.random.key(0), x_all[: args.har_batch])
+    params = variables["params"]
+    state = {name: value for name, value in variables.items() if name != "params"}
     tx = optax.adam(2e-4)
 
-    def make_step(impl: str) -> tuple[Callable[[Any, jax.Array], Any], Any]:
-        """A jitted training step ``carry, i -> carry`` on batch ``i``, and the first carry."""
-        model = deep_indrnn(1, bound, depth=args.har_depth, hidden_size=args.har_hidden, impl=impl)
-        variables = model.init(jax.random.key(0), x_all[: args.har_batch])
-        params = variables["params"]
-        state = {"batch_stats": variables["batch_stats"]}
+    def loss(p, st, x, y, key):
+        out, new_state = model.apply(
+            {"params": p, **st}, x, train=True, mutable=list(st), rngs={"dropout": key}
+        )
+        return sigmoid_mse_loss(out, y), new_state
 
-        def loss(p, st, x, y, key):
-            out, new_state = model.apply(
-                {"params": p, **st}, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
-            )
-            return sigmoid_mse_loss(out, y), new_state
+    @jax.jit
+    def step(carry, i):
+        p, st, opt_state = carry
+        x = jax.lax.dynamic_slice_in_dim(x_all, i * args.har_batch, args.har_batch)
+        y = jax.lax.dynamic_slice_in_dim(y_all, i * args.har_batch, args.har_batch)
+        (_, st), g = jax.value_and_grad(loss, has_aux=True)(
+            p, st, x, y, jax.random.fold_in(jax.random.key(1), i)
+        )
+        updates, opt_state = tx.update(g, opt_state, p)
+        p = clip_indrnn_recurrent(optax.apply_updates(p, updates), bound)
+        return p, dict(st), opt_state
 
-        @jax.jit
-        def step(carry, i):
-            p, st, opt_state = carry
-            x = jax.lax.dynamic_slice_in_dim(x_all, i * args.har_batch, args.har_batch)
-            y = jax.lax.dynamic_slice_in_dim(y_all, i * args.har_batch, args.har_batch)
-            (_, st), g = jax.value_and_grad(loss, has_aux=True)(
-                p, st, x, y, jax.random.fold_in(jax.random.key(1), i)
-            )
-            updates, opt_state = tx.update(g, opt_state, p)
-            p = clip_indrnn_recurrent(optax.apply_updates(p, updates), bound)
-            return p, st, opt_state
+    return step, (params, state, tx.init(params))
 
-        return step, (params, state, tx.init(params))
+
+def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
+    """Section 5: one HAR-2 epoch of the deep IndRNN, the variants' steps interleaved."""
+    data = _har2_like(args.har_windows, args.har_length, 9)
+    steps = args.har_windows // args.har_batch
 
     # (impl, threefry_partitionable): the landed model, the fused recurrence, and the fused
     # recurrence with dropout masks drawn by the non-partitionable threefry (a global JAX
@@ -287,7 +308,7 @@ def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> d
     runs = {}
     for name, (impl, partitionable) in variants.items():
         with jax.threefry_partitionable(partitionable):
-            step, carry = make_step(impl)
+            step, carry = indrnn_train_step(args, data, impl)
             runs[name] = (step, jax.block_until_ready(step(carry, 0)), partitionable)
     seconds = dict.fromkeys(variants, 0.0)
     carries = {name: carry for name, (_, carry, _) in runs.items()}
@@ -317,26 +338,56 @@ def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> d
     }
 
 
+def indrnn_step_breakdown(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
+    """Section 6: where a deep-IndRNN step's time goes: the step with and without dropout
+    and batch norm, for both impls, ``args.har_breakdown_steps`` steps round-robin."""
+    data = _har2_like(args.har_windows, args.har_length, 9)
+    settings = {
+        "full": {},
+        "no dropout": {"dropout_rate": 0.0},
+        "no dropout, no BN": {"dropout_rate": 0.0, "layer_batch_norm": False},
+    }
+    fns = {}
+    for impl in ("flax", "fused"):
+        for name, overrides in settings.items():
+            step, carry = indrnn_train_step(args, data, impl, **overrides)
+            fns[f"{impl}/{name}"] = lambda step=step, carry=carry: step(carry, 0)
+    times = round_robin(fns, args.har_breakdown_steps)
+    print_fn(f"\n[6] deep-IndRNN training step, ms (median of {args.har_breakdown_steps})")
+    print_fn(f"{'':<20}{'flax':>9}{'fused':>9}")
+    rows = {}
+    for name in settings:
+        ms = {impl: 1e3 * times[f"{impl}/{name}"] for impl in ("flax", "fused")}
+        rows[name] = ms
+        print_fn(f"{name:<20}{ms['flax']:>9.1f}{ms['fused']:>9.1f}")
+    return rows
+
+
 def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Every section in order; returns their rows."""
     print_fn(f"Machine: {describe(machine())}")
+    print_fn("Load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print_fn(
         "impl='auto' picks, on this backend: "
         + ", ".join(f"{cell} {default_impl(cell)!r}" for cell in CELLS)
         + f"; unroll {default_unroll()}. Timings: medians of {args.repeats} round-robin repeats"
     )
-    return {
+    rows = {
         "flop_rate": flop_rate_table(args, print_fn),
         "cells": cell_table(args, print_fn),
         "anatomy": anatomy_table(args, print_fn),
         "indrnn_epoch": indrnn_epoch(args, print_fn),
+        "indrnn_breakdown": indrnn_step_breakdown(args, print_fn),
     }
+    print_fn("Load average at end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes: the smoke test")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--out", help="also write the printed report to this file")
     args = parser.parse_args(argv)
     full = {
         "peak_size": 1024,
@@ -350,6 +401,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "har_batch": 64,
         "har_depth": 6,
         "har_hidden": 128,
+        "har_breakdown_steps": 10,
     }
     quick = {
         "peak_size": 64,
@@ -361,8 +413,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "har_windows": 12,
         "har_length": 5,
         "har_batch": 4,
-        "har_depth": 2,
+        "har_depth": 1,
         "har_hidden": 8,
+        "har_breakdown_steps": 1,
         "repeats": 1,
     }
     for name, value in (quick if args.quick else full).items():
@@ -371,7 +424,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    lines: list[str] = []
+
+    def print_fn(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    run(args, print_fn)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
