@@ -1,7 +1,23 @@
 """fw-optax: the Frank-Wolfe RNN optimizer (Yue et al., ICPR 2020) as an optax transformation."""
 
 from fw_optax._frank_wolfe import FrankWolfeState, frank_wolfe
-from fw_optax._lmo import lp_ball_lmo
+from fw_optax._lmo import (
+    Oracle,
+    group_l2_lmo,
+    k_sparse_lmo,
+    lp_ball_lmo,
+    nuclear_lmo,
+    relative_radii,
+)
 
-__all__ = ["FrankWolfeState", "frank_wolfe", "lp_ball_lmo"]
-__version__ = "0.1.0"
+__all__ = [
+    "FrankWolfeState",
+    "Oracle",
+    "frank_wolfe",
+    "group_l2_lmo",
+    "k_sparse_lmo",
+    "lp_ball_lmo",
+    "nuclear_lmo",
+    "relative_radii",
+]
+__version__ = "0.2.0"

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from fw_optax._lmo import Scope, canonical_p, check_scope, lp_ball_lmo
+from fw_optax._flat import Layout
+from fw_optax._lmo import (
+    Oracle,
+    Scope,
+    canonical_p,
+    check_scope,
+    lp_ball_flat,
+)
+
+StepRule = Literal["average", "open_loop"]
+STEP_RULES: tuple[str, ...] = ("average", "open_loop")
 
 
 class FrankWolfeState(NamedTuple):
@@ -19,11 +29,18 @@ class FrankWolfeState(NamedTuple):
 
     Attributes:
       count: the number of outer steps taken so far (int32); the schedule of δ reads it.
+      gap: the Frank-Wolfe gap ``<g_k, Δ_{k-1} - s_k>`` of the last gradient evaluated in the
+        last outer step (float32, >= 0; 0 before the first step).
+      inner_steps: the number of gradients that outer step evaluated (int32): K, or fewer when
+        ``gap_tol`` stopped it early.
     """
 
     count: chex.Array
+    gap: chex.Array
+    inner_steps: chex.Array
 
 
+# ----------------------------------------------------------------------------- validation
 def _check_K(K: Any) -> int:
     if isinstance(K, bool):
         raise ValueError(f"K must be an int >= 1, got K={K!r}.")
@@ -39,32 +56,69 @@ def _check_K(K: Any) -> int:
     return value
 
 
-def _check_delta(delta: Any) -> None:
-    if callable(delta) or isinstance(delta, jax.core.Tracer):
+def _check_positive(name: str, value: Any, *, schedule_ok: bool, strict: bool) -> None:
+    """Rejects a concrete ``value`` that is not a real number > 0 (>= 0 unless ``strict``)."""
+    if (schedule_ok and callable(value)) or isinstance(value, jax.core.Tracer):
         return  # a schedule, or injected by optax.inject_hyperparams: not concrete here.
-    if isinstance(delta, (str, bool)):
-        raise ValueError(f"delta must be a real number >= 0 or a schedule, got delta={delta!r}.")
+    bound = "> 0" if strict else ">= 0"
+    kind = f"a real number {bound}" + (" or a schedule" if schedule_ok else "")
+    if isinstance(value, (str, bool)):
+        raise ValueError(f"{name} must be {kind}, got {name}={value!r}.")
     try:
-        value = float(delta)
+        number = float(value)
     except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {kind}, got {name}={value!r}.") from None
+    if not (number > 0.0 if strict else number >= 0.0):  # also rejects NaN
+        raise ValueError(f"{name} must be {bound}, got {name}={value!r}.")
+
+
+def _check_step_rule(step_rule: Any) -> StepRule:
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {STEP_RULES}, got step_rule={step_rule!r}.")
+    return step_rule
+
+
+def _check_oracle(oracle: Any, p: Any, scope: Any) -> None:
+    if oracle is None:
+        return
+    if not callable(oracle):
         raise ValueError(
-            f"delta must be a real number >= 0 or a schedule, got delta={delta!r}."
-        ) from None
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"delta must be >= 0, got delta={delta!r}.")
+            f"oracle must be a function oracle(grads, delta) -> s, got oracle={oracle!r}."
+        )
+    if canonical_p(p) != 2.0 or scope != "global":
+        raise ValueError(
+            f"p={p!r} and scope={scope!r} configure the built-in Lp-ball oracle and do nothing "
+            "with oracle=...: bind them to your oracle instead, e.g. "
+            "functools.partial(fw_optax.lp_ball_lmo, p=3, scope='leaf')."
+        )
 
 
-def _tree_lerp(old: Any, new: Any, k: jax.Array) -> Any:
-    """``(1 - 1/k) old + (1/k) new``: the running average of Algorithm 1."""
-    return jax.tree.map(lambda a, b: a + (b - a) / k, old, new)
-
-
-def _add(params: Any, delta: Any) -> Any:
-    return jax.tree.map(lambda w, d: (w + d).astype(w.dtype), params, delta)
-
-
-def _leading_size(tree: Any) -> set[int]:
+def _leading_sizes(tree: Any) -> set[int]:
     return {leaf.shape[0] if jnp.ndim(leaf) else -1 for leaf in jax.tree.leaves(tree)}
+
+
+def _missing_value_fn(K: int) -> TypeError:
+    return TypeError(
+        f"frank_wolfe with K={K} evaluates K-1 more gradients inside update() and needs the "
+        "loss as a function of the parameters: pass it as a keyword argument, "
+        "tx.update(grads, state, params, value_fn=lambda params: loss(params, batch)); "
+        "through flax.nnx.Optimizer: optimizer.update(model, grads, value_fn=...), where "
+        "value_fn takes the nnx.Param state (nnx.merge it with the graphdef and the rest). "
+        "Only K=1 runs without it."
+    )
+
+
+def _step_size(step_rule: StepRule, k: jax.Array) -> jax.Array:
+    """γ_k of ``Δ_k = (1 - γ_k) Δ_{k-1} + γ_k s_k``: 1/k (the paper) or 2/(k+1) (open loop)."""
+    return 1.0 / k if step_rule == "average" else 2.0 / (k + 1.0)
+
+
+class _Inner(NamedTuple):
+    """The carry of the inner loop: Δ_{k-1} (flat), the cumulative point, the last gap."""
+
+    avg: jax.Array
+    offset: jax.Array
+    gap: jax.Array
 
 
 def frank_wolfe(
@@ -74,26 +128,45 @@ def frank_wolfe(
     *,
     scope: Scope = "global",
     cumulative: bool = False,
+    oracle: Oracle | None = None,
+    gap_tol: float | None = None,
+    step_rule: StepRule = "average",
+    relative_radius: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""The Frank-Wolfe RNN optimizer: K linear-minimization steps in an Lp ball around ω.
+    r"""The Frank-Wolfe RNN optimizer: K linear-minimization steps in a ball around ω.
 
-    At outer step t, with δ_t the radius, Algorithm 1 of the paper runs, from Δ_{t,0} = 0,
+    At outer step t, with δ_t the radius and C(δ) the constraint set (by default the Lp ball
+    of radius δ centred at 0), Algorithm 1 of the paper runs, from Δ_{t,0} = 0,
 
     .. math::
 
-      s_{t,k} = \arg\min_{\|s\|_p \le \delta_t} \langle s, \nabla F(\omega_{t-1} + \Delta_{t,k-1})
-      \rangle, \qquad \Delta_{t,k} = (1 - \tfrac1k) \Delta_{t,k-1} + \tfrac1k s_{t,k},
+      s_{t,k} = \arg\min_{s \in C(\delta_t)} \langle s, g_k \rangle, \quad
+      g_k = \nabla F(\omega_{t-1} + \Delta_{t,k-1}), \quad
+      \Delta_{t,k} = (1 - \gamma_k) \Delta_{t,k-1} + \gamma_k s_{t,k},
 
-    for k = 1..K, and then ω_t = ω_{t-1} + η Δ_{t,K}. This transformation emits ``-Δ_{t,K}``, so
+    for k = 1..K with γ_k = 1/k (``step_rule="average"``: Δ_{t,K} is the mean of the s_{t,k})
+    or γ_k = 2/(k+1) (``"open_loop"``, the classic Frank-Wolfe rule), and then
+    ω_t = ω_{t-1} + η Δ_{t,K}. This transformation emits ``-Δ_{t,K}``, so
 
     - ``optax.chain(frank_wolfe(K, δ, p), optax.sgd(η))`` is Algorithm 1 exactly, and
-    - ``optax.chain(frank_wolfe(K, δ, 2, scope="leaf"), optax.adam(η))`` is the authors' released
-      optimizer (up to the factor 1/δ on Adam's input, which Adam's normalization ignores up to
-      its ε).
+    - ``optax.chain(frank_wolfe(K, δ, 2, scope="leaf", cumulative=True), optax.adam(η))`` is
+      the authors' released optimizer (up to the factor 1/δ on Adam's input, which Adam's
+      normalization ignores up to its ε).
+
+    **The Frank-Wolfe gap.** Inner step k also computes, at no extra gradient,
+    gap_k = <g_k, Δ_{k-1} - s_k> >= 0 (gap_1 = δ ||g_1||_q for the Lp ball): an upper bound on
+    how much the linearized loss can still drop inside C. ``state.gap`` holds the gap of the
+    last gradient evaluated and ``state.inner_steps`` how many gradients the step evaluated.
+    With ``gap_tol``, the inner loop stops at the first k >= 2 with
+    gap_k <= gap_tol · gap_1 and emits -Δ_{k-1}, the iterate that gap certifies: K is then a
+    maximum, and the program (a ``lax.while_loop``) still compiles once.
 
     The incoming ``updates`` must be the gradient at ω_{t-1}: it is the first inner gradient
-    (k = 1), so an outer step costs K gradient evaluations in all. The inner steps k = 2..K
-    differentiate ``value_fn`` inside one ``jax.lax.scan``: the program compiles once, whatever K.
+    (k = 1), so an outer step costs K gradient evaluations in all (fewer with ``gap_tol``).
+    The inner steps k = 2..K differentiate ``value_fn`` inside one ``jax.lax.scan``: the
+    program compiles once, whatever K. The running average, the gap and the built-in oracle
+    work on one flat buffer of all parameters, so the optimizer's own cost does not grow with
+    the number of parameter tensors.
 
     Fresh data per inner step (what the authors' code does: inner step k eats mini-batch k): pass
     ``inner_batches``, a pytree whose leaves have a leading axis of size K - 1. Inner step k then
@@ -101,22 +174,36 @@ def frank_wolfe(
     hands ``value_fn`` the inner step's index instead, e.g. to pick a chunk in truncated BPTT.
 
     Args:
-      K: the number of inner Frank-Wolfe steps, an int >= 1 (static).
-      delta: the radius δ >= 0 of the Lp ball, a float or an optax schedule of the outer step
-        count (δ_t).
-      p: the norm of the ball, a real ``p >= 1`` or infinity (``float("inf")``, ``jnp.inf``,
-        ``"inf"``) (static).
-      scope: ``"global"``: one ball over the whole parameter pytree (the paper);
-        ``"leaf"``: a product of balls of radius δ, one per parameter tensor (the authors' code).
+      K: the number of inner Frank-Wolfe steps (the maximum with ``gap_tol``), an int >= 1
+        (static).
+      delta: the radius δ >= 0, a float or an optax schedule of the outer step count (δ_t).
+      p: the norm of the built-in Lp ball, a real ``p >= 1`` or infinity (``float("inf")``,
+        ``jnp.inf``, ``"inf"``) (static).
+      scope: the built-in ball's layout. ``"global"``: one ball over the whole parameter
+        pytree (the paper); ``"leaf"``: a product of balls of radius δ, one per parameter
+        tensor (the authors' code).
       cumulative: where the gradient of inner step k is taken. ``False`` (Algorithm 1): at
         ``ω + Δ_{k-1}``. ``True`` (the authors' code, which adds Δ_k to the weights after each
         inner step): at ``ω + Δ_1 + ... + Δ_{k-1}``. The two agree for K <= 2.
+      oracle: the constraint set, as its linear minimization oracle ``oracle(grads, delta)``
+        returning a pytree like ``grads`` (see :class:`fw_optax.Oracle`): e.g.
+        ``functools.partial(fw_optax.k_sparse_lmo, k=100)``, ``fw_optax.nuclear_lmo``, or your
+        own. ``None``: the Lp ball given by ``p`` and ``scope`` (which must keep their defaults
+        when an oracle is given).
+      gap_tol: ``None`` (always K inner steps) or a float > 0: stop early once
+        gap_k <= gap_tol · gap_1.
+      step_rule: ``"average"`` (γ_k = 1/k, the paper) or ``"open_loop"`` (γ_k = 2/(k+1)).
+      relative_radius: if ``True``, the radius of each tensor ω_i is δ_t ||ω_i||_2 (see
+        :func:`fw_optax.relative_radii`), measured at ω_{t-1}; the oracle then gets a pytree of
+        per-tensor radii, so it must be a per-tensor one (``scope="leaf"``,
+        ``group_l2_lmo``, ``nuclear_lmo``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update`` takes ``(updates, state,
       params, *, value_fn=None, inner_batches=None, **extra_args)``: ``value_fn(params)`` (or
       ``value_fn(params, batch)`` with ``inner_batches``) returns the scalar loss and is required
       when K > 1; other keyword arguments are ignored, so the transform sits in any ``chain``.
+      Under ``optax.inject_hyperparams``, list ``K``, ``p`` and ``oracle`` in ``static_args``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, fw_optax
@@ -130,21 +217,43 @@ def frank_wolfe(
       >>> bool(loss_fn(params) < loss_fn(jnp.zeros(3)))
       True
 
+      The gap certifies the inner problem; ``gap_tol`` stops once it has shrunk enough:
+
+      >>> tx = fw_optax.frank_wolfe(K=50, delta=0.5, gap_tol=0.1)
+      >>> _, state = tx.update(grads, tx.init(params), params, value_fn=loss_fn)
+      >>> int(state.inner_steps) < 50, float(state.gap) >= 0.0
+      (True, True)
+
     References:
       Yue, Li, Saligrama and Zhang, "RNN Training along Locally Optimal Trajectories via
       Frank-Wolfe Algorithm", ICPR 2020. https://arxiv.org/abs/2010.05397
+
+      Jaggi, "Revisiting Frank-Wolfe: Projection-Free Sparse Convex Optimization", ICML 2013
+      (the duality gap and the open-loop step 2/(k+1)).
+      https://proceedings.mlr.press/v28/jaggi13.html
     """
     K = _check_K(K)
     p = canonical_p(p)
     scope = check_scope(scope)
-    _check_delta(delta)
-
-    def lmo(grads: Any, radius: jax.Array) -> Any:
-        return lp_ball_lmo(grads, radius, p, scope=scope)
+    _check_positive("delta", delta, schedule_ok=True, strict=False)
+    if gap_tol is not None:
+        _check_positive("gap_tol", gap_tol, schedule_ok=False, strict=True)
+    step_rule = _check_step_rule(step_rule)
+    _check_oracle(oracle, p, scope)
+    if relative_radius and oracle is None and scope == "global":
+        raise ValueError(
+            "relative_radius=True gives every tensor its own radius, which needs a per-tensor "
+            "oracle: use scope='leaf' (or oracle=group_l2_lmo / nuclear_lmo), not "
+            "scope='global'."
+        )
 
     def init_fn(params: Any) -> FrankWolfeState:
         del params
-        return FrankWolfeState(count=jnp.zeros([], jnp.int32))
+        return FrankWolfeState(
+            count=jnp.zeros([], jnp.int32),
+            gap=jnp.zeros([], jnp.float32),
+            inner_steps=jnp.zeros([], jnp.int32),
+        )
 
     def update_fn(
         updates: Any,
@@ -156,47 +265,160 @@ def frank_wolfe(
         **extra_args: Any,
     ) -> tuple[Any, FrankWolfeState]:
         del extra_args
-        radius = delta(state.count) if callable(delta) else delta
-        radius = jnp.asarray(radius, jnp.float32)
-        # Δ_1 = s_1: the incoming updates are the gradient at ω itself.
-        first = lmo(updates, radius)
-        avg = jax.tree.map(lambda s: s.astype(_accum_dtype(s.dtype)), first)
-
         if K > 1:
             if value_fn is None:
-                raise TypeError(
-                    f"frank_wolfe with K={K} needs the keyword argument value_fn (the loss as a "
-                    "function of params) in update(); only K=1 runs without it."
-                )
+                raise _missing_value_fn(K)
             if params is None:
                 raise ValueError(f"frank_wolfe with K={K} needs params in update().")
-            if inner_batches is not None and _leading_size(inner_batches) != {K - 1}:
+            if inner_batches is not None and _leading_sizes(inner_batches) != {K - 1}:
                 raise ValueError(
                     f"inner_batches must have a leading axis of size K-1={K - 1} on every leaf, "
-                    f"got leading sizes {sorted(_leading_size(inner_batches))}."
+                    f"got leading sizes {sorted(_leading_sizes(inner_batches))}."
                 )
+        if relative_radius and params is None:
+            raise ValueError("frank_wolfe(relative_radius=True) needs params in update().")
+
+        layout = Layout.of(updates)
+        radius = delta(state.count) if callable(delta) else delta
+        radius = jnp.asarray(radius, jnp.float32)
+        if relative_radius:
+            w = layout.ravel(params)
+            radius = radius * jnp.sqrt(layout.leaf_segments.sum(w * w))
+        lmo = _flat_oracle(layout, oracle, radius, p, scope)
+
+        def grad_at(offset: jax.Array, batch: Any) -> jax.Array:
+            """∇F(ω + offset) as a buffer: the one place the inner loop takes a gradient."""
+            step = layout.unravel(offset, cast=False)
+            point = jax.tree.map(lambda w, d: (w + d).astype(w.dtype), params, step)
             grad_fn = jax.grad(value_fn)
+            # A gradient by pytree, then one concatenation: differentiating with respect to
+            # the buffer instead would scatter every leaf's gradient into it separately.
+            return layout.ravel(grad_fn(point) if batch is None else grad_fn(point, batch))
 
-            def inner_step(carry, xs):
-                avg, offset = carry
-                k, batch = xs
-                point = offset if cumulative else avg
-                at = _add(params, point)
-                grads = grad_fn(at) if inner_batches is None else grad_fn(at, batch)
-                s = lmo(grads, radius)
-                avg = _tree_lerp(avg, s, k)
-                offset = jax.tree.map(jnp.add, offset, avg) if cumulative else offset
-                return (avg, offset), None
+        def inner_step(carry: _Inner, k: jax.Array, batch: Any) -> _Inner:
+            g = grad_at(carry.offset if cumulative else carry.avg, batch)
+            s = lmo(g)
+            gap = jnp.vdot(g, carry.avg - s)
+            avg = carry.avg + _step_size(step_rule, k) * (s - carry.avg)
+            offset = carry.offset + avg if cumulative else carry.offset
+            return _Inner(avg, offset, gap)
 
-            ks = jnp.arange(2, K + 1, dtype=jnp.float32)
-            (avg, _), _ = jax.lax.scan(inner_step, (avg, avg), (ks, inner_batches))
+        # k = 1: the incoming updates are the gradient at ω itself, and Δ_1 = s_1.
+        g1 = layout.ravel(updates)
+        s1 = lmo(g1)
+        first = _Inner(s1, s1, -jnp.vdot(g1, s1))
+        if K == 1:
+            last, inner_steps = first, jnp.asarray(1, jnp.int32)
+        elif gap_tol is None:
+            last, inner_steps = _fixed_loop(inner_step, first, K, inner_batches)
+        else:
+            last, inner_steps = _adaptive_loop(inner_step, first, K, inner_batches, gap_tol)
 
-        new_updates = jax.tree.map(lambda a, u: (-a).astype(u.dtype), avg, updates)
-        return new_updates, FrankWolfeState(count=optax.safe_increment(state.count))
+        new_updates = jax.tree.map(
+            lambda a, u: (-a).astype(u.dtype), layout.unravel(last.avg), updates
+        )
+        new_state = FrankWolfeState(
+            count=optax.safe_increment(state.count),
+            gap=last.gap.astype(jnp.float32),
+            inner_steps=inner_steps,
+        )
+        return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _accum_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    # The running average Δ is kept in at least float32 even for bf16/fp16 parameters.
-    return jnp.promote_types(dtype, jnp.float32)
+def _flat_oracle(
+    layout: Layout, oracle: Oracle | None, radius: jax.Array, p: float, scope: Scope
+) -> Callable[[jax.Array], jax.Array]:
+    """``g -> s``: the oracle's answer for a gradient on the buffer, as a buffer.
+
+    The built-in Lp ball runs on the buffer itself (row and segment reductions for
+    ``scope="leaf"``); a user's oracle gets the gradient as a pytree and (for per-tensor
+    radii) a pytree of radii, and its answer is checked against the gradient's structure and
+    shapes.
+    """
+    if oracle is None:
+        segments = layout.one_segment if scope == "global" else layout.leaf_segments
+        return lambda g: lp_ball_flat(g, radius, p, segments)
+
+    per_leaf = jnp.ndim(radius) == 1
+
+    def custom(g: jax.Array) -> jax.Array:
+        grads = layout.unravel(g)
+        s = oracle(grads, layout.treedef.unflatten(list(radius)) if per_leaf else radius)
+        _check_oracle_answer(s, grads, oracle)
+        return layout.ravel(s)
+
+    return custom
+
+
+def _check_oracle_answer(s: Any, g: Any, oracle: Oracle) -> None:
+    name = getattr(oracle, "__name__", repr(oracle))
+    if jax.tree.structure(s) != jax.tree.structure(g):
+        raise ValueError(
+            f"the oracle {name} must return a pytree like grads: got structure "
+            f"{jax.tree.structure(s)}, expected {jax.tree.structure(g)}."
+        )
+    leaves = jax.tree_util.tree_flatten_with_path(s)[0]
+    for (path, a), b in zip(leaves, jax.tree.leaves(g), strict=True):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"the oracle {name} returned shape {jnp.shape(a)} at "
+                f"{jax.tree_util.keystr(path) or 'the root'}, expected {jnp.shape(b)}."
+            )
+
+
+def _fixed_loop(
+    inner_step: Callable[[_Inner, jax.Array, Any], _Inner],
+    first: _Inner,
+    K: int,
+    inner_batches: Any,
+) -> tuple[_Inner, jax.Array]:
+    """Inner steps k = 2..K as one ``lax.scan``."""
+
+    def body(carry: _Inner, xs: tuple[jax.Array, Any]) -> tuple[_Inner, None]:
+        k, batch = xs
+        return inner_step(carry, k, batch), None
+
+    ks = jnp.arange(2, K + 1, dtype=first.avg.dtype)
+    last, _ = jax.lax.scan(body, first, (ks, inner_batches))
+    return last, jnp.asarray(K, jnp.int32)
+
+
+def _adaptive_loop(
+    inner_step: Callable[[_Inner, jax.Array, Any], _Inner],
+    first: _Inner,
+    K: int,
+    inner_batches: Any,
+    gap_tol: Any,
+) -> tuple[_Inner, jax.Array]:
+    """Inner steps k = 2..K as one ``lax.while_loop`` that stops once gap_k <= tol · gap_1.
+
+    The stopping step's gradient is spent on its gap only: the loop keeps Δ_{k-1}, the iterate
+    gap_k certifies, and reports k gradients evaluated.
+    """
+    threshold = jnp.asarray(gap_tol, first.gap.dtype) * first.gap
+
+    def cond(loop: tuple[jax.Array, jax.Array, _Inner]) -> jax.Array:
+        k, done, _ = loop
+        return jnp.logical_and(k <= K, jnp.logical_not(done))
+
+    def body(loop: tuple[jax.Array, jax.Array, _Inner]) -> tuple[jax.Array, jax.Array, _Inner]:
+        k, _, carry = loop
+        batch = (
+            None
+            if inner_batches is None
+            else jax.tree.map(
+                lambda b: jax.lax.dynamic_index_in_dim(b, k - 2, keepdims=False), inner_batches
+            )
+        )
+        new = inner_step(carry, k.astype(carry.avg.dtype), batch)
+        done = new.gap <= threshold
+        kept = _Inner(
+            jnp.where(done, carry.avg, new.avg), jnp.where(done, carry.offset, new.offset), new.gap
+        )
+        return k + 1, done, kept
+
+    start = (jnp.asarray(2, jnp.int32), jnp.asarray(False), first)
+    k_next, _, last = jax.lax.while_loop(cond, body, start)
+    return last, k_next - 1

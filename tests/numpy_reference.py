@@ -52,15 +52,46 @@ def frank_wolfe_delta(
     cumulative: bool = False,
 ) -> Params:
     """Δ_K of one outer step; ``grad_fn(w, k)`` is the gradient used by inner step k >= 2."""
-    avg = lmo(grad0, delta, p, scope)
-    offset = [a.copy() for a in avg]
-    for k in range(2, K + 1):
+    return frank_wolfe_run(w, grad0, grad_fn, K, delta, p, scope, cumulative)[0]
+
+
+def _dot(a: Params, b: Params) -> float:
+    return float(sum(np.sum(x * y) for x, y in zip(a, b, strict=True)))
+
+
+def frank_wolfe_run(
+    w: Params,
+    grad0: Params,
+    grad_fn: Callable[[Params, int], Params],
+    K: int,
+    delta: float,
+    p: float,
+    scope: str,
+    cumulative: bool = False,
+    step_rule: str = "average",
+    gap_tol: float | None = None,
+) -> tuple[Params, float, int]:
+    """One outer step: ``(Δ, gap, gradients evaluated)``, written as plainly as possible.
+
+    gap_k = <g_k, Δ_{k-1} - s_k>; with ``gap_tol`` the loop stops at the first k >= 2 with
+    gap_k <= gap_tol * gap_1 and returns Δ_{k-1}.
+    """
+    zero = [np.zeros_like(g) for g in grad0]
+    avg, offset = zero, zero
+    gap1 = gap = 0.0
+    for k in range(1, K + 1):
         point = offset if cumulative else avg
-        g = grad_fn([wi + di for wi, di in zip(w, point, strict=True)], k)
+        g = grad0 if k == 1 else grad_fn([wi + di for wi, di in zip(w, point, strict=True)], k)
         s = lmo(g, delta, p, scope)
-        avg = [(1 - 1 / k) * a + (1 / k) * si for a, si in zip(avg, s, strict=True)]
-        offset = [o + a for o, a in zip(offset, avg, strict=True)]
-    return avg
+        gap = _dot(g, [a - si for a, si in zip(avg, s, strict=True)])
+        if k == 1:
+            gap1 = gap
+        elif gap_tol is not None and gap <= gap_tol * gap1:
+            return avg, gap, k
+        step = 1 / k if step_rule == "average" else 2 / (k + 1)
+        avg = [(1 - step) * a + step * si for a, si in zip(avg, s, strict=True)]
+        offset = [o + a for o, a in zip(offset, avg, strict=True)] if k > 1 else avg
+    return avg, gap, K
 
 
 def quadratic_grad(w: Params, A: np.ndarray, b: np.ndarray) -> Params:
@@ -97,3 +128,32 @@ def rnn_loss_and_grad(w: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray):
         db += da.sum(0)
         dh = da @ Wh.T
     return loss, [dWx, dWh, db, dWo, dbo]
+
+
+def k_sparse_lmo(grads: Params, delta: float, k: int) -> Params:
+    """-δ sign(g) on the k largest |g| of the whole pytree (first index on ties), else 0."""
+    flat = np.concatenate([g.ravel() for g in grads])
+    order = sorted(range(flat.size), key=lambda i: (-abs(flat[i]), i))[:k]
+    s = np.zeros_like(flat)
+    s[order] = -delta * np.sign(flat[order])
+    out, start = [], 0
+    for g in grads:
+        out.append(s[start : start + g.size].reshape(g.shape))
+        start += g.size
+    return out
+
+
+def group_l2_lmo(g: np.ndarray, delta: float, axis: int) -> np.ndarray:
+    """One L2 ball per slice along ``axis`` of a matrix: each slice -δ g_j / ||g_j||."""
+    moved = np.moveaxis(g, axis, 0)
+    out = np.zeros_like(moved)
+    for j, gj in enumerate(moved):
+        norm = np.linalg.norm(gj)
+        out[j] = -delta * gj / norm if norm > 0 else 0.0
+    return np.moveaxis(out, 0, axis)
+
+
+def nuclear_lmo(g: np.ndarray, delta: float) -> np.ndarray:
+    """-δ u_1 v_1^T from NumPy's SVD of a matrix."""
+    u, _, vt = np.linalg.svd(g)
+    return -delta * np.outer(u[:, 0], vt[0])

@@ -11,7 +11,7 @@ import pytest
 
 import fw_optax
 
-from numpy_reference import frank_wolfe_delta, quadratic_grad, rnn_loss_and_grad
+from numpy_reference import frank_wolfe_delta, frank_wolfe_run, quadratic_grad, rnn_loss_and_grad
 
 P_VALUES = [1.0, 2.0, 3.0, math.inf]
 SCOPES = ["global", "leaf"]
@@ -188,6 +188,180 @@ def test_inner_batches_can_carry_the_step_index():
     np.testing.assert_allclose(out, np.mean(directions, axis=0), rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- gap and step rules
+def _one_step(params, loss_fn, tx):
+    grads = jax.grad(loss_fn)(params)
+    update = jax.jit(functools.partial(tx.update, value_fn=loss_fn))
+    return update(grads, tx.init(params), params)
+
+
+@pytest.mark.parametrize(
+    "problem, p", [("quadratic", p) for p in P_VALUES] + [("rnn", 3.0)], ids=str
+)
+@pytest.mark.parametrize(
+    "K, step_rule, gap_tol, cumulative",
+    [
+        (6, "average", None, False),
+        (6, "open_loop", None, True),
+        (12, "average", 0.5, False),
+        (12, "open_loop", 0.3, True),
+    ],
+)
+def test_gap_steps_and_rules_match_numpy_reference(problem, p, K, step_rule, gap_tol, cumulative):
+    if problem == "quadratic":
+        params, loss_fn, np_grad = _quadratic()
+        to_np = _to_np
+    else:
+        params, loss_fn, np_grad = _rnn(seed=4)
+        to_np = lambda w: [np.asarray(a, np.float64) for a in _rnn_order(w)]  # noqa: E731
+    tx = fw_optax.frank_wolfe(
+        K, 0.4, p, cumulative=cumulative, step_rule=step_rule, gap_tol=gap_tol
+    )
+    out, state = _one_step(params, loss_fn, tx)
+    w = to_np(params)
+    want, gap, steps = frank_wolfe_run(
+        w, np_grad(w, 1), np_grad, K, 0.4, p, "global", cumulative, step_rule, gap_tol
+    )
+    for got, d in zip(to_np(out), want, strict=True):
+        np.testing.assert_allclose(got, -d, rtol=5e-5, atol=5e-6)
+    np.testing.assert_allclose(float(state.gap), gap, rtol=1e-4, atol=1e-6)
+    assert int(state.inner_steps) == steps
+    assert state.gap.dtype == jnp.float32 and state.inner_steps.dtype == jnp.int32
+
+
+def test_adaptive_K_stops_early_and_saves_gradients():
+    # The reference run above may use all K steps; this problem must stop well before K.
+    params, loss_fn, np_grad = _quadratic(seed=1)
+    tx = fw_optax.frank_wolfe(40, 0.05, 2, gap_tol=0.2)
+    _, state = _one_step(params, loss_fn, tx)
+    w = _to_np(params)
+    _, _, steps = frank_wolfe_run(w, np_grad(w, 1), np_grad, 40, 0.05, 2.0, "global", gap_tol=0.2)
+    assert 2 <= int(state.inner_steps) == steps < 40
+
+
+def test_first_gap_is_delta_times_dual_norm():
+    g = {"a": jnp.array([3.0, -4.0]), "b": jnp.array([[1.0, 2.0]])}
+    flat = np.array([3.0, -4.0, 1.0, 2.0])
+    for p, q_norm in [(2, np.linalg.norm(flat)), (1, 4.0), ("inf", 10.0)]:
+        tx = fw_optax.frank_wolfe(1, 0.5, p)
+        _, state = tx.update(g, tx.init(g))
+        np.testing.assert_allclose(float(state.gap), 0.5 * q_norm, rtol=1e-6)
+        assert int(state.inner_steps) == 1
+
+
+def test_gap_is_nonnegative_along_training():
+    params, loss_fn, _ = _rnn(seed=5)
+    tx = optax.chain(fw_optax.frank_wolfe(4, 0.3, 3, step_rule="open_loop"), optax.sgd(0.5))
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(jax.grad(loss_fn)(params), state, params, value_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(5):
+        params, state = step(params, state)
+        assert float(state[0].gap) >= -1e-6
+        assert int(state[0].inner_steps) == 4
+
+
+def test_adaptive_K_compiles_once_whatever_the_stopping_step():
+    params, loss_fn, _ = _quadratic()
+    delta = optax.linear_schedule(1.0, 0.05, 6)
+    tx = optax.chain(fw_optax.frank_wolfe(30, delta, 2, gap_tol=0.05), optax.sgd(0.5))
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(jax.grad(loss_fn)(params), state, params, value_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
+
+    state, seen = tx.init(params), set()
+    for _ in range(6):
+        params, state = step(params, state)
+        seen.add(int(state[0].inner_steps))
+    assert len(seen) > 1  # the loop stopped at different k ...
+    assert step._cache_size() == 1  # ... in one compiled program
+    text = str(jax.make_jaxpr(step)(params, state))
+    assert "while[" in text and "scan[" not in text.split("while[", 1)[1].split("cond_jaxpr")[0]
+
+
+def test_adaptive_K_reads_inner_batches_by_step():
+    K = 6
+
+    def value_fn(w, k):
+        return k * w[0] + w[1]  # gradient (k, 1): inner step k sees its own index
+
+    w = jnp.ones(2)
+    tx = fw_optax.frank_wolfe(K, 1.0, 2, gap_tol=1e-9)  # never met: runs all K steps
+    out, state = tx.update(
+        jnp.array([1.0, 1.0]),
+        tx.init(w),
+        w,
+        value_fn=value_fn,
+        inner_batches=jnp.arange(2.0, K + 1),
+    )
+    directions = [np.array([k, 1.0]) / np.hypot(k, 1.0) for k in range(1, K + 1)]
+    np.testing.assert_allclose(out, np.mean(directions, axis=0), rtol=1e-6)
+    assert int(state.inner_steps) == K
+
+
+# ----------------------------------------------------------------------------- oracles
+@pytest.mark.parametrize("p", [1.0, 3.0, math.inf])
+@pytest.mark.parametrize("scope", SCOPES)
+def test_oracle_argument_equals_builtin_ball(p, scope):
+    params, loss_fn, _ = _quadratic(seed=6)
+    builtin = fw_optax.frank_wolfe(4, 0.2, p, scope=scope)
+    oracle = functools.partial(fw_optax.lp_ball_lmo, p=p, scope=scope)
+    custom = fw_optax.frank_wolfe(4, 0.2, oracle=oracle)
+    (a, sa), (b, sb) = _one_step(params, loss_fn, builtin), _one_step(params, loss_fn, custom)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sa.gap, sb.gap, rtol=1e-5, atol=1e-7)
+
+
+def test_user_oracle_plugs_in_without_library_changes():
+    def box_lmo(grads, delta):  # the L-inf ball written by a user
+        return jax.tree.map(lambda g: -delta * jnp.sign(g), grads)
+
+    params, loss_fn, _ = _quadratic()
+    a, _ = _one_step(params, loss_fn, fw_optax.frank_wolfe(3, 0.1, oracle=box_lmo))
+    b, _ = _one_step(params, loss_fn, fw_optax.frank_wolfe(3, 0.1, "inf"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+def test_relative_radius_scales_each_tensor_by_its_norm():
+    params = {"u": jnp.array([3.0, 4.0]), "v": jnp.array([[0.0, 2.0], [0.0, 0.0]])}
+    grads = {"u": jnp.array([1.0, 0.0]), "v": jnp.array([[0.0, 0.0], [0.0, -3.0]])}
+    tx = fw_optax.frank_wolfe(1, 0.1, 2, scope="leaf", relative_radius=True)
+    out, state = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(out["u"], [0.5, 0.0], rtol=1e-6)  # δ ||u|| = 0.5
+    np.testing.assert_allclose(out["v"], [[0.0, 0.0], [0.0, -0.2]], rtol=1e-6)  # δ ||v|| = 0.2
+    np.testing.assert_allclose(float(state.gap), 0.5 * 1.0 + 0.2 * 3.0, rtol=1e-6)
+    via_oracle = fw_optax.frank_wolfe(1, 0.1, oracle=fw_optax.group_l2_lmo, relative_radius=True)
+    out2, _ = via_oracle.update(grads, via_oracle.init(params), params)
+    np.testing.assert_allclose(out2["u"], [0.5, 0.0], rtol=1e-6)  # each entry its own ball
+    np.testing.assert_allclose(out2["v"], [[0.0, 0.0], [0.0, -0.2]], rtol=1e-6)
+
+
+def test_mixed_dtypes_match_per_leaf_computation():
+    params = {"h": jnp.array([0.5, -1.0, 2.0], jnp.bfloat16), "f": jnp.array([1.0, 3.0])}
+
+    def loss_fn(w):
+        return jnp.sum(w["h"].astype(jnp.float32) ** 2) + jnp.sum(jnp.sin(w["f"]))
+
+    out, _ = _one_step(params, loss_fn, fw_optax.frank_wolfe(3, 0.2, 2))
+    assert out["h"].dtype == jnp.bfloat16 and out["f"].dtype == jnp.float32
+    w = [np.asarray(params["f"], np.float64), np.asarray(params["h"], np.float64)]
+
+    def np_grad(w, k):
+        return [np.cos(w[0]), 2 * np.asarray(jnp.asarray(w[1], jnp.bfloat16), np.float64)]
+
+    want = frank_wolfe_delta(w, np_grad(w, 1), np_grad, 3, 0.2, 2.0, "global")
+    np.testing.assert_allclose(out["f"], -want[0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["h"], np.float64), -want[1], rtol=1e-2)
+
+
 # ----------------------------------------------------------------------------- compilation
 def test_compiles_once_across_steps():
     params, loss_fn, _ = _quadratic()
@@ -331,19 +505,50 @@ def test_k1_needs_no_value_fn_and_is_normalized_gradient():
         ({"delta": float("nan")}, "delta=nan"),
         ({"delta": "big"}, "delta"),
         ({"scope": "layer"}, "scope.*'layer'"),
+        ({"gap_tol": 0.0}, "gap_tol must be > 0, got gap_tol=0.0"),
+        ({"gap_tol": -1}, "gap_tol=-1"),
+        ({"gap_tol": float("nan")}, "gap_tol=nan"),
+        ({"gap_tol": "small"}, "gap_tol='small'"),
+        ({"step_rule": "harmonic"}, "step_rule.*'harmonic'"),
+        ({"oracle": "l2"}, "oracle must be a function.*'l2'"),
+        ({"oracle": fw_optax.nuclear_lmo, "p": 3}, "p=3.0 and scope='global' configure"),
+        ({"relative_radius": True}, "relative_radius=True .* scope='leaf'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
     args = {"K": 2, "delta": 0.1, "p": 2} | kwargs
-    scope = args.pop("scope", "global")
     with pytest.raises(ValueError, match=match):
-        fw_optax.frank_wolfe(**args, scope=scope)
+        fw_optax.frank_wolfe(**args)
 
 
-def test_missing_value_fn_is_a_type_error_naming_it():
+def test_missing_value_fn_is_a_type_error_saying_what_to_pass():
     w = jnp.ones(3)
     tx = fw_optax.frank_wolfe(2, 0.1)
-    with pytest.raises(TypeError, match="value_fn"):
+    with pytest.raises(TypeError, match="value_fn") as info:
+        tx.update(w, tx.init(w), w)
+    assert "value_fn=lambda params" in str(info.value)
+    assert "optimizer.update(model, grads, value_fn=" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "oracle, match",
+    [
+        (lambda g, d: [g], "must return a pytree like grads"),
+        (lambda g, d: {"a": g["a"], "b": g["b"][:1]}, r"shape \(1,\) at \['b'\], expected \(2,\)"),
+    ],
+)
+def test_oracle_answer_of_wrong_structure_or_shape_is_named(oracle, match):
+    w = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    tx = fw_optax.frank_wolfe(1, 0.1, oracle=oracle)
+    with pytest.raises(ValueError, match=match):
+        tx.update(w, tx.init(w), w)
+
+
+def test_global_oracle_refuses_per_tensor_radii():
+    w = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    oracle = functools.partial(fw_optax.k_sparse_lmo, k=2)
+    tx = fw_optax.frank_wolfe(1, 0.1, oracle=oracle, relative_radius=True)
+    with pytest.raises(ValueError, match="one scalar radius"):
         tx.update(w, tx.init(w), w)
 
 
