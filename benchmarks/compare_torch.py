@@ -26,6 +26,15 @@ the parameter tensors) must be below 1e-6, or nothing is timed. Then every conte
 and each torch set-up: threads 1 and 2, flush-denormal on and off) runs a few outer steps in
 turn, round after round, so that a busy spell of a shared machine slows them alike; the median
 time per outer step is reported, with the ratio of the fastest torch set-up to fw-optax.
+
+Each torch set-up runs in a process of its own whose settings are made before torch starts a
+thread (flush-denormal is per thread; OpenMP's workers copy it when they start), as a torch user
+sets them at start-up. On a loaded machine a torch set-up with more threads than free cores can
+take seconds per step; one whose median is over 3x the fastest torch set-up's is dropped after
+the round that shows it. ``torch.compile`` is only timed with ``--compile``: dynamo leaves
+``nn.RNN`` in eager mode unless ``torch._dynamo.config.allow_rnn`` is set, and then it unrolls
+all T steps (on the 2-core CPU: minutes of compilation at T=100, see
+``results/cpu/compare_torch_compile.txt``).
 """
 
 from __future__ import annotations
@@ -317,11 +326,9 @@ class FrankWolfe:
         for k in range(1, self.K + 1):
             with torch.enable_grad():
                 value = closure(k - 1)
-            if k == 1:
-                loss = value.detach()
             s = self._lmo([p.grad for p in self.params])
             if k == 1:
-                avg = s
+                loss, avg = value.detach(), s
             else:
                 torch._foreach_lerp_(avg, s, 1.0 / k)
             if k < self.K:
@@ -350,7 +357,12 @@ def torch_optimizer(model: TorchRNN, variant: Variant) -> FrankWolfe:
     )
 
 
-def torch_step(model: Callable, optimizer: FrankWolfe, x: torch.Tensor, y: torch.Tensor):
+def torch_step(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: FrankWolfe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
     """One outer step on the stacked mini-batches (inner step k reads ``x[k]`` if present)."""
 
     def closure(k: int) -> torch.Tensor:
@@ -429,12 +441,12 @@ def check_first_step(
     named = dict(model.named_parameters())
     torch_p1 = flax_layout(named)
     torch_dir = flax_layout({name: p.grad for name, p in named.items() if p.grad is not None})
+    torch_step_ = {k: torch_p1[k] - jax_p0[k] for k in jax_p0}
+    jax_step_ = {k: jax_p1[k] - jax_p0[k] for k in jax_p0}
     return Check(
         variant.name,
         direction=_relative(torch_dir, jax_dir),
-        step=_relative(
-            {k: torch_p1[k] - jax_p0[k] for k in jax_p0}, {k: jax_p1[k] - jax_p0[k] for k in jax_p0}
-        ),
+        step=_relative(torch_step_, jax_step_),
         params=_relative(torch_p1, jax_p1),
     )
 
@@ -667,7 +679,12 @@ def benchmark(
     return time_interleaved(runners, repeats=repeats, steps=steps, keep=(JAX_NAME,))
 
 
-def report(problem: Problem, variant: Variant, timing: Timing, print_fn=print) -> float:
+def report(
+    problem: Problem,
+    variant: Variant,
+    timing: Timing,
+    print_fn: Callable[[str], None] = print,
+) -> float:
     """Prints one table; returns the fastest torch set-up's time / fw-optax's time."""
     jax_time = timing.median(JAX_NAME)
     torch_names = [n for n in timing.times if n != JAX_NAME]
@@ -738,9 +755,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print) -> dict:
+def main(argv: list[str] | None = None, print_fn: Callable[[str], None] | None = None) -> dict:
     """Checks, then times; returns ``{"checks": [...], "ratios": {(variant, T): ratio}}``."""
     args = parse_args(argv)
+    print_fn = print_fn or functools.partial(print, flush=True)
     chosen = [variants(args.K)[name] for name in args.variants]
     print_fn(f"python -m benchmarks.compare_torch {' '.join(argv or sys.argv[1:])}")
     print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {_load()}")
