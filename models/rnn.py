@@ -215,12 +215,14 @@ MEASURED: dict[str, Recurrence] = {
     "cpu": Recurrence(
         {"simple": "fused", "lstm": "flax", "gru": "flax", "indrnn": "flax"},
         1,
-        "benchmarks/perf_models.py on the 2-core Xeon, sections [2]-[3] "
-        "(results/cpu/perf_models.txt): the fused recurrence is the fastest vanilla-RNN "
-        "gradient; for the LSTM, GRU and IndRNN with 2 inputs the per-step Flax cell was "
-        "faster, because on XLA:CPU the [T, B, H] arrays the hoisted projection and its "
-        "cotangent add cost more memory traffic than the tiny x_t W_i products they save "
-        "(section [4]). Unroll 1: unrolling only grows the loop body on XLA:CPU.",
+        "benchmarks/perf_models.py on the 2-core Xeon under a load average of ~5 "
+        "(results/cpu/perf_models.txt, section [3]): the fused recurrence was the fastest "
+        "vanilla-RNN gradient at T=100 (1.19x the Flax cell; 0.82x at T=400); for the LSTM, "
+        "GRU and IndRNN with 2 inputs the per-step Flax cell was faster (fused 0.35-0.81x): "
+        "on XLA:CPU the [T, B, H] arrays that the hoisted projection, its cotangent and the "
+        "stacked pre-activation cotangents add cost more memory traffic than the small "
+        "per-step products they replace (section [4]). Unroll 1: unrolling only grows the "
+        "loop body on XLA:CPU. Rerun on a quiet machine before trusting the vanilla entry.",
     ),
     "gpu": Recurrence(
         dict.fromkeys(CELL_NAMES, "hoisted"),
