@@ -10,7 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fw_optax import lp_ball_lmo
+import fw_optax
+from fw_optax import group_l2_lmo, k_sparse_lmo, lp_ball_lmo, nuclear_lmo, relative_radii
+
+import numpy_reference as ref
 
 P_VALUES = [1.0, 1.5, 2.0, 3.0, 7.0, math.inf]
 
@@ -125,3 +128,110 @@ def test_bad_p_is_named(bad_p):
 def test_bad_scope_is_named():
     with pytest.raises(ValueError, match="scope.*'layer'"):
         lp_ball_lmo(jnp.ones(2), 1.0, 2, scope="layer")
+
+
+# ----------------------------------------------------------------------------- per-leaf radii
+def test_leaf_scope_takes_a_pytree_of_radii():
+    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, -2.0])}
+    s = lp_ball_lmo(grads, {"a": 0.5, "b": 2.0}, 2, scope="leaf")
+    np.testing.assert_allclose(s["a"], [-0.3, -0.4], rtol=1e-6)
+    np.testing.assert_allclose(s["b"], [0.0, 2.0], rtol=1e-6)
+
+
+def test_global_scope_refuses_a_pytree_of_radii():
+    with pytest.raises(ValueError, match="one scalar radius"):
+        lp_ball_lmo({"a": jnp.ones(2), "b": jnp.ones(1)}, {"a": 1.0, "b": 2.0}, 2)
+
+
+def test_relative_radii_are_delta_times_l2_norm():
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(300)}
+    radii = relative_radii(params, 0.1)
+    np.testing.assert_allclose(radii["w"], 0.1 * np.linalg.norm(np.arange(6.0)), rtol=1e-6)
+    np.testing.assert_array_equal(radii["b"], 0.0)
+
+
+# ----------------------------------------------------------------------------- k-sparse
+normal = st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False, width=32)
+normal_vectors = hnp.arrays(np.float32, st.integers(1, 8), elements=normal)
+
+
+@settings(max_examples=15, deadline=None)
+@given(g1=normal_vectors, g2=normal_vectors, k=st.integers(1, 16))
+def test_k_sparse_matches_reference(g1, g2, k):
+    # (subnormals excluded: XLA:CPU flushes them to zero, so their sign is 0)
+    grads = [jnp.asarray(g1), jnp.asarray(g2)]
+    k = min(k, g1.size + g2.size)
+    got = k_sparse_lmo(grads, 0.5, k=k)
+    want = ref.k_sparse_lmo([g1.astype(np.float64), g2.astype(np.float64)], 0.5, k)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a, np.float64), b)
+
+
+def test_k_sparse_ties_go_to_the_first_entries_in_leaf_order():
+    s = k_sparse_lmo({"a": jnp.array([1.0, -2.0]), "b": jnp.array([2.0, -2.0])}, 1.0, k=2)
+    np.testing.assert_array_equal(s["a"], [0.0, 1.0])
+    np.testing.assert_array_equal(s["b"], [-1.0, 0.0])
+
+
+@pytest.mark.parametrize("k", [0, -1, 7, 2.0, True])
+def test_bad_k_is_named(k):
+    with pytest.raises(ValueError, match=f"k={k!r}|got k={k}"):
+        k_sparse_lmo({"a": jnp.ones(2), "b": jnp.ones((2, 2))}, 1.0, k=k)
+
+
+# ----------------------------------------------------------------------------- group L2
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_group_l2_is_one_ball_per_unit(axis):
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((4, 3)).astype(np.float32)
+    kernel[:, 1] = 0.0  # a unit without gradient stays put
+    bias = np.array([1.0, 0.0, -3.0], np.float32)
+    s = group_l2_lmo({"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}, 0.3, axis=axis)
+    want = ref.group_l2_lmo(kernel.astype(np.float64), 0.3, axis)
+    np.testing.assert_allclose(s["kernel"], want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s["bias"], -0.3 * np.sign(bias))
+
+
+def test_group_l2_bad_axis_is_named():
+    with pytest.raises(ValueError, match=r"axis=2.*shape \(4, 3\)"):
+        group_l2_lmo({"kernel": jnp.ones((4, 3))}, 1.0, axis=2)
+
+
+# ----------------------------------------------------------------------------- nuclear norm
+def test_nuclear_matches_numpy_svd_and_attains_spectral_norm():
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((6, 4)).astype(np.float32)
+    s = np.asarray(nuclear_lmo({"w": jnp.asarray(g)}, 2.0)["w"], np.float64)
+    np.testing.assert_allclose(s, ref.nuclear_lmo(g.astype(np.float64), 2.0), atol=1e-5)
+    np.testing.assert_allclose(np.sum(s * g), -2.0 * np.linalg.norm(g, 2), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(s, "nuc"), 2.0, rtol=1e-5)
+
+
+def test_nuclear_zero_matrix_and_vector_fallback():
+    s = nuclear_lmo({"w": jnp.zeros((3, 2)), "b": jnp.array([3.0, 4.0])}, 1.0)
+    np.testing.assert_array_equal(s["w"], 0.0)
+    np.testing.assert_allclose(s["b"], [-0.6, -0.8], rtol=1e-6)
+
+
+def test_nuclear_refuses_tensors_with_three_axes():
+    with pytest.raises(ValueError, match=r"shape \(2, 2, 2\) at \['conv'\]"):
+        nuclear_lmo({"conv": jnp.ones((2, 2, 2))}, 1.0)
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [
+        lambda g, d: lp_ball_lmo(g, d, 3, scope="leaf"),
+        group_l2_lmo,
+        nuclear_lmo,
+        lambda g, d: k_sparse_lmo(g, d, k=3),
+    ],
+    ids=["lp_leaf", "group", "nuclear", "k_sparse"],
+)
+def test_every_oracle_keeps_structure_and_dtype(oracle):
+    grads = {"w": jnp.ones((3, 2), jnp.bfloat16), "b": jnp.array([1.0, -1.0], jnp.float32)}
+    s = oracle(grads, 0.5)
+    assert jax.tree.structure(s) == jax.tree.structure(grads)
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(grads), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert fw_optax.Oracle  # the documented protocol is public
