@@ -101,12 +101,16 @@ class Layout:
       shapes: the leaves' shapes.
       dtypes: the leaves' dtypes.
       dtype: the buffer's dtype, :func:`compute_dtype` of the leaves.
+      specs: per leaf, its ``PartitionSpec`` if it is sharded over an explicit mesh axis, else
+        None. Such leaves join the buffer replicated and leave it with their own sharding
+        again (an explicit mesh refuses to concatenate differently sharded operands).
     """
 
     treedef: Any
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[jnp.dtype, ...]
     dtype: jnp.dtype
+    specs: tuple[Any, ...] = ()
 
     @classmethod
     def of(cls, tree: Any) -> Layout:
@@ -125,6 +129,7 @@ class Layout:
             shapes=tuple(tuple(jnp.shape(leaf)) for leaf in leaves),
             dtypes=dtypes,
             dtype=compute_dtype(list(dtypes)) if dtypes else jnp.dtype(jnp.float32),
+            specs=tuple(_explicit_spec(leaf) for leaf in leaves),
         )
 
     @property
@@ -154,9 +159,11 @@ class Layout:
     def ravel(self, tree: Any) -> jax.Array:
         """The leaves of ``tree`` (this layout's structure) as one zero-padded buffer."""
         parts = []
-        for leaf, size, rows in zip(
-            self.treedef.flatten_up_to(tree), self.sizes, self.rows, strict=True
+        for leaf, size, rows, spec in zip(
+            self.treedef.flatten_up_to(tree), self.sizes, self.rows, self.specs, strict=True
         ):
+            if spec is not None:
+                leaf = jax.sharding.reshard(leaf, jax.sharding.PartitionSpec())
             parts.append(jnp.ravel(leaf).astype(self.dtype))
             if rows * BLOCK > size:
                 parts.append(jnp.zeros([rows * BLOCK - size], self.dtype))
@@ -171,10 +178,21 @@ class Layout:
         before rounding once).
         """
         flat, leaves, start = buffer.reshape(-1), [], 0
-        for shape, dtype, size, rows in zip(
-            self.shapes, self.dtypes, self.sizes, self.rows, strict=True
+        for shape, dtype, size, rows, spec in zip(
+            self.shapes, self.dtypes, self.sizes, self.rows, self.specs, strict=True
         ):
             leaf = flat[start : start + size].reshape(shape)
+            if spec is not None:
+                leaf = jax.sharding.reshard(leaf, spec)
             leaves.append(leaf.astype(dtype) if cast else leaf)
             start += rows * BLOCK
         return self.treedef.unflatten(leaves)
+
+
+def _explicit_spec(leaf: Any) -> Any:
+    """The leaf's ``PartitionSpec`` if it is sharded over an explicit mesh axis, else None."""
+    sharding = getattr(jax.typeof(leaf), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
+        return None
+    return sharding.spec if any(axis is not None for axis in sharding.spec) else None
