@@ -7,9 +7,21 @@ from benchmarks import perf
 
 
 def test_fw_suite_reports_all_ratios(capsys):
-    args = argparse.Namespace(length=4, batch=2, hidden=3, chunk=2, repeats=1, compile_repeats=1)
+    args = argparse.Namespace(
+        length=4,
+        batch=2,
+        hidden=3,
+        gru_length=3,
+        gru_batch=2,
+        gru_hidden=3,
+        many_tensors=4,
+        chunk=2,
+        repeats=1,
+        compile_repeats=1,
+    )
     rows = perf.fw_benchmarks(args)
-    assert [r["metric"][:3] for r in rows] == ["(a)", "(a)", "(a)", "(b)", "(c)"]
+    assert [r["metric"][:3] for r in rows] == ["(a)"] * 4 + ["(b)", "(c)", "(d)"]
+    assert "GRU step FW K=5" in rows[3]["metric"]
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "Machine:" in out and "K=64 / K=2" in out
