@@ -21,6 +21,7 @@ parameters (``tests/test_fused.py``, ``tests/test_models.py``).
    the real shapes), steps of the implementations interleaved.
 6. Where that training step's time goes: the same step without dropout, and without
    dropout and batch norm.
+7. The fused vanilla-RNN gradient with scan unroll 1, 2, 4 and 8.
 
 Run: ``python -m benchmarks.perf_models --out results/cpu/perf_models.txt`` (about 5
 minutes on 2 quiet CPU cores); ``--quick`` runs every section at toy size (the smoke test).
@@ -239,6 +240,26 @@ def anatomy_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> 
     return rows
 
 
+def unroll_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
+    """Section 7: the fused vanilla-RNN gradient with several scan unroll factors."""
+    fns = {
+        (seq_len, unroll): rnn_gradient(
+            "simple", "fused", seq_len, batch=args.batch, hidden=args.hidden, unroll=unroll
+        )
+        for seq_len in args.lengths
+        for unroll in args.unrolls
+    }
+    times = round_robin(fns, args.repeats)
+    print_fn("\n[7] fused vanilla-RNN gradient, ms, by scan unroll (forward and backward loops)")
+    print_fn(f"{'T':>5}" + "".join(f"{f'unroll {u}':>11}" for u in args.unrolls))
+    rows = []
+    for seq_len in args.lengths:
+        ms = {u: 1e3 * times[(seq_len, u)] for u in args.unrolls}
+        rows.append({"seq_len": seq_len, "ms_by_unroll": ms})
+        print_fn(f"{seq_len:>5}" + "".join(f"{ms[u]:>11.2f}" for u in args.unrolls))
+    return rows
+
+
 def _har2_like(num: int, seq_len: int, features: int) -> tuple[jax.Array, jax.Array]:
     """Generated data of HAR-2's shapes: standardized windows and binary labels."""
     kx, ky = jax.random.split(jax.random.key(42))
@@ -377,6 +398,7 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> di
         "anatomy": anatomy_table(args, print_fn),
         "indrnn_epoch": indrnn_epoch(args, print_fn),
         "indrnn_breakdown": indrnn_step_breakdown(args, print_fn),
+        "unroll": unroll_table(args, print_fn),
     }
     print_fn("Load average at end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return rows
@@ -392,6 +414,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "peak_size": 1024,
         "lengths": (100, 400),
         "cells": CELLS,
+        "unrolls": (1, 2, 4, 8),
         "anatomy_lengths": (50, 100, 200, 400, 800),
         "batch": 50,
         "hidden": 128,
@@ -406,6 +429,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "peak_size": 64,
         "lengths": (4,),
         "cells": ("lstm",),
+        "unrolls": (3,),
         "anatomy_lengths": (4,),
         "batch": 3,
         "hidden": 8,

@@ -45,4 +45,5 @@ def test_perf_models_reports_every_section_at_toy_size(capsys):
     assert epoch["steps"] == 3 and epoch["ratio"] > 0
     out = capsys.readouterr().out
     assert set(rows["indrnn_breakdown"]) == {"full", "no dropout", "no dropout, no BN"}
+    assert [set(r["ms_by_unroll"]) for r in rows["unroll"]] == [{3}]
     assert "Machine:" in out and "of peak" in out and "flax / fused" in out
