@@ -484,10 +484,11 @@ def torch_setups(threads: Sequence[int] = (1, 2), compile_: bool = False) -> lis
     return setups
 
 
-Runner = Callable[[int], None]
+Runner = Callable[[int], None]  # runner(steps): that many outer steps, finished on return
 
 
 def jax_runner(problem: Problem, variant: Variant, params0: Params, x, y) -> Runner:
+    """Outer steps of fw-optax from ``params0`` on the pooled batches, one jitted call each."""
     step = jax_step(problem, variant)
     state = [params0, jax_tx(variant).init(params0)]
     per_step = variant.batches_per_step
