@@ -114,7 +114,8 @@ def _step_size(step_rule: StepRule, k: jax.Array) -> jax.Array:
 
 
 class _Inner(NamedTuple):
-    """The carry of the inner loop: Δ_{k-1} (flat), the cumulative point, the last gap."""
+    """The carry of the inner loop: Δ_{k-1}, the cumulative point (empty unless
+    ``cumulative``), the last gap."""
 
     avg: jax.Array
     offset: jax.Array
@@ -306,7 +307,8 @@ def frank_wolfe(
         # k = 1: the incoming updates are the gradient at ω itself, and Δ_1 = s_1.
         g1 = layout.ravel(updates)
         s1 = lmo(g1)
-        first = _Inner(s1, s1, -jnp.vdot(g1, s1))
+        # Without `cumulative` the point is Δ_{k-1} itself: carry no second buffer.
+        first = _Inner(s1, s1 if cumulative else jnp.zeros([0], s1.dtype), -jnp.vdot(g1, s1))
         if K == 1:
             last, inner_steps = first, jnp.asarray(1, jnp.int32)
         elif gap_tol is None:
