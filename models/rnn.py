@@ -216,13 +216,15 @@ MEASURED: dict[str, Recurrence] = {
         {"simple": "fused", "lstm": "flax", "gru": "flax", "indrnn": "flax"},
         1,
         "benchmarks/perf_models.py on the 2-core Xeon under a load average of ~5 "
-        "(results/cpu/perf_models.txt, section [3]): the fused recurrence was the fastest "
-        "vanilla-RNN gradient at T=100 (1.19x the Flax cell; 0.82x at T=400); for the LSTM, "
-        "GRU and IndRNN with 2 inputs the per-step Flax cell was faster (fused 0.35-0.81x): "
-        "on XLA:CPU the [T, B, H] arrays that the hoisted projection, its cotangent and the "
-        "stacked pre-activation cotangents add cost more memory traffic than the small "
-        "per-step products they replace (section [4]). Unroll 1: unrolling only grows the "
-        "loop body on XLA:CPU. Rerun on a quiet machine before trusting the vanilla entry.",
+        "(results/cpu/perf_models.txt, sections [3]-[4]): the fused recurrence and the Flax "
+        "cell tie on the vanilla-RNN gradient (fused 1.04x at T=100, 0.88x at T=400; per "
+        "step in section [4] fused <= flax at every T), so the vanilla cell takes the fused "
+        "path; for the LSTM, GRU and IndRNN with 2 inputs the per-step Flax cell was faster "
+        "(fused 0.33-0.80x, except IndRNN at T=100): on XLA:CPU the [T, B, H] arrays that "
+        "the hoisted projection, its cotangent and the stacked pre-activation cotangents add "
+        "cost more memory traffic than the small per-step products they replace. Unroll 1: "
+        "larger unrolls were no faster at T=400 (section [7]). Rerun on a quiet machine "
+        "before trusting the vanilla entry.",
     ),
     "gpu": Recurrence(
         dict.fromkeys(CELL_NAMES, "hoisted"),
