@@ -32,7 +32,7 @@ import jax
 import optax
 
 import fw_optax
-from benchmarks import configs
+from benchmarks import configs, parallel
 from benchmarks.configs import Config, get_config
 from benchmarks.data import Dataset
 from benchmarks.machine import machine
@@ -154,12 +154,15 @@ def run_experiment(
     checkpoint_every_s: float = 60.0,
     steps_per_call: int | None = None,
     on_record=None,
+    devices: int | None = 1,
 ) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes its curves, summary and checkpoints.
 
     ``dataset`` replaces the task's loader (toy data in tests); ``steps_per_call`` is
     :func:`benchmarks.train.train`'s (outer steps per jitted call; default one evaluation
-    interval). Returns the summary.
+    interval). ``devices``: how many of the local devices train data-parallel (``None``:
+    all of them); truncated BPTT and batches that do not split evenly run on one device.
+    Returns the summary.
     """
     data = load_task_data(config, dataset)
     schedule = plan(config, data)
@@ -172,6 +175,7 @@ def run_experiment(
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         curves_path.unlink(missing_ok=True)
     meta = {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(schedule)}
+    mesh = _mesh(config, data, devices)
     t0 = time.perf_counter()
     _, _, result = train(
         objective=objective,
@@ -191,6 +195,7 @@ def run_experiment(
         desc=f"{config.task_dir} {config.run_name}",
         progress=progress,
         on_record=on_record,
+        mesh=mesh,
     )
     spec = TASK_SPECS[config.task]
     final = result.records[-1]
@@ -219,10 +224,27 @@ def run_experiment(
         "compile_time_s": result.compile_time_s,
         "process_time_s": time.perf_counter() - t0,
         "steps_per_call": steps_per_call or schedule.eval_every,
+        "devices": mesh.size if mesh is not None else 1,
+        "per_device_batch": config.batch_size // (mesh.size if mesh is not None else 1),
         "curves": curves_path.name,
     }
     _write_atomic(summary_path, json.dumps(summary, indent=1))
     return summary
+
+
+def _mesh(config: Config, data: TaskData, devices: int | None) -> jax.sharding.Mesh | None:
+    """The data mesh a run trains on, or ``None`` for one device.
+
+    Truncated BPTT stays on one device (its chunk gradients are taken inside
+    ``models.tbptt``), and so does a batch that the devices cannot split evenly.
+    """
+    available = jax.local_devices()
+    count = len(available) if devices is None else devices
+    if count < 1 or count > len(available):
+        raise ValueError(f"devices must be in 1..{len(available)}, got devices={devices!r}.")
+    if count == 1 or config.method in configs.TBPTT_METHODS or config.batch_size % count:
+        return None
+    return parallel.data_mesh(available[:count])
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -282,6 +304,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         type=int,
         help="outer steps per jitted call, a divisor of the evaluation interval (default: all)",
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="train data-parallel over this many devices (default: all; on CPU one device "
+        "per core, see benchmarks.parallel)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--no-progress", action="store_true")
@@ -297,6 +325,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args, runs = parse_args(argv)
+    if args.devices is not None and args.devices < 1:
+        raise SystemExit(f"--devices must be >= 1, got {args.devices}")
+    try:
+        parallel.use_cpu_devices(args.devices)
+    except RuntimeError:
+        if args.devices is not None:
+            raise
+        # JAX started before main() (e.g. called from Python): train on what it has.
     summaries = []
     for config in runs:
         summary = run_experiment(
@@ -305,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             restart=args.restart,
             progress=not args.no_progress,
             steps_per_call=args.steps_per_call,
+            devices=args.devices,
         )
         final = summary["final"]
         metric = f"test_{summary['metric']}"

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from benchmarks import parallel
 from benchmarks.data import batches
 from models import tbptt_step
 
@@ -287,6 +288,7 @@ def train(
     desc: str = "train",
     progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[Params, ModelState, TrainResult]:
     """Trains ``params`` for ``steps`` outer steps, evaluating every ``eval_every``.
 
@@ -310,6 +312,11 @@ def train(
       desc: label of the progress bar.
       progress: show the progress bar (live loss, test metric, ETA).
       on_record: called with every record after it is written (and saved).
+      mesh: a 1-D data mesh (``benchmarks.parallel.data_mesh``) to train data-parallel on:
+        every mini-batch is split over its devices and every gradient, the inner
+        Frank-Wolfe ones included, is the mean over them, so a step equals the
+        one-device step on the whole batch (batch norm aside: each device normalizes
+        with its own shard's statistics). ``None`` or one device: no split.
 
     Returns:
       ``(params, model_state, result)``.
@@ -325,16 +332,45 @@ def train(
     model_state = {} if model_state is None else model_state
     generated = stream.generate is not None
     to_batches = _generated(stream.generate, batches_per_step) if generated else (lambda d: d)
+    split = mesh is not None and mesh.size > 1
+    if split:
+        objective, to_batches = _data_parallel(objective, to_batches, stream, mesh)
     step = make_step(
         objective, tx, seed=seed, batches_per_step=batches_per_step, to_batches=to_batches
     )
 
-    @jax.jit
-    def run_chunk(carry, xs):
+    def scan_steps(carry, xs):
         return jax.lax.scan(step, carry, xs)
 
+    if split:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        data_spec = parallel.batch_spec(2) if not generated else jax.sharding.PartitionSpec()
+        run_chunk = parallel.data_parallel(
+            scan_steps,
+            mesh,
+            in_specs=(jax.sharding.PartitionSpec(), (jax.sharding.PartitionSpec(), data_spec)),
+            out_specs=jax.sharding.PartitionSpec(),
+        )
+
+        def place(carry):
+            return jax.device_put(carry, replicated)
+
+        def place_inputs(inputs):
+            indices, data = inputs
+            if generated:
+                return jax.device_put(inputs, replicated)
+            return jax.device_put(indices, replicated), parallel.shard_batch(data, mesh, 2)
+    else:
+        run_chunk = jax.jit(scan_steps)
+
+        def place(carry):
+            return carry
+
+        def place_inputs(inputs):
+            return inputs
+
     evaluate = jax.jit(objective.evaluate)
-    carry = (params, model_state, tx.init(params))
+    carry = place((params, model_state, tx.init(params)))
     data_key = jax.random.key(seed)
     per_epoch = stream.batches_per_epoch
 
@@ -357,6 +393,7 @@ def train(
     start, wall, rows = 0, 0.0, []
     if manager is not None and manager.latest_step() is not None:
         carry, start, wall = _restore(manager, checkpoints, carry)
+        carry = place(carry)
         rows = [row for row in _read_records(curves) if row["step"] <= start]
     if not rows:
         rows = [record(0, None, 0.0)]
@@ -382,7 +419,7 @@ def train(
         for _ in itertools.islice(host, start * batches_per_step):
             pass
     # Inputs of the next call are read while the device runs the current one (async dispatch).
-    feed = (call_inputs(first, host) for first in range(start, steps, steps_per_call))
+    feed = (place_inputs(call_inputs(first, host)) for first in range(start, steps, steps_per_call))
     inputs = next(feed, None)
     t0 = time.perf_counter()
     compiled = run_chunk.lower(carry, inputs).compile() if inputs is not None else None
@@ -435,6 +472,29 @@ def train(
         records=rows,
     )
     return carry[0], carry[1], result
+
+
+def _data_parallel(objective: Objective, to_batches, stream: Stream, mesh) -> tuple[Any, Any]:
+    """The objective and batch source of one device's shard inside ``shard_map``."""
+    if objective.tbptt is not None:
+        raise ValueError(
+            "truncated BPTT differentiates its chunk losses inside models.tbptt, so its "
+            f"gradients would stay per-device: run it on one device, not on a mesh of {mesh.size}"
+        )
+    if stream.generate is None:
+        parallel.per_device_batch(stream.batch_size, mesh.size)
+    axis = mesh.axis_names[0]
+    loss = parallel.data_parallel_loss(objective.loss, axis, has_aux=True)
+
+    def shard_loss(params, model_state, batch, key):
+        # Each device draws its own dropout masks for its own rows.
+        return loss(params, model_state, batch, jax.random.fold_in(key, jax.lax.axis_index(axis)))
+
+    objective = dataclasses.replace(objective, loss=shard_loss)
+    if stream.generate is None:
+        return objective, to_batches
+    # Every device generates the whole step's batch from the same key and keeps its rows.
+    return objective, lambda key: parallel.local_shard(to_batches(key), axis, batch_axis=1)
 
 
 def _read_records(curves: Path | None) -> list[dict[str, Any]]:

@@ -1,0 +1,123 @@
+"""The runner on two CPU devices (``--devices``): the data-parallel run equals the one-device
+run, resumes from its checkpoint, and sends what cannot be split to one device.
+
+Two CPU devices exist only if JAX is told before it starts, so the runs happen in one fresh
+Python process (``_WORKER``) that prints its results as JSON; the tests assert on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RTOL = 1e-4  # float32 after a few outer steps; the batch sums are split differently
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    from pathlib import Path
+    sys.path.insert(0, "tests")
+    from benchmarks import parallel, run
+    parallel.use_cpu_devices(2)
+    from test_run import toy_config, toy_dataset
+
+    out = {}
+    tmp = Path(tempfile.mkdtemp())
+
+    def final(summary):
+        return {k: summary["final"][k] for k in ("train_loss", "test_loss")}
+
+    cases = {
+        "adding_fw": ("adding", "fw", {"flavour": "alg1", "K": 3}),
+        "adding_authors": ("adding", "fw", {"flavour": "authors", "K": 2}),
+        "har2_fw": ("har2", "fw", {"flavour": "authors", "K": 2}),
+    }
+    for name, (task, method, kwargs) in cases.items():
+        config = toy_config(task, method, **kwargs)
+        dataset = None if task == "adding" else toy_dataset(task)
+        runs = {}
+        for devices in (1, 2):
+            summary = run.run_experiment(
+                config, tmp / f"{name}{devices}", dataset=dataset, progress=False, devices=devices
+            )
+            runs[devices] = {**final(summary), "devices": summary["devices"],
+                             "per_device_batch": summary["per_device_batch"]}
+        out[name] = runs
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        if record["step"] > 0:
+            raise Killed
+
+    config = toy_config("adding", "fw", flavour="alg1", K=3)
+    try:
+        run.run_experiment(config, tmp / "resume", progress=False, devices=2,
+                           checkpoint_every_s=0.0, on_record=kill)
+    except Killed:
+        pass
+    out["resumed"] = final(run.run_experiment(config, tmp / "resume", progress=False, devices=2))
+
+    tbptt = run.run_experiment(toy_config("har2", "tbptt"), tmp / "tbptt",
+                               dataset=toy_dataset("har2"), progress=False, devices=2)
+    out["tbptt_devices"] = tbptt["devices"]
+    import dataclasses
+    odd = dataclasses.replace(toy_config("har2", "fw", flavour="authors", K=1), batch_size=3)
+    out["odd_devices"] = run.run_experiment(odd, tmp / "odd", dataset=toy_dataset("har2"),
+                                            progress=False, devices=2)["devices"]
+    try:
+        run.run_experiment(config, tmp / "three", progress=False, devices=3)
+    except ValueError as error:
+        out["too_many"] = str(error)
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def two_device_runs() -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.parametrize("case", ["adding_fw", "adding_authors", "har2_fw"])
+def test_two_device_run_equals_one_device_run(two_device_runs, case):
+    one, two = two_device_runs[case]["1"], two_device_runs[case]["2"]
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert two["per_device_batch"] * 2 == one["per_device_batch"]
+    for key in ("train_loss", "test_loss"):
+        assert two[key] == pytest.approx(one[key], rel=RTOL), key
+
+
+def test_two_device_run_resumes_from_its_checkpoint(two_device_runs):
+    whole = two_device_runs["adding_fw"]["2"]
+    for key in ("train_loss", "test_loss"):
+        assert two_device_runs["resumed"][key] == pytest.approx(whole[key], rel=RTOL)
+
+
+def test_what_cannot_be_split_runs_on_one_device(two_device_runs):
+    assert two_device_runs["tbptt_devices"] == 1
+    assert two_device_runs["odd_devices"] == 1
+
+
+def test_more_devices_than_there_are_is_a_clear_error(two_device_runs):
+    assert "devices must be in 1..2, got devices=3" in two_device_runs["too_many"]
