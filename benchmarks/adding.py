@@ -24,6 +24,7 @@ import jax
 import optax
 
 import fw_optax
+from benchmarks import parallel
 from benchmarks.configs import get_config
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
 from benchmarks.machine import describe, machine
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> dict:
 
     objective = Objective(loss, evaluate, test=(x_test, y_test))
 
+    mesh = parallel.training_mesh(args.devices, args.batch)
     runs: dict[str, TrainResult] = {}
     for method in methods(args):
         _, _, result = train(
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> dict:
             grad_evals_per_step=method.grad_evals_per_step,
             desc=f"{method.name} T={args.length}",
             progress=not args.no_progress,
+            mesh=mesh,
         )
         runs[method.name] = result
         print(
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         "task": "adding",
         "config": vars(args) | {"out": str(args.out)},
         "machine": machine(),
+        "devices": 1 if mesh is None else mesh.size,
         "plateau_mse": PLATEAU_MSE,
         "runs": {
             name: {k: v for k, v in dataclasses.asdict(r).items() if k != "records"}
@@ -184,6 +188,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["sgd", "sgd_clip", "adam", "fw"],
         choices=["sgd", "sgd_clip", "adam", "fw"],
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="split each batch over this many devices (default: all; on CPU one per core)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/adding"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -201,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    parallel.start_cpu_devices(args.devices)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"T{args.length}_seed{args.seed}"

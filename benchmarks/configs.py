@@ -92,7 +92,7 @@ class Config:
     layer_batch_norm: bool = False
     dropout: float = 0.0
     indrnn_gamma: float = 2.0
-    unroll: int = 8
+    unroll: int | None = None  # None: the models' own per-backend default (models.default_unroll)
     # optimizer
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -417,10 +417,9 @@ def get_config(
 def validate(config: Config) -> None:
     """Raises ValueError naming the first setting that cannot run."""
     positive = ["hidden", "depth", "batch_size", "K", "evals_per_epoch", "eval_batch_size"]
-    positive.append("unroll")
     positive += [
         name
-        for name in ("length", "steps", "eval_every", "epochs", "train_size", "test_size")
+        for name in ("unroll", "length", "steps", "eval_every", "epochs", "train_size", "test_size")
         if getattr(config, name) is not None
     ]
     for name in positive:

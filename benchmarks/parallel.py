@@ -104,12 +104,44 @@ def use_cpu_devices(count: int | None = None) -> int:
     return count
 
 
+def start_cpu_devices(devices: int | None) -> None:
+    """What a command-line entry point calls first: :func:`use_cpu_devices` for a run.
+
+    ``devices=None`` asks for the default (the environment's count, else one device per
+    core) and accepts whatever JAX already started with, e.g. when the entry point's
+    ``main`` is called from Python; an explicit count that JAX cannot give is an error.
+    """
+    try:
+        use_cpu_devices(devices)
+    except RuntimeError:
+        if devices is not None:
+            raise
+
+
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DATA_AXIS) -> Mesh:
     """A 1-D mesh over ``devices`` (default: all devices of the default backend)."""
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("data_mesh needs at least one device.")
     return Mesh(np.array(devices), (axis_name,))
+
+
+def training_mesh(devices: int | None, batch_size: int) -> Mesh | None:
+    """The data mesh a training run uses, or ``None`` to run on one device.
+
+    ``devices``: how many local devices to split each batch over (``None``: all). A batch
+    that they cannot split evenly runs on one device.
+
+    Raises:
+      ValueError: ``devices`` is not in ``1..len(jax.local_devices())``.
+    """
+    available = jax.local_devices()
+    count = len(available) if devices is None else devices
+    if isinstance(count, bool) or not 1 <= count <= len(available):
+        raise ValueError(f"devices must be in 1..{len(available)}, got devices={devices!r}.")
+    if count == 1 or batch_size % count:
+        return None
+    return data_mesh(available[:count])
 
 
 def per_device_batch(batch_size: int, num_devices: int) -> int:

@@ -175,7 +175,7 @@ def run_experiment(
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         curves_path.unlink(missing_ok=True)
     meta = {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(schedule)}
-    mesh = _mesh(config, data, devices)
+    mesh = _mesh(config, devices)
     t0 = time.perf_counter()
     _, _, result = train(
         objective=objective,
@@ -232,19 +232,14 @@ def run_experiment(
     return summary
 
 
-def _mesh(config: Config, data: TaskData, devices: int | None) -> jax.sharding.Mesh | None:
+def _mesh(config: Config, devices: int | None) -> jax.sharding.Mesh | None:
     """The data mesh a run trains on, or ``None`` for one device.
 
-    Truncated BPTT stays on one device (its chunk gradients are taken inside
-    ``models.tbptt``), and so does a batch that the devices cannot split evenly.
+    Truncated BPTT stays on one device: its chunk gradients are taken inside
+    ``models.tbptt``, outside the loss that ``benchmarks.parallel`` averages.
     """
-    available = jax.local_devices()
-    count = len(available) if devices is None else devices
-    if count < 1 or count > len(available):
-        raise ValueError(f"devices must be in 1..{len(available)}, got devices={devices!r}.")
-    if count == 1 or config.method in configs.TBPTT_METHODS or config.batch_size % count:
-        return None
-    return parallel.data_mesh(available[:count])
+    mesh = parallel.training_mesh(devices, config.batch_size)
+    return None if config.method in configs.TBPTT_METHODS else mesh
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -327,12 +322,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args, runs = parse_args(argv)
     if args.devices is not None and args.devices < 1:
         raise SystemExit(f"--devices must be >= 1, got {args.devices}")
-    try:
-        parallel.use_cpu_devices(args.devices)
-    except RuntimeError:
-        if args.devices is not None:
-            raise
-        # JAX started before main() (e.g. called from Python): train on what it has.
+    parallel.start_cpu_devices(args.devices)
     summaries = []
     for config in runs:
         summary = run_experiment(
