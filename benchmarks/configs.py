@@ -39,6 +39,7 @@ from typing import Any
 TASKS: tuple[str, ...] = ("adding", "pixel_mnist", "permuted_mnist", "har2", "noisy_har2")
 PRESETS: tuple[str, ...] = ("cpu", "paper")
 FLAVOURS: tuple[str, ...] = ("alg1", "authors")
+STEP_RULES: tuple[str, ...] = ("average", "open_loop")
 
 METHODS: Mapping[str, str] = {
     "sgd": "vanilla tanh RNN, plain SGD",
@@ -107,6 +108,8 @@ class Config:
     delta: float | None = None
     eta: float | None = None
     p: float = 2.0
+    gap_tol: float | None = None  # adaptive K: stop once the FW gap is below gap_tol * gap_1
+    step_rule: str = "average"  # "average" (1/k, the paper) or "open_loop" (2/(k+1))
     # truncated BPTT
     chunk_length: int | None = None
     # data and budget
@@ -135,8 +138,13 @@ class Config:
 
     @property
     def run_name(self) -> str:
-        """File stem of the run: method, K and flavour for FW rows, preset and seed."""
+        """File stem of the run: method, K and flavour for FW rows (and the adaptive-K
+        tolerance and step rule when set), preset and seed."""
         fw = f"_K{self.K}_{self.flavour}" if self.is_fw else ""
+        if self.is_fw and self.gap_tol is not None:
+            fw += f"_gaptol{self.gap_tol:g}"
+        if self.is_fw and self.step_rule != "average":
+            fw += f"_{self.step_rule}"
         return f"{self.method}{fw}_{self.preset}_seed{self.seed}"
 
     @property
@@ -439,6 +447,10 @@ def validate(config: Config) -> None:
         raise ValueError(f"task {config.task!r} needs epochs")
     if config.method in TBPTT_METHODS and config.chunk_length is None:
         raise ValueError(f"method {config.method!r} needs chunk_length")
+    if config.gap_tol is not None and not config.gap_tol > 0:  # also rejects NaN
+        raise ValueError(f"gap_tol must be > 0 or None, got {config.gap_tol!r}")
+    if config.step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {STEP_RULES}, got {config.step_rule!r}")
 
 
 def table_for(task: str, preset: str, *, seed: int = 0, **overrides: Any) -> list[Config]:

@@ -129,6 +129,8 @@ def build_optimizer(config: Config, updates_per_epoch: int | None) -> optax.Grad
                 config.p,
                 scope="leaf" if authors else "global",
                 cumulative=authors,
+                gap_tol=config.gap_tol,
+                step_rule=config.step_rule,
             )
         )
     return optax.chain(*parts, outer)
@@ -252,7 +254,16 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
     """The configurations a command line names; raises ValueError on any bad combination."""
     overrides = {
         name: getattr(args, name)
-        for name in ("length", "steps", "epochs", "train_size", "test_size", "eval_every")
+        for name in (
+            "length",
+            "steps",
+            "epochs",
+            "train_size",
+            "test_size",
+            "eval_every",
+            "gap_tol",
+            "step_rule",
+        )
         if getattr(args, name) is not None
     }
     if args.method == "all":
@@ -287,6 +298,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--K", type=int, help="Frank-Wolfe inner steps (FW methods)")
     parser.add_argument("--flavour", choices=configs.FLAVOURS, help="FW flavour (default authors)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gap-tol",
+        dest="gap_tol",
+        type=float,
+        help="FW adaptive K: stop the inner loop once the FW gap is <= gap_tol x the first one",
+    )
+    parser.add_argument("--step-rule", dest="step_rule", choices=configs.STEP_RULES)
     parser.add_argument("--length", type=int, help="adding task: sequence length T")
     parser.add_argument("--steps", type=int, help="adding task: outer steps")
     parser.add_argument("--eval-every", dest="eval_every", type=int, help="adding task")

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from benchmarks import parallel
 from benchmarks.data import batches
+from fw_optax import FrankWolfeState
 from models import tbptt_step
 
 Batch = Any
@@ -305,6 +306,8 @@ def train(
       updates_per_step: optimizer updates one outer step makes (TBPTT: one per K chunks).
       grad_evals_per_step: what one outer step costs, in full-sequence gradients of one
         mini-batch (K for FW; TBPTT's chunk gradients count their share of the sequence).
+        Where the optimizer holds a ``fw_optax.FrankWolfeState``, the count it reports
+        (``inner_steps``: fewer than K when adaptive K stops early) is used instead.
       steps_per_call: outer steps per jitted call (a divisor of ``eval_every``; default
         ``eval_every``). Host batches for a call are stacked and scanned over.
       curves: a JSON Lines file; one record per evaluation is appended as it is measured.
@@ -339,8 +342,15 @@ def train(
         objective, tx, seed=seed, batches_per_step=batches_per_step, to_batches=to_batches
     )
 
+    measured = objective.tbptt is None
+
+    def counted_step(carry, xs):
+        carry, loss = step(carry, xs)
+        evals = _inner_steps(carry[2]) if measured else None
+        return carry, (loss, jnp.float32(grad_evals_per_step) if evals is None else evals)
+
     def scan_steps(carry, xs):
-        return jax.lax.scan(step, carry, xs)
+        return jax.lax.scan(counted_step, carry, xs)
 
     if split:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -380,7 +390,7 @@ def train(
             "step": done,
             "updates": done * updates_per_step,
             "batches": done * batches_per_step,
-            "grad_evals": done * grad_evals_per_step,
+            "grad_evals": evals_done,
             "wall_time_s": wall,
             "train_loss": train_loss,
             **{f"test_{k}": v for k, v in metrics.items()},
@@ -390,11 +400,12 @@ def train(
         return row
 
     manager = _manager(checkpoints)
-    start, wall, rows = 0, 0.0, []
+    start, wall, rows, evals_done = 0, 0.0, [], 0.0
     if manager is not None and manager.latest_step() is not None:
         carry, start, wall = _restore(manager, checkpoints, carry)
         carry = place(carry)
         rows = [row for row in _read_records(curves) if row["step"] <= start]
+        evals_done = rows[-1]["grad_evals"] if rows else start * grad_evals_per_step
     if not rows:
         rows = [record(0, None, 0.0)]
     if curves is not None:
@@ -434,7 +445,8 @@ def train(
         t0 = time.perf_counter()
         losses = []
         for _ in range(eval_every // steps_per_call):
-            carry, chunk_losses = compiled(carry, inputs)
+            carry, (chunk_losses, chunk_evals) = compiled(carry, inputs)
+            evals_done += float(jnp.sum(chunk_evals))
             inputs = next(feed, None)
             losses.append(chunk_losses)
         train_loss = float(jnp.mean(jnp.concatenate(losses)))
@@ -462,7 +474,7 @@ def train(
 
     result = TrainResult(
         steps=steps,
-        grad_evals=steps * grad_evals_per_step,
+        grad_evals=evals_done,
         wall_time_s=wall,
         compile_time_s=compile_time,
         updates=steps * updates_per_step,
@@ -495,6 +507,16 @@ def _data_parallel(objective: Objective, to_batches, stream: Stream, mesh) -> tu
         return objective, to_batches
     # Every device generates the whole step's batch from the same key and keeps its rows.
     return objective, lambda key: parallel.local_shard(to_batches(key), axis, batch_axis=1)
+
+
+def _inner_steps(opt_state: Any) -> jax.Array | None:
+    """The gradients the last Frank-Wolfe outer step evaluated, if ``opt_state`` has one."""
+    states = [
+        x
+        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FrankWolfeState))
+        if isinstance(x, FrankWolfeState)
+    ]
+    return states[0].inner_steps.astype(jnp.float32) if len(states) == 1 else None
 
 
 def _read_records(curves: Path | None) -> list[dict[str, Any]]:
