@@ -162,3 +162,29 @@ def test_empty_results_folder_reports_every_row_as_not_yet_run(tmp_path):
     assert text.count("not yet run") > 40
     for name in configs.PAPER_TABLE2:
         assert f"| {name} |" in text
+
+
+def test_adaptive_k_rows_pair_each_run_with_its_fixed_k_twin_and_stay_out_of_table2(tmp_path):
+    folder = tmp_path / "results"
+    # The twin may predate the unroll default (how a run computes, not what).
+    fixed = get_config("har2", "fw", "cpu", K=10, flavour="authors", unroll=8)
+    adaptive = dataclasses.replace(fixed, gap_tol=0.5, unroll=None)
+    orphan = dataclasses.replace(fixed, gap_tol=0.25, seed=7)
+    write_run(folder, fixed, accuracy=0.75)
+    write_run(folder, adaptive, accuracy=0.5)
+    write_run(folder, orphan, accuracy=0.5)
+    summary = folder / "har2" / f"{adaptive.run_name}.json"
+    run = json.loads(summary.read_text())
+    run["grad_evals"] = 40  # the twin spent 10 x 10 = 100
+    summary.write_text(json.dumps(run))
+
+    runs = report.load_results(folder)
+    lines = report.adaptive_k_table(runs)
+    (paired,) = [line for line in lines if f"| {adaptive.run_name} |" in line]
+    cells = [cell.strip() for cell in paired.split("|")]
+    assert cells[3:9] == ["0.5", "0.7500", "0.5000", "100", "40", "60%"]
+    (alone,) = [line for line in lines if f"| {orphan.run_name} |" in line]
+    assert report.NOT_RUN in alone
+    assert report._pick(runs, task="har2", preset="cpu", method="fw", K=10) == [
+        r for r in runs if r["run"] == fixed.run_name
+    ]
