@@ -32,3 +32,14 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_commands[0] in ci.splitlines()
     assert any("python -m benchmarks.adding" in c for c in commands)
+
+
+def test_own_oracle_snippet_runs_adaptive_k_and_stays_in_the_box():
+    namespace: dict = {}
+    exec(compile(_blocks("python")[1], "README.md", "exec"), namespace)
+    state, updates = namespace["state"][0], namespace["updates"]
+    assert int(state.count) == 1
+    assert 1 <= int(state.inner_steps) <= 10
+    assert float(state.gap) >= 0.0
+    # -Δ is an average of box corners, so it lies in the box of radius δ = 0.1.
+    assert float(np.max(np.abs(updates["w"]))) <= 0.1 + 1e-7
