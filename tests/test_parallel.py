@@ -7,12 +7,7 @@ tests below assert on them.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +17,8 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks import parallel
 
-ROOT = Path(__file__).resolve().parents[1]
+from worker import run_worker
+
 RTOL = 1e-5  # float32 after 2 outer steps; the sums over the batch are split differently
 
 _WORKER = textwrap.dedent(
@@ -109,24 +105,8 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_devices() -> dict:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-    }
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", _WORKER],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(line.removeprefix("RESULT "))
+    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return run_worker(_WORKER, flags, drop=("JAX_NUM_CPU_DEVICES",))
 
 
 def test_the_device_count_set_in_the_environment_is_kept(two_devices):

@@ -7,16 +7,12 @@ Python process (``_WORKER``) that prints its results as JSON; the tests assert o
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from worker import run_worker
+
 RTOL = 1e-4  # float32 after a few outer steps; the batch sums are split differently
 
 _WORKER = textwrap.dedent(
@@ -84,19 +80,7 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_device_runs() -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", _WORKER],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    return run_worker(_WORKER, {}, drop=("XLA_FLAGS", "JAX_NUM_CPU_DEVICES"))
 
 
 @pytest.mark.parametrize("case", ["adding_fw", "adding_authors", "har2_fw"])
