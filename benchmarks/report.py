@@ -123,9 +123,13 @@ def _adding_job_runs(path: Path, job: dict[str, Any]) -> list[dict[str, Any]]:
     return runs
 
 
+_DEFAULTS = {"gap_tol": None, "step_rule": "average"}
+"""Fields newer than some result files, with the value those runs had."""
+
+
 def _is_variant(config: dict[str, Any]) -> bool:
     """A run with adaptive K or another step rule: reported in its own table, not the paper's."""
-    return config.get("gap_tol") is not None or config.get("step_rule", "average") != "average"
+    return any(config.get(name, value) != value for name, value in _DEFAULTS.items())
 
 
 def _pick(runs, *, task, preset, method, K=None, flavour=None, length=None, seed=None):
@@ -340,8 +344,6 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
 
 _NO_EFFECT = ("unroll",)
 """Config fields that change how a run computes, not what: ignored when pairing runs."""
-_DEFAULTS = {"gap_tol": None, "step_rule": "average"}
-"""Fields newer than some result files, with the value those runs had."""
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -331,6 +331,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         runs = configs_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.devices is not None and args.devices < 1:
+        parser.error(f"--devices must be >= 1, got {args.devices}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
     return args, runs
@@ -338,8 +340,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args, runs = parse_args(argv)
-    if args.devices is not None and args.devices < 1:
-        raise SystemExit(f"--devices must be >= 1, got {args.devices}")
     parallel.start_cpu_devices(args.devices)
     summaries = []
     for config in runs:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from benchmarks import parallel
@@ -353,31 +354,27 @@ def train(
         return jax.lax.scan(counted_step, carry, xs)
 
     if split:
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        data_spec = parallel.batch_spec(2) if not generated else jax.sharding.PartitionSpec()
+        # Host batches are stacked [steps_per_call, batches_per_step, B, ...]: split axis 2.
+        data_spec = P() if generated else parallel.batch_spec(2)
         run_chunk = parallel.data_parallel(
-            scan_steps,
-            mesh,
-            in_specs=(jax.sharding.PartitionSpec(), (jax.sharding.PartitionSpec(), data_spec)),
-            out_specs=jax.sharding.PartitionSpec(),
+            scan_steps, mesh, in_specs=(P(), (P(), data_spec)), out_specs=P()
         )
+        replicated = jax.sharding.NamedSharding(mesh, P())
 
-        def place(carry):
-            return jax.device_put(carry, replicated)
+        def place(tree):
+            return jax.device_put(tree, replicated)
 
         def place_inputs(inputs):
             indices, data = inputs
-            if generated:
-                return jax.device_put(inputs, replicated)
-            return jax.device_put(indices, replicated), parallel.shard_batch(data, mesh, 2)
+            data = place(data) if generated else parallel.shard_batch(data, mesh, 2)
+            return place(indices), data
     else:
         run_chunk = jax.jit(scan_steps)
 
-        def place(carry):
-            return carry
+        def place(tree):
+            return tree
 
-        def place_inputs(inputs):
-            return inputs
+        place_inputs = place
 
     evaluate = jax.jit(objective.evaluate)
     carry = place((params, model_state, tx.init(params)))
@@ -441,36 +438,42 @@ def train(
         total=steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True
     )
     last_save = time.perf_counter()
-    for interval in range(start, steps, eval_every):
-        t0 = time.perf_counter()
-        losses = []
-        for _ in range(eval_every // steps_per_call):
-            carry, (chunk_losses, chunk_evals) = compiled(carry, inputs)
-            evals_done += float(jnp.sum(chunk_evals))
-            inputs = next(feed, None)
-            losses.append(chunk_losses)
-        train_loss = float(jnp.mean(jnp.concatenate(losses)))
-        jax.block_until_ready(carry)
-        wall += time.perf_counter() - t0
-        done = interval + eval_every
-        row = record(done, train_loss, wall)
-        rows.append(row)
-        if curves is not None:
-            with curves.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        if manager is not None and (
-            done == steps or time.perf_counter() - last_save >= checkpoints.every_s
-        ):
-            _save(manager, checkpoints, carry, done, wall)
-            last_save = time.perf_counter()
-        if on_record is not None:
-            on_record(row)
-        bar.update(eval_every)
-        bar.set_postfix(loss=f"{train_loss:.4f}", **{metric: f"{row[metric]:.4f}"})
-    bar.close()
-    if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
+    # A run stopped by an exception (a kill, a failing callback) still finishes writing its
+    # last checkpoint, so a resumed run never races a half-written one.
+    try:
+        for interval in range(start, steps, eval_every):
+            t0 = time.perf_counter()
+            losses, evals = [], []
+            for _ in range(eval_every // steps_per_call):
+                carry, (chunk_losses, chunk_evals) = compiled(carry, inputs)
+                inputs = next(feed, None)
+                losses.append(chunk_losses)
+                evals.append(chunk_evals)
+            # Read back once per evaluation, so the calls in between dispatch asynchronously.
+            train_loss = float(jnp.mean(jnp.concatenate(losses)))
+            evals_done += float(jnp.sum(jnp.concatenate(evals)))
+            jax.block_until_ready(carry)
+            wall += time.perf_counter() - t0
+            done = interval + eval_every
+            row = record(done, train_loss, wall)
+            rows.append(row)
+            if curves is not None:
+                with curves.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if manager is not None and (
+                done == steps or time.perf_counter() - last_save >= checkpoints.every_s
+            ):
+                _save(manager, checkpoints, carry, done, wall)
+                last_save = time.perf_counter()
+            if on_record is not None:
+                on_record(row)
+            bar.update(eval_every)
+            bar.set_postfix(loss=f"{train_loss:.4f}", **{metric: f"{row[metric]:.4f}"})
+    finally:
+        bar.close()
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
 
     result = TrainResult(
         steps=steps,
