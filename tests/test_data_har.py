@@ -224,7 +224,14 @@ def test_uci_har_folder_malformed_table_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", [b"not gzip", gzip.compress(b"not a pickle"), gzip.compress(pickle.dumps([1]))]
+    "content",
+    # mtime=0: the same bytes (and test ids) in every process, as pytest-xdist requires.
+    [
+        b"not gzip",
+        gzip.compress(b"not a pickle", mtime=0),
+        gzip.compress(pickle.dumps([1]), mtime=0),
+    ],
+    ids=["not-gzip", "not-a-pickle", "not-a-dict"],
 )
 def test_corrupt_hapt_file_is_named(tmp_path, content):
     pytest.importorskip("pandas")
