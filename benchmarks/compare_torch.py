@@ -66,7 +66,7 @@ from benchmarks import parallel
 from benchmarks.configs import get_config
 from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
-from benchmarks.train import Objective, make_step
+from benchmarks.train import Objective, TrainState, make_step
 from models import RNNModel, mse_loss
 
 try:
@@ -125,8 +125,8 @@ def variants(K: int = 5) -> dict[str, Variant]:
     alg1 = get_config("adding", "fw", "cpu", flavour="alg1")
     authors = get_config("adding", "fw", "cpu", flavour="authors")
     return {
-        "alg1": Variant("alg1", K, alg1.delta, alg1.eta, "global", False, "sgd", False),
-        "authors": Variant("authors", K, authors.delta, authors.eta, "leaf", True, "adam", True),
+        "alg1": Variant("alg1", K, alg1.delta, alg1.lr, "global", False, "sgd", False),
+        "authors": Variant("authors", K, authors.delta, authors.lr, "leaf", True, "adam", True),
     }
 
 
@@ -212,11 +212,13 @@ def jax_step(
         evaluate=lambda params, state, test: {},
         test=None,
     )
-    step = make_step(objective, jax_tx(variant), seed=0, batches_per_step=variant.batches_per_step)
+    step = make_step(objective, jax_tx(variant), batches_per_step=variant.batches_per_step)
+    rng = jax.random.key_data(jax.random.key(0))
 
     def run(params, opt_state, x, y):
-        (params, _, opt_state), value = step((params, {}, opt_state), (0, (x, y)))
-        return params, opt_state, value
+        state = TrainState(jnp.zeros([], jnp.int32), params, {}, opt_state, rng)
+        state, value = step(state, (0, (x, y)))
+        return state.params, state.opt_state, value
 
     if mesh is None:
         return jax.jit(run)

@@ -36,7 +36,7 @@ import optax
 import fw_optax
 from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
-from benchmarks.train import make_chunk_fn
+from benchmarks.train import make_steps_fn
 from models import RNNModel, mse_loss
 
 TARGETS = {"step": 1.05, "compile": 1.2, "memory": 1.1, "tensors": 1.25}
@@ -100,7 +100,7 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
 
     def compiled_chunk(problem, tx):
         params, loss_fn, make_batch = problem
-        run = make_chunk_fn(loss_fn, tx, make_batch)
+        run = make_steps_fn(loss_fn, tx, make_batch)
         t0 = time.perf_counter()
         compiled = run.lower(params, tx.init(params), keys).compile()
         return compiled, time.perf_counter() - t0

@@ -23,23 +23,74 @@ import argparse
 import io
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks import configs
 from benchmarks.data.adding import PLATEAU_MSE
 from benchmarks.machine import describe
+from benchmarks.methods import METHODS
 
 ADDING_LENGTHS = (100, 200, 400, 750)
 FIG3_METHODS = ("sgd", "adam", "tbptt", "fw", "tbptt_fw")
 NOT_RUN = "not yet run"
 SUMMARY_KEYS = {"task", "method", "run", "config", "final", "machine", "curves"}
-ADDING_JOB = "benchmarks.adding"
-ADDING_JOB_KEYS = {"task", "config", "machine", "plateau_mse", "runs"}
-ADDING_JOB_METHODS = {"SGD": "sgd", "SGD+clip": "sgd_clip", "Adam": "adam"}
-ADDING_SOURCES = (*configs.PRESETS, ADDING_JOB)
-"""Where adding-task rows come from: the runner's presets, and the main job's own files."""
+DIVERGED = "diverged"
+
+# The paper's numbers, copied from the poster (ICPR 2020, arXiv:2010.05397), Tables 1 and 2.
+PAPER_TABLE1: Mapping[str, Mapping[str, tuple[float, float | None]]] = {
+    "pixel_mnist": {
+        "Baseline": (98.88, 4.84),
+        "Ours K=1": (98.73, 3.46),
+        "Ours K=5": (98.82, None),
+    },
+    "permuted_mnist": {
+        "Baseline": (93.00, 4.92),
+        "Ours K=1": (92.87, 3.68),
+        "Ours K=5": (92.59, None),
+    },
+}
+"""Test accuracy (%) and time per Table 1. The third column's header and times are cut off in
+the poster text ("Our"); K=5 is the authors' other MNIST setting."""
+
+PAPER_TABLE2: Mapping[str, tuple[float, float, float]] = {
+    "SGD": (87.66, 0.17, 74.38),
+    "SGD+Clipping": (93.36, 0.13, 74.38),
+    "TBPTT": (93.62, 0.38, 86.20),
+    "LSTM+Adam": (94.40, 0.14, 92.12),
+    "Ours K=1": (93.52, 0.15, 86.04),
+    "Ours K=5": (94.11, 0.14, 89.36),
+    "Ours K=10": (93.65, 0.37, 89.52),
+    "Ours+BN": (94.37, 0.36, 89.38),
+    "TBPTT+Ours": (94.01, 0.35, 89.28),
+    "LSTM+Ours": (94.95, 0.19, 92.41),
+    "IndRNN": (95.73, 0.46, 91.20),
+    "IndRNN+Ours": (96.55, 0.13, 92.15),
+}
+"""Table 2: (HAR-2 accuracy %, time, Noisy-HAR-2 accuracy %); the time unit is not stated."""
+
+TABLE2_ROWS: Mapping[str, tuple[str, int | None]] = {
+    "SGD": ("sgd", None),
+    "SGD+Clipping": ("sgd_clip", None),
+    "TBPTT": ("tbptt", None),
+    "LSTM+Adam": ("lstm_adam", None),
+    "Ours K=1": ("fw", 1),
+    "Ours K=5": ("fw", 5),
+    "Ours K=10": ("fw", 10),
+    "Ours+BN": ("fw_bn", None),
+    "TBPTT+Ours": ("tbptt_fw", None),
+    "LSTM+Ours": ("lstm_fw", None),
+    "IndRNN": ("indrnn", None),
+    "IndRNN+Ours": ("indrnn_fw", None),
+}
+"""Paper row -> (method, K); ``None`` means any K (the method's default)."""
+
+TABLE1_COLUMNS: Mapping[str, tuple[str, int | None]] = {
+    "Baseline": ("adam", None),
+    "Ours K=1": ("fw", 1),
+    "Ours K=5": ("fw", 5),
+}
 
 
 class ResultsError(ValueError):
@@ -48,11 +99,9 @@ class ResultsError(ValueError):
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
     """Every run summary under ``folder`` (at any depth, checkpoints aside), each with its
-    curve records under ``"records"``.
+    curve records under ``"records"``; other JSON files are skipped.
 
-    The output of ``benchmarks.adding`` (one file for several methods) becomes one entry per
-    method, with ``config["preset"] == ADDING_JOB``; other JSON files are skipped. Raises
-    :class:`ResultsError` naming the folder or file that is unreadable.
+    Raises :class:`ResultsError` naming the folder or file that is unreadable.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -61,69 +110,34 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     for path in sorted(folder.rglob("*.json")):
         if "ckpt" in path.relative_to(folder).parts:
             continue
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ResultsError(f"{path}: not a readable JSON file ({error})") from error
-        if isinstance(summary, dict) and ADDING_JOB_KEYS <= set(summary):
-            runs += _adding_job_runs(path, summary)
-            continue
-        if not isinstance(summary, dict) or not SUMMARY_KEYS <= set(summary):
-            continue
-        curves = path.with_name(summary["curves"])
-        try:
-            lines = curves.read_text().splitlines()
-            summary["records"] = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ResultsError(f"{curves}: curves of {path.name} unreadable ({error})") from error
-        runs.append(summary)
+        run = load_run(path)
+        if run is not None:
+            runs.append(run)
     return runs
 
 
-def _adding_job_runs(path: Path, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """``benchmarks.adding``'s methods as run entries (its FW rows are Algorithm 1)."""
+def load_run(path: Path) -> dict[str, Any] | None:
+    """One run summary with its curve records (``None`` if the file is no run summary)."""
     try:
-        config, runs = job["config"], []
-        for name, result in job["runs"].items():
-            K = int(name.split("K=")[1]) if name.startswith("FW K=") else 1
-            method = "fw" if name.startswith("FW") else ADDING_JOB_METHODS[name]
-            train = dict(result["train_curve"])
-            records = [
-                {
-                    "step": step,
-                    "grad_evals": step * K,
-                    "test_loss": mse,
-                    "train_loss": train.get(step),
-                }
-                for step, mse in result["eval_curve"]
-            ]
-            runs.append(
-                {
-                    "task": "adding",
-                    "method": method,
-                    "run": f"{path.stem}: {name}",
-                    "config": {
-                        "preset": ADDING_JOB,
-                        "length": config["length"],
-                        "K": K,
-                        "flavour": "alg1" if method == "fw" else None,
-                        "seed": config["seed"],
-                        "batch_size": config["batch"],
-                    },
-                    "machine": job["machine"],
-                    "final": records[-1],
-                    "steps": result["steps"],
-                    "grad_evals": result["grad_evals"],
-                    "wall_time_s": result["wall_time_s"],
-                    "records": records,
-                }
-            )
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        raise ResultsError(f"{path}: not a benchmarks.adding result ({error!r})") from error
-    return runs
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{path}: not a readable JSON file ({error})") from error
+    if not isinstance(summary, dict) or not SUMMARY_KEYS <= set(summary):
+        return None
+    curves = path.with_name(summary["curves"])
+    try:
+        lines = curves.read_text().splitlines() if curves.exists() or not _diverged(summary) else []
+        summary["records"] = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{curves}: curves of {path.name} unreadable ({error})") from error
+    return summary
 
 
-_DEFAULTS = {"gap_tol": None, "step_rule": "average"}
+def _diverged(run: dict[str, Any]) -> bool:
+    return run.get("status") == DIVERGED
+
+
+_DEFAULTS = {"gap_tol": None, "step_rule": "average", "on_nonfinite": "stop"}
 """Fields newer than some result files, with the value those runs had."""
 
 
@@ -150,14 +164,20 @@ def _pick(runs, *, task, preset, method, K=None, flavour=None, length=None, seed
     return sorted(out, key=lambda r: r["config"]["seed"])
 
 
+def _diverged_text(run: dict[str, Any]) -> str:
+    return f"{DIVERGED} at step {run['diverged']['step']}"
+
+
 def _acc(run: dict[str, Any] | None) -> str:
     if run is None:
         return NOT_RUN
+    if _diverged(run):
+        return _diverged_text(run)
     return f"{100 * run['final']['test_accuracy']:.2f} ({100 * run['best_test']:.2f})"
 
 
 def _cost(run: dict[str, Any] | None) -> str:
-    if run is None:
+    if run is None or _diverged(run):
         return "–"
     per_epoch, epochs = run.get("time_per_epoch_s"), run.get("epochs")
     epoch = f", {epochs:.1f} epochs, {per_epoch:.2f} s/epoch" if per_epoch else ""
@@ -188,7 +208,7 @@ def _budget(run: dict[str, Any]) -> str:
 
 
 def _fw_variants(method: str, K: int | None) -> list[tuple[str, int | None, str | None]]:
-    if method in configs.FW_METHODS:
+    if METHODS[method].frank_wolfe:
         return [(method, K, flavour) for flavour in configs.FLAVOURS]
     return [(method, None, None)]
 
@@ -196,7 +216,7 @@ def _fw_variants(method: str, K: int | None) -> list[tuple[str, int | None, str 
 def _label(method: str, K: int | None, flavour: str | None, run) -> str:
     if flavour is None:
         return method
-    K = run["config"]["K"] if run is not None else (K or configs.DEFAULT_K[method])
+    K = run["config"]["K"] if run is not None else (K or 1)
     return f"{method} K={K} {flavour}"
 
 
@@ -221,10 +241,10 @@ def table2(runs: list[dict[str, Any]], preset: str) -> list[str]:
         "time | our cost (HAR-2) | our cost (Noisy) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [(name, *configs.TABLE2_ROWS[name]) for name in configs.PAPER_TABLE2]
+    rows = [(name, *TABLE2_ROWS[name]) for name in PAPER_TABLE2]
     rows.append(("(Adam, the authors' baseline script)", "adam", None))
     for name, row_method, K in rows:
-        paper = configs.PAPER_TABLE2.get(name)
+        paper = PAPER_TABLE2.get(name)
         for method, K_, flavour in _fw_variants(row_method, K):
             found = {
                 task: next(
@@ -268,11 +288,11 @@ def table1(runs: list[dict[str, Any]], preset: str) -> list[str]:
         "| task | column | our run | paper | ours | our cost |",
         "|---|---|---|---|---|---|",
     ]
-    columns = [(name, *configs.TABLE1_COLUMNS[name]) for name in configs.TABLE1_COLUMNS]
+    columns = [(name, *TABLE1_COLUMNS[name]) for name in TABLE1_COLUMNS]
     columns += [(f"Fig. 3: {m}", m, None) for m in FIG3_METHODS if m not in ("adam", "fw")]
     for task in tasks:
         for name, column_method, K in columns:
-            paper = configs.PAPER_TABLE1[task].get(name)
+            paper = PAPER_TABLE1[task].get(name)
             paper_text = "–"
             if paper:
                 paper_text = f"{paper[0]:.2f}" + (f" ({paper[1]})" if paper[1] else "")
@@ -312,11 +332,11 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for length in ADDING_LENGTHS:
-        for preset in ADDING_SOURCES:
+        for preset in configs.PRESETS:
             group = [r for r in adding if r["config"]["length"] == length]
             group = [r for r in group if r["config"]["preset"] == preset]
             if not group:
-                if preset == "paper" or (length == 750 and preset != ADDING_JOB):
+                if preset == "paper" or length == 750:
                     lines.append(f"| {length} | {preset} | all | {NOT_RUN} | | | | | |")
                 continue
             for method, K, flavour in ADDING_ROWS:
@@ -324,26 +344,29 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
                               flavour=flavour, length=length)  # fmt: skip
                 label = _label(method, K, flavour, found[0] if found else None)
                 if not found:
-                    if preset != ADDING_JOB:
-                        lines.append(f"| {length} | {preset} | {label} | {NOT_RUN} | | | | | |")
+                    lines.append(f"| {length} | {preset} | {label} | {NOT_RUN} | | | | | |")
                     continue
                 for same_budget in _by_steps(found).values():
-                    mse = [r["final"]["test_loss"] for r in same_budget]
-                    text = f"{mse[0]:.4f}"
+                    mse = [r["final"]["test_loss"] for r in same_budget if not _diverged(r)]
+                    text = f"{mse[0]:.4f}" if mse else ""
                     if len(mse) > 1:
                         text = f"{statistics.mean(mse):.4f} ± {statistics.stdev(mse):.4f}"
+                    gone = [_diverged_text(r) for r in same_budget if _diverged(r)]
+                    text = ", ".join([text] * bool(mse) + gone)
                     seeds = ",".join(str(r["config"]["seed"]) for r in same_budget)
-                    r = same_budget[0]
-                    wall = statistics.mean(x["wall_time_s"] for x in same_budget)
+                    finished = [x for x in same_budget if not _diverged(x)] or same_budget
+                    r = finished[0]
+                    wall = statistics.mean(x.get("wall_time_s", 0.0) for x in finished)
                     lines.append(
                         f"| {length} | {preset} | {label} | {text} | {seeds} | {r['steps']} | "
-                        f"{r['grad_evals']:.0f} | {wall:.0f} | {_machine(r)} |"
+                        f"{r.get('grad_evals', 0):.0f} | {wall:.0f} | {_machine(r)} |"
                     )
     return lines
 
 
-_NO_EFFECT = ("unroll",)
-"""Config fields that change how a run computes, not what: ignored when pairing runs."""
+_NO_EFFECT = ("unroll", "eta")
+"""Config fields ignored when pairing runs: ``unroll`` changes how a run computes, not what;
+``eta`` is retired (older files: the FW outer rate, now ``lr`` itself)."""
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -355,6 +378,7 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def adaptive_k_table(runs: list[dict[str, Any]]) -> list[str]:
     """Adaptive K (``gap_tol``) against the same run with K fixed: cost and final metric."""
+    runs = [r for r in runs if not _diverged(r)]
     adaptive = [r for r in runs if r["config"].get("gap_tol") is not None]
     if not adaptive:
         return []
@@ -388,6 +412,63 @@ def adaptive_k_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def run_label(run: dict[str, Any]) -> str:
+    """``method [K=.. flavour] [overrides]``: a run's name without preset and seed."""
+    c = run["config"]
+    label = f"{run['method']} K={c['K']} {c['flavour']}" if c.get("flavour") else run["method"]
+    named = {k: v for k, v in run.get("overrides", {}).items() if k not in configs.UNNAMED}
+    return label + "".join(f" {k}={v}" for k, v in sorted(named.items()))
+
+
+def comparison_table(runs: list[dict[str, Any]], title: str) -> str:
+    """Markdown: one row per run (final train loss and test metric, best test, cost)."""
+    metric = runs[0]["metric"] if runs else "loss"
+    lines = [
+        f"{title}. Machine: {_machines(runs)}.",
+        "",
+        f"| run | final train loss | final test {metric} | best test {metric} | steps | "
+        "gradient evals | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        if _diverged(run):
+            lines.append(f"| {run_label(run)} | {_diverged_text(run)} | | | | | |")
+            continue
+        final = run["final"]
+        lines.append(
+            f"| {run_label(run)} | {final['train_loss']:.4f} | {final[f'test_{metric}']:.4f} | "
+            f"{run['best_test']:.4f} | {run['steps']} | {run['grad_evals']:.0f} | "
+            f"{run['wall_time_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figure(runs: list[dict[str, Any]], title: str) -> bytes:
+    """Test metric against outer steps and against gradient evaluations, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = runs[0]["metric"] if runs else "loss"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for run in runs:
+        for ax, x in zip(axes, ("step", "grad_evals"), strict=True):
+            ax.plot(*_series(run, x, f"test_{metric}"), label=run_label(run), lw=1.2)
+    for ax, x in zip(axes, ("outer step", "gradient evaluations"), strict=True):
+        if runs and runs[0]["task"] == "adding":
+            ax.axhline(PLATEAU_MSE, color="grey", ls="--", lw=1, label="predict 1")
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+    axes[0].set_ylabel(f"test {metric}")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{title} ({_machines(runs)})", fontsize=8)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def _by_steps(runs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """Runs of one method grouped by their budget in outer steps (e.g. an equal-compute run)."""
     groups: dict[int, list[dict[str, Any]]] = {}
@@ -418,14 +499,12 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
         for row, x in enumerate(("step", "grad_evals")):
             ax = axes[row][col]
             drawn = False
-            for preset in ADDING_SOURCES:
+            for preset in configs.PRESETS:
                 for method, K, flavour in ADDING_ROWS:
                     found = _pick(runs, task="adding", preset=preset, method=method, K=K,
                                   flavour=flavour, length=length, seed=0)  # fmt: skip
                     for steps, same_budget in _by_steps(found).items():
                         source = preset
-                        if preset == ADDING_JOB:
-                            source += f", {_machine(same_budget[0]).split(': ')[-1]}"
                         label = f"{_label(method, K, flavour, same_budget[0])} ({source}"
                         label += f", {steps} steps)" if len(_by_steps(found)) > 1 else ")"
                         ax.plot(*_series(same_budget[0], x, "test_loss"), label=label, lw=1.2)
@@ -489,7 +568,7 @@ def build(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         "",
         "Generated by `python -m benchmarks.report` from the run files under `results/`; do "
         "not edit by hand. Paper numbers: Tables 1 and 2 of the poster (Yue et al., ICPR 2020, "
-        "arXiv:2010.05397), copied into `benchmarks/configs.py`. FW rows appear in two flavours: "
+        "arXiv:2010.05397), copied into `benchmarks/report.py`. FW rows appear in two flavours: "
         "`alg1` (Algorithm 1 as written) and `authors` (the authors' code); see "
         "`benchmarks/configs.py`.",
         "",

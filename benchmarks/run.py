@@ -1,19 +1,31 @@
-"""Run one experiment of the reproduction (or every row of a task): one command per claim.
+"""Run experiments: one command per claim, every setting from the command line.
 
     python -m benchmarks.run --task har2 --method fw --K 5 --flavour authors --preset cpu
-    python -m benchmarks.run --task adding --method sgd --preset cpu --length 200 --seed 1
+    python -m benchmarks.run --task adding --method sgd adam fw --K 1 5 --length 200 --seed 1
+    python -m benchmarks.run --task har2 --method sgd --set lr=0.05 hidden=64
+    python -m benchmarks.run --task har2 --method fw --K 5 --seeds 0 1 2   # one program
     python -m benchmarks.run --task noisy_har2 --method all --preset cpu
 
-Settings come from ``benchmarks/configs.py`` (``--preset paper``: the authors'; ``cpu``: a
-reduced budget). Each run writes, under ``--out`` (default ``results``):
+Settings come from the task and method registries (``benchmarks/tasks.py``,
+``benchmarks/methods.py``) through ``benchmarks/configs.py`` (``--preset paper``: the
+authors'; ``cpu``: a reduced budget); ``--set field=value`` changes any other field, checked
+against the configuration's fields and types before anything runs. Each run writes, under
+``--out`` (default ``results``):
 
 * ``<task>/<run>.jsonl``: the curves, one record per evaluation, written as measured;
-* ``<task>/<run>.json``: the configuration, the machine, the final numbers and their cost;
-* ``<task>/ckpt/<run>/``: orbax checkpoints; rerunning the same command resumes from the
-  last one (``--restart`` starts over).
+* ``<task>/<run>.json``: the configuration, the overrides, the machine, the final numbers and
+  their cost (``status``: ``finished``, or ``diverged`` with the step and loss);
+* ``<task>/ckpt/<run>/``: orbax checkpoints (the last two); rerunning the same command
+  resumes from the last readable one, a larger ``--steps`` / ``--epochs`` extends a
+  finished run, ``--restart`` starts over.
 
 ``<task>`` is ``adding_T<length>`` for the adding task, and ``<run>`` is
-``<method>[_K<K>_<flavour>]_<preset>_seed<seed>``.
+``<method>[_K<K>_<flavour>][_<override>...]_<preset>_seed<seed>``. ``--seeds`` trains the
+seeds in one compiled program and writes the same per-seed files as separate runs.
+
+A run whose training loss stops being finite stops there with a message naming the step,
+the loss and the run; its summary says ``diverged`` and the command exits with status 1.
+``--on-nonfinite skip`` skips such updates instead (``optax.apply_if_finite``).
 """
 
 from __future__ import annotations
@@ -24,29 +36,29 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import optax
+import jax.numpy as jnp
+import numpy as np
 
-import fw_optax
 from benchmarks import configs, parallel
 from benchmarks.configs import Config, get_config
 from benchmarks.data import Dataset
 from benchmarks.machine import machine
+from benchmarks.methods import METHODS, build_optimizer
 from benchmarks.tasks import (
-    TASK_SPECS,
+    TASKS,
     TaskData,
     build_model,
+    get_task,
     init_variables,
     load_task_data,
     make_objective,
 )
-from benchmarks.train import Checkpoints, train
-
-INDRNN_RECURRENT = "recurrent_kernel"
+from benchmarks.train import Checkpoints, Diverged, TrainResult, train, train_seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +73,7 @@ class Plan:
     updates_per_epoch: int | None
 
 
-def plan(config: Config, data: TaskData) -> Plan:
+def make_plan(config: Config, data: TaskData) -> Plan:
     """Outer steps, evaluation interval and per-step costs of ``config`` on ``data``.
 
     Datasets: an epoch is a pass of ``batches_per_epoch`` mini-batches; the authors' FW
@@ -70,70 +82,23 @@ def plan(config: Config, data: TaskData) -> Plan:
     """
     bps = config.batches_per_step
     updates, grads = 1, float(config.K if config.is_fw else 1)
-    if config.method in configs.TBPTT_METHODS:
+    if config.is_tbptt:
         n = data.sequence_length // config.chunk_length
-        K = config.K if config.method == "tbptt_fw" else 1
+        K = config.K if config.is_fw else 1
         updates = -(-n // K)
         grads = updates * K / n
-    if config.task == "adding":
+    per_epoch = data.stream.batches_per_epoch
+    if per_epoch is None:  # generated data: the budget is in outer steps
         return Plan(config.steps, config.eval_every, bps, updates, grads, None)
-    steps_per_epoch = data.stream.batches_per_epoch // bps
+    steps_per_epoch = per_epoch // bps
     if steps_per_epoch < 1:
         raise ValueError(
-            f"an epoch of {data.stream.batches_per_epoch} batches is shorter than one outer "
-            f"step of {bps} batches; lower K or the batch size"
+            f"an epoch of {per_epoch} batches is shorter than one outer step of {bps} "
+            "batches; lower K or the batch size"
         )
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
     steps = eval_every * config.evals_per_epoch * config.epochs
     return Plan(steps, eval_every, bps, updates, grads, steps_per_epoch * updates)
-
-
-def _schedule(config: Config, value: float, updates_per_epoch: int | None):
-    if not config.lr_decay_epochs or updates_per_epoch is None:
-        return value
-    boundaries = {e * updates_per_epoch: config.lr_decay_factor for e in config.lr_decay_epochs}
-    return optax.piecewise_constant_schedule(value, boundaries)
-
-
-def _not_recurrent(params: Any) -> Any:
-    def keep(path, _):
-        last = path[-1]
-        return getattr(last, "key", getattr(last, "name", None)) != INDRNN_RECURRENT
-
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
-def build_optimizer(config: Config, updates_per_epoch: int | None) -> optax.GradientTransformation:
-    """The method's optimizer: SGD/Adam (+ clipping, weight decay) or a Frank-Wolfe chain.
-
-    FW ``alg1``: ``chain(frank_wolfe(K, δ, p), sgd(η))``. FW ``authors``:
-    ``chain(frank_wolfe(K, lr, 2, scope="leaf", cumulative=True), adam(lr))`` with one
-    schedule for δ and lr. IndRNN+FW clamps gradients to ``±grad_clamp`` first.
-    """
-    lr = _schedule(config, config.lr, updates_per_epoch)
-    outer = optax.sgd(lr) if config.optimizer == "sgd" else optax.adam(lr)
-    parts: list[optax.GradientTransformation] = []
-    if config.grad_clamp is not None:
-        parts.append(optax.clip(config.grad_clamp))
-    if config.clip is not None:
-        parts.append(optax.clip_by_global_norm(config.clip))
-    if config.weight_decay:
-        parts.append(optax.add_decayed_weights(config.weight_decay, mask=_not_recurrent))
-    if config.is_fw:
-        authors = config.flavour == "authors"
-        delta = _schedule(config, config.delta, updates_per_epoch) if authors else config.delta
-        parts.append(
-            fw_optax.frank_wolfe(
-                config.K,
-                delta,
-                config.p,
-                scope="leaf" if authors else "global",
-                cumulative=authors,
-                gap_tol=config.gap_tol,
-                step_rule=config.step_rule,
-            )
-        )
-    return optax.chain(*parts, outer)
 
 
 def run_files(config: Config, out: Path) -> tuple[Path, Path, Path]:
@@ -146,6 +111,22 @@ def run_files(config: Config, out: Path) -> tuple[Path, Path, Path]:
     )
 
 
+def _group_checkpoints(configs_: Sequence[Config], out: Path) -> Path:
+    """The checkpoint folder of seeds trained in one program."""
+    first = configs_[0]
+    seeds = "-".join(str(c.seed) for c in configs_)
+    name = first.run_name.rsplit("_seed", 1)[0] + f"_seeds{seeds}"
+    return out / first.task_dir / "ckpt" / name
+
+
+def _checkpoint_meta(config: Config, plan: Plan, seeds: Sequence[int]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: everything but the budget."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in configs.RESUMABLE}
+    settings["seed"] = list(seeds)
+    schedule = {k: v for k, v in dataclasses.asdict(plan).items() if k != "steps"}
+    return {"config": settings, "plan": schedule}
+
+
 def run_experiment(
     config: Config,
     out: Path,
@@ -155,7 +136,7 @@ def run_experiment(
     progress: bool = True,
     checkpoint_every_s: float = 60.0,
     steps_per_call: int | None = None,
-    on_record=None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
     devices: int | None = 1,
 ) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes its curves, summary and checkpoints.
@@ -164,73 +145,174 @@ def run_experiment(
     :func:`benchmarks.train.train`'s (outer steps per jitted call; default one evaluation
     interval). ``devices``: how many of the local devices train data-parallel (``None``:
     all of them); truncated BPTT and batches that do not split evenly run on one device.
-    Returns the summary.
+    Returns the summary (``status`` ``"diverged"`` if the loss stopped being finite).
     """
-    data = load_task_data(config, dataset)
-    schedule = plan(config, data)
-    model = build_model(config, data)
-    params, model_state = init_variables(config, model, data)
-    objective = make_objective(config, model, data)
-    tx = build_optimizer(config, schedule.updates_per_epoch)
-    summary_path, curves_path, ckpt_dir = run_files(config, out)
+    (summary,) = run_seeds(
+        [config],
+        out,
+        dataset=dataset,
+        restart=restart,
+        progress=progress,
+        checkpoint_every_s=checkpoint_every_s,
+        steps_per_call=steps_per_call,
+        on_record=on_record,
+        devices=devices,
+        one_program=False,
+    )
+    return summary
+
+
+def run_seeds(
+    configs_: Sequence[Config],
+    out: Path,
+    *,
+    dataset: Dataset | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    checkpoint_every_s: float = 60.0,
+    steps_per_call: int | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    devices: int | None = 1,
+    one_program: bool = True,
+) -> list[dict[str, Any]]:
+    """Trains configurations that differ only in their seed, in one compiled program
+    (``benchmarks.train.train_seeds``), and writes each seed's files as a separate run
+    would. ``one_program=False`` with one configuration is :func:`run_experiment`.
+    Returns the summaries, in the order of ``configs_``.
+    """
+    first = configs_[0]
+    seeds = [c.seed for c in configs_]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    for config in configs_:
+        if dataclasses.replace(config, seed=first.seed) != first:
+            raise ValueError(f"seeds in one program need one configuration, got {config}")
+    if not one_program and len(configs_) > 1:
+        raise ValueError("one_program=False runs one configuration")
+    datas = [load_task_data(c, dataset) for c in configs_]
+    plan = make_plan(first, datas[0])
+    model = build_model(first, datas[0])
+    variables = [init_variables(c, model, d) for c, d in zip(configs_, datas, strict=True)]
+    objective = make_objective(first, model, datas[0])
+    tx = build_optimizer(first, plan.updates_per_epoch)
+    files = [run_files(c, out) for c in configs_]
+    ckpt_dir = files[0][2] if not one_program else _group_checkpoints(configs_, out)
     if restart:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        curves_path.unlink(missing_ok=True)
-    meta = {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(schedule)}
-    mesh = _mesh(config, devices)
-    t0 = time.perf_counter()
-    _, _, result = train(
+        for _, curves, _ in files:
+            curves.unlink(missing_ok=True)
+    mesh = _mesh(first, devices)
+    options = dict(
         objective=objective,
         tx=tx,
-        params=params,
-        model_state=model_state,
-        stream=data.stream,
-        steps=schedule.steps,
-        eval_every=schedule.eval_every,
-        seed=config.seed,
-        batches_per_step=schedule.batches_per_step,
-        updates_per_step=schedule.updates_per_step,
-        grad_evals_per_step=schedule.grad_evals_per_step,
+        stream=datas[0].stream,
+        steps=plan.steps,
+        eval_every=plan.eval_every,
+        batches_per_step=plan.batches_per_step,
+        updates_per_step=plan.updates_per_step,
+        grad_evals_per_step=plan.grad_evals_per_step,
         steps_per_call=steps_per_call,
-        curves=curves_path,
-        checkpoints=Checkpoints(ckpt_dir, checkpoint_every_s, meta),
-        desc=f"{config.task_dir} {config.run_name}",
+        checkpoints=Checkpoints(ckpt_dir, checkpoint_every_s, _checkpoint_meta(first, plan, seeds)),
+        desc=f"{first.task_dir} {first.run_name}" + (f" seeds {seeds}" if one_program else ""),
         progress=progress,
         on_record=on_record,
         mesh=mesh,
+        skip_nonfinite=first.on_nonfinite == "skip",
     )
-    spec = TASK_SPECS[config.task]
-    final = result.records[-1]
-    metric = f"test_{spec.metric}"
-    best = (min if spec.metric == "loss" else max)(r[metric] for r in result.records)
-    epochs = final.get("epoch")
-    summary = {
+    t0 = time.perf_counter()
+    diverged: Diverged | None = None
+    try:
+        if one_program:
+            stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+            tests = [make_objective(c, model, d).test for c, d in zip(configs_, datas, strict=True)]
+            options["objective"] = dataclasses.replace(
+                objective, test=jax.tree.map(lambda *xs: np.stack(xs), *tests)
+            )
+            _, results = train_seeds(
+                params=jax.tree.map(stack, *[v[0] for v in variables]),
+                model_state=jax.tree.map(stack, *[v[1] for v in variables]),
+                seeds=seeds,
+                curves=[curves for _, curves, _ in files],
+                **options,
+            )
+        else:
+            params, model_state = variables[0]
+            _, _, result = train(
+                params=params,
+                model_state=model_state,
+                seed=first.seed,
+                curves=files[0][1],
+                **options,
+            )
+            results = [result]
+    except Diverged as error:
+        diverged, results = error, [None] * len(configs_)
+    summaries = []
+    for config, data, (summary_path, curves_path, _), result in zip(
+        configs_, datas, files, results, strict=True
+    ):
+        summary = _summary(config, data, plan, result, curves_path, mesh, diverged)
+        summary["process_time_s"] = time.perf_counter() - t0
+        summary["steps_per_call"] = steps_per_call or plan.eval_every
+        if one_program:
+            summary["seeds_in_program"] = seeds
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(summary_path, json.dumps(summary, indent=1))
+        summaries.append(summary)
+    if diverged is not None:
+        raise diverged
+    return summaries
+
+
+def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, diverged):
+    spec = get_task(config.task)
+    devices = mesh.size if mesh is not None else 1
+    summary: dict[str, Any] = {
         "task": config.task,
         "title": spec.title,
         "method": config.method,
         "run": config.run_name,
+        "status": "finished",
         "config": dataclasses.asdict(config),
-        "plan": dataclasses.asdict(schedule),
+        "overrides": {k: v for k, v in config.overrides.items()},
+        "plan": dataclasses.asdict(plan),
         "machine": machine(),
         "data": dict(data.card),
         "metric": spec.metric,
-        "final": {k: v for k, v in final.items()},
-        "best_test": best,
-        "steps": result.steps,
-        "updates": result.updates,
-        "batches": result.batches,
-        "epochs": epochs,
-        "grad_evals": result.grad_evals,
-        "wall_time_s": result.wall_time_s,
-        "time_per_epoch_s": result.wall_time_s / epochs if epochs else None,
-        "compile_time_s": result.compile_time_s,
-        "process_time_s": time.perf_counter() - t0,
-        "steps_per_call": steps_per_call or schedule.eval_every,
-        "devices": mesh.size if mesh is not None else 1,
-        "per_device_batch": config.batch_size // (mesh.size if mesh is not None else 1),
+        "devices": devices,
+        "per_device_batch": config.batch_size // devices,
         "curves": curves_path.name,
     }
-    _write_atomic(summary_path, json.dumps(summary, indent=1))
+    if diverged is not None:
+        records = [
+            json.loads(line) for line in curves_path.read_text().splitlines() if line.strip()
+        ] if curves_path.is_file() else []  # fmt: skip
+        summary.update(
+            status="diverged",
+            diverged={"step": diverged.step, "loss": str(diverged.loss), "seed": diverged.seed,
+                      "message": str(diverged)},
+            final=records[-1] if records else None,
+            steps=records[-1]["step"] if records else 0,
+        )  # fmt: skip
+        return summary
+    metric = f"test_{spec.metric}"
+    final = result.records[-1]
+    best = (min if spec.metric == "loss" else max)(r[metric] for r in result.records)
+    epochs = final.get("epoch")
+    summary.update(
+        final=dict(final),
+        best_test=best,
+        steps=result.steps,
+        updates=result.updates,
+        batches=result.batches,
+        epochs=epochs,
+        grad_evals=result.grad_evals,
+        wall_time_s=result.wall_time_s,
+        time_per_epoch_s=result.wall_time_s / epochs if epochs else None,
+        compile_time_s=result.compile_time_s,
+    )
+    if result.skipped_updates is not None:
+        summary["skipped_updates"] = result.skipped_updates
     return summary
 
 
@@ -238,10 +320,10 @@ def _mesh(config: Config, devices: int | None) -> jax.sharding.Mesh | None:
     """The data mesh a run trains on, or ``None`` for one device.
 
     Truncated BPTT stays on one device: its chunk gradients are taken inside
-    ``models.tbptt``, outside the loss that ``benchmarks.parallel`` averages.
+    ``benchmarks.tbptt``, outside the loss that ``benchmarks.parallel`` averages.
     """
     mesh = parallel.training_mesh(devices, config.batch_size)
-    return None if config.method in configs.TBPTT_METHODS else mesh
+    return None if config.is_tbptt else mesh
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -250,54 +332,94 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def configs_from_args(args: argparse.Namespace) -> list[Config]:
-    """The configurations a command line names; raises ValueError on any bad combination."""
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "length",
-            "steps",
-            "epochs",
-            "train_size",
-            "test_size",
-            "eval_every",
-            "gap_tol",
-            "step_rule",
-        )
-        if getattr(args, name) is not None
-    }
-    if args.method == "all":
+_SHORTCUTS = (
+    "length",
+    "steps",
+    "epochs",
+    "train_size",
+    "test_size",
+    "eval_every",
+    "gap_tol",
+    "step_rule",
+    "on_nonfinite",
+)
+"""Flags that are shorthands for ``--set field=value``."""
+
+
+def configs_from_args(args: argparse.Namespace) -> list[list[Config]]:
+    """The runs a command line names, grouped by configuration (one group per configuration,
+    one entry per seed); raises ValueError on any bad combination."""
+    overrides = configs.parse_settings(args.set or [])
+    for name in _SHORTCUTS:
+        value = getattr(args, name)
+        if value is not None:
+            if name in overrides:
+                raise ValueError(f"{name} is given twice: by --{name.replace('_', '-')} and --set")
+            overrides[name] = value
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    methods = list(args.method)
+    if "all" in methods:
+        if methods != ["all"]:
+            raise ValueError("--method all names every method of the task; name no other")
         if args.K is not None or args.flavour is not None:
             raise ValueError("--K and --flavour name one run; drop them with --method all")
-        return configs.table_for(args.task, args.preset, seed=args.seed, **overrides)
-    return [
-        get_config(
-            args.task,
-            args.method,
-            args.preset,
-            seed=args.seed,
-            K=args.K,
-            flavour=args.flavour,
-            **overrides,
-        )
-    ]
+        per_seed = [configs.table_for(args.task, args.preset, seed=s, **overrides) for s in seeds]
+        return [list(group) for group in zip(*per_seed, strict=True)]
+    fw = [m for m in methods if m in METHODS and METHODS[m].frank_wolfe]
+    if (args.K is not None or args.flavour is not None) and not fw:
+        raise ValueError(f"--K and --flavour apply to Frank-Wolfe methods only, not {methods}")
+    groups = []
+    for method in methods:
+        Ks = (args.K or [None]) if method in fw else [None]
+        flavour = args.flavour if method in fw else None
+        for K in Ks:
+            groups.append(
+                [
+                    get_config(
+                        args.task, method, args.preset, seed=s, K=K, flavour=flavour, **overrides
+                    )
+                    for s in seeds
+                ]
+            )
+    return groups
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[Config]]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[list[Config]]]:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="methods:\n" + "\n".join(f"  {k:10s} {m.description}" for k, m in METHODS.items()),
     )
-    parser.add_argument("--task", required=True, choices=configs.TASKS)
+    parser.add_argument("--task", required=True, choices=tuple(TASKS))
     parser.add_argument(
         "--method",
         required=True,
-        choices=(*configs.METHODS, "all"),
-        help="a row of the paper's tables; 'all': every method that fits the task",
+        nargs="+",
+        choices=(*METHODS, "all"),
+        help="one or more rows of the paper's tables; 'all': every method that fits the task",
     )
     parser.add_argument("--preset", default="cpu", choices=configs.PRESETS)
-    parser.add_argument("--K", type=int, help="Frank-Wolfe inner steps (FW methods)")
+    parser.add_argument(
+        "--K",
+        type=int,
+        nargs="+",
+        help="Frank-Wolfe inner steps (FW methods; several: one run each)",
+    )
     parser.add_argument("--flavour", choices=configs.FLAVOURS, help="FW flavour (default authors)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="several seeds of each configuration, trained in one compiled program",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        metavar="FIELD=VALUE",
+        help="any other setting of benchmarks.configs.Config, e.g. --set lr=3e-4 hidden=64",
+    )
     parser.add_argument(
         "--gap-tol",
         dest="gap_tol",
@@ -305,10 +427,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         help="FW adaptive K: stop the inner loop once the FW gap is <= gap_tol x the first one",
     )
     parser.add_argument("--step-rule", dest="step_rule", choices=configs.STEP_RULES)
+    parser.add_argument(
+        "--on-nonfinite",
+        dest="on_nonfinite",
+        choices=configs.ON_NONFINITE,
+        help="stop (default) at the first non-finite loss, or skip non-finite updates",
+    )
     parser.add_argument("--length", type=int, help="adding task: sequence length T")
-    parser.add_argument("--steps", type=int, help="adding task: outer steps")
+    parser.add_argument("--steps", type=int, help="adding task: outer steps (may grow on resume)")
     parser.add_argument("--eval-every", dest="eval_every", type=int, help="adding task")
-    parser.add_argument("--epochs", type=int, help="datasets: epochs")
+    parser.add_argument("--epochs", type=int, help="datasets: epochs (may grow on resume)")
     parser.add_argument("--train-size", dest="train_size", type=int, help="first N train examples")
     parser.add_argument("--test-size", dest="test_size", type=int, help="first N test examples")
     parser.add_argument(
@@ -327,40 +455,53 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct, got {args.seeds}")
     try:
-        runs = configs_from_args(args)
+        groups = configs_from_args(args)
     except ValueError as error:
         parser.error(str(error))
     if args.devices is not None and args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
-    return args, runs
+    return args, groups
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args, runs = parse_args(argv)
+    """Runs every configuration the command line names; exits with status 1 (after the
+    others ran) if any diverged."""
+    args, groups = parse_args(argv)
     parallel.start_cpu_devices(args.devices)
-    summaries = []
-    for config in runs:
-        summary = run_experiment(
-            config,
-            args.out,
-            restart=args.restart,
-            progress=not args.no_progress,
-            steps_per_call=args.steps_per_call,
-            devices=args.devices,
-        )
-        final = summary["final"]
-        metric = f"test_{summary['metric']}"
-        print(
-            f"{config.task_dir} {config.run_name}: {metric} {final[metric]:.4f} "
-            f"(best {summary['best_test']:.4f}), train loss {final['train_loss']:.4f}, "
-            f"{summary['steps']} steps, {summary['grad_evals']:.0f} grad evals, "
-            f"{summary['wall_time_s']:.1f} s",
-            flush=True,
-        )
-        summaries.append(summary)
+    summaries, diverged = [], []
+    for group in groups:
+        try:
+            done = run_seeds(
+                group,
+                args.out,
+                restart=args.restart,
+                progress=not args.no_progress,
+                steps_per_call=args.steps_per_call,
+                devices=args.devices,
+                one_program=args.seeds is not None,
+            )
+        except Diverged as error:
+            print(f"DIVERGED {error}", file=sys.stderr, flush=True)
+            diverged.append(str(error))
+            continue
+        for config, summary in zip(group, done, strict=True):
+            final = summary["final"]
+            metric = f"test_{summary['metric']}"
+            print(
+                f"{config.task_dir} {config.run_name}: {metric} {final[metric]:.4f} "
+                f"(best {summary['best_test']:.4f}), train loss {final['train_loss']:.4f}, "
+                f"{summary['steps']} steps, {summary['grad_evals']:.0f} grad evals, "
+                f"{summary['wall_time_s']:.1f} s",
+                flush=True,
+            )
+        summaries += done
+    if diverged:
+        sys.exit(f"{len(diverged)} run(s) diverged; their summaries say where")
     return summaries
 
 

@@ -1,58 +1,39 @@
-"""What a task is: its data, the model and head a method trains on it, the loss and metric.
+"""The tasks: one registry entry per experiment's data, model head, loss, metric and presets.
 
 Five tasks, as in the paper: the adding problem (generated, MSE), Pixel-MNIST and
 Permuted-MNIST (10 classes, cross-entropy, accuracy), HAR-2 and Noisy-HAR-2 (binary,
-sigmoid + MSE as in the authors' code, accuracy). :func:`load_task_data` reads the data,
-:func:`build_model` the network a configuration names, and :func:`make_objective` ties them
-into the :class:`benchmarks.train.Objective` the training loop runs.
+sigmoid + MSE as in the authors' code, accuracy). A :class:`Task` holds its facts (data
+loader, head, metric), the methods that fit it and its settings per preset; adding a task is
+one entry in :data:`TASKS` (see ``benchmarks/README.md``). :func:`build_model` builds the
+network a configuration names, and :func:`make_objective` ties model and data into the
+:class:`benchmarks.train.Objective` the training loop runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.configs import Config
 from benchmarks.data import Dataset, batches, load_har2, load_mnist, load_noisy_har2
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
-from benchmarks.train import TBPTT, Objective, Stream
+from benchmarks.methods import get_method
+from benchmarks.tbptt import rnn_chunk_fn
+from benchmarks.train import TBPTT, Objective, Stream, make_train_loss, split_variables
 from models import (
     RNNModel,
     clip_indrnn_recurrent,
     deep_indrnn,
     get_head,
     indrnn_recurrent_bound,
-    make_train_loss,
-    rnn_chunk_fn,
-    split_variables,
 )
 
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    """The fixed facts of a task: its title, head, output size and headline metric."""
-
-    title: str
-    head: str
-    output_size: int
-    metric: str
-    load: Callable[[], Dataset] | None = None
-
-
-TASK_SPECS: Mapping[str, TaskSpec] = {
-    "adding": TaskSpec("Adding task", "regressor", 1, "loss"),
-    "pixel_mnist": TaskSpec("Pixel-MNIST", "classifier", 10, "accuracy", load_mnist),
-    "permuted_mnist": TaskSpec(
-        "Permuted-MNIST", "classifier", 10, "accuracy", lambda: load_mnist(permuted=True)
-    ),
-    "har2": TaskSpec("HAR-2", "binary", 1, "accuracy", load_har2),
-    "noisy_har2": TaskSpec("Noisy-HAR-2", "binary", 1, "accuracy", load_noisy_har2),
-}
+if TYPE_CHECKING:
+    from benchmarks.configs import Config
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,63 +56,258 @@ class TaskData:
     card: Mapping[str, Any]
 
 
-def load_task_data(config: Config, dataset: Dataset | None = None) -> TaskData:
-    """The data of ``config.task``; ``dataset`` replaces the loader (tests pass toy data).
+def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
+    """The adding problem: a fresh generated batch every step, a test set drawn from the seed."""
+    if dataset is not None:
+        raise ValueError("the adding task generates its data; it takes no dataset")
+    length = config.length
+
+    def generate(key: jax.Array):
+        return adding_batch(key, config.batch_size, length)
+
+    x_test, y_test = adding_batch(jax.random.key(10_000 + config.seed), config.test_size, length)
+    card = {
+        "name": "adding",
+        "source": "generated (benchmarks/data/adding.py)",
+        "sizes": {"train": "a fresh batch every step", "test": config.test_size},
+        "plateau_mse": PLATEAU_MSE,
+    }
+    return TaskData(
+        Stream(generate=generate), np.asarray(x_test), np.asarray(y_test), length, 2, card
+    )
+
+
+def dataset_loader(load: Callable[[], Dataset]) -> Callable[[Config, Dataset | None], TaskData]:
+    """A task's data from a ``benchmarks.data`` loader (or the ``dataset`` tests pass).
 
     ``train_size`` / ``test_size`` keep the first examples of each split (the cpu preset's
     MNIST subset; MNIST is stored in no particular class order).
     """
-    if config.task == "adding":
-        length = config.length
 
-        def generate(key: jax.Array):
-            return adding_batch(key, config.batch_size, length)
-
-        x_test, y_test = adding_batch(
-            jax.random.key(10_000 + config.seed), config.test_size, length
-        )
-        card = {
-            "name": "adding",
-            "source": "generated (benchmarks/data/adding.py)",
-            "sizes": {"train": "a fresh batch every step", "test": config.test_size},
-            "plateau_mse": PLATEAU_MSE,
-        }
-        return TaskData(
-            Stream(generate=generate), np.asarray(x_test), np.asarray(y_test), length, 2, card
-        )
-    data = TASK_SPECS[config.task].load() if dataset is None else dataset
-    x_train, y_train = data.x_train[: config.train_size], data.y_train[: config.train_size]
-    x_test, y_test = data.x_test[: config.test_size], data.y_test[: config.test_size]
-    if data.transform is not None:
-        # Noisy-HAR-2 adds fresh noise at every read; the test copy is read once per run.
-        x_test, y_test = next(
-            batches(
-                (x_test, y_test),
-                len(x_test),
-                seed=10_000 + config.seed,
-                shuffle=False,
-                transform=data.transform,
+    def load_data(config: Config, dataset: Dataset | None = None) -> TaskData:
+        data = load() if dataset is None else dataset
+        x_train, y_train = data.x_train[: config.train_size], data.y_train[: config.train_size]
+        x_test, y_test = data.x_test[: config.test_size], data.y_test[: config.test_size]
+        if data.transform is not None:
+            # Noisy-HAR-2 adds fresh noise at every read; the test copy is read once per run.
+            x_test, y_test = next(
+                batches(
+                    (x_test, y_test),
+                    len(x_test),
+                    seed=10_000 + config.seed,
+                    shuffle=False,
+                    transform=data.transform,
+                )
             )
+        if config.batch_size > len(x_train):
+            raise ValueError(
+                f"batch_size {config.batch_size} exceeds the {len(x_train)} training examples"
+            )
+        sizes = {"train": len(x_train), "test": len(x_test)}
+        if "sizes" in data.card:
+            sizes["full"] = dict(data.card["sizes"])
+        card = {k: v for k, v in data.card.items() if k in ("name", "source", "noise")}
+        stream = Stream(
+            arrays=(x_train, y_train), batch_size=config.batch_size, transform=data.transform
         )
-    if config.batch_size > len(x_train):
-        raise ValueError(
-            f"batch_size {config.batch_size} exceeds the {len(x_train)} training examples"
-        )
-    card = {
-        **{k: v for k, v in data.card.items() if k in ("name", "source", "noise")},
-        "sizes": {"train": len(x_train), "test": len(x_test), "full": dict(data.card["sizes"])}
-        if "sizes" in data.card
-        else {"train": len(x_train), "test": len(x_test)},
-    }
-    stream = Stream(
-        arrays=(x_train, y_train), batch_size=config.batch_size, transform=data.transform
+        card["sizes"] = sizes
+        return TaskData(stream, x_test, y_test, data.sequence_length, data.num_features, card)
+
+    return load_data
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One experiment: its data, head, metric, the methods that fit it, and its settings.
+
+    Attributes:
+      title: the name in tables and figures.
+      head: a ``models.HEADS`` name (the output layer's loss and prediction).
+      output_size: outputs of the model's linear head.
+      metric: the headline test metric, ``"loss"`` or ``"accuracy"``.
+      load: ``load(config, dataset=None) -> TaskData``.
+      methods: the ``benchmarks.methods.METHODS`` that fit the task (its table's rows).
+      presets: base settings per preset (``cpu``, ``paper``); a preset that sets ``steps``
+        budgets in outer steps, one that sets ``epochs`` in passes over the training set.
+      sgd_lr: the plain-SGD learning rate (``sgd`` and ``sgd_clip``).
+      alg1: Frank-Wolfe settings of the ``alg1`` flavour (``delta``, ``lr`` = η).
+      authors_fw: the authors' FW settings per ``(method, K)``; a method not listed uses
+        ``fw``'s, a K not listed the nearest listed K below it.
+      method_settings: per-method settings of this task (both presets).
+      cpu_settings: settings of the ``cpu`` preset that win over every method's.
+      folder: the results folder of a run (``adding_T<length>`` for the adding task).
+    """
+
+    title: str
+    head: str
+    output_size: int
+    metric: str
+    load: Callable[..., TaskData]
+    methods: tuple[str, ...]
+    presets: Mapping[str, Mapping[str, Any]]
+    sgd_lr: float
+    alg1: Mapping[str, float]
+    authors_fw: Mapping[tuple[str, int], Mapping[str, Any]]
+    method_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    cpu_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    folder: Callable[[Config], str] | None = None
+
+    def authors_settings(self, method: str, K: int) -> Mapping[str, Any]:
+        listed = sorted(k for m, k in self.authors_fw if m == method)
+        if not listed:
+            method = "fw"
+            listed = sorted(k for m, k in self.authors_fw if m == method)
+        below = [k for k in listed if k <= K] or listed[:1]
+        return self.authors_fw[(method, below[-1])]
+
+
+_ADDING = {"hidden": 128, "batch_size": 50, "eval_every": 100, "eval_batch_size": 1000}
+_MNIST = ("sgd", "sgd_clip", "adam", "tbptt", "fw", "tbptt_fw", "indrnn", "indrnn_fw")
+_FW_METHODS = ("fw", "fw_bn", "tbptt_fw", "lstm_fw", "indrnn_fw")
+
+
+def _mnist(title: str, permuted: bool, authors_fw: Mapping) -> Task:
+    return Task(
+        title=title,
+        head="classifier",
+        output_size=10,
+        metric="accuracy",
+        load=dataset_loader(lambda: load_mnist(permuted=permuted)),
+        methods=_MNIST,
+        presets={
+            "cpu": {
+                "hidden": 128,
+                "eval_batch_size": 1000,
+                "batch_size": 64,
+                "chunk_length": 196,
+                "epochs": 4,
+                "evals_per_epoch": 4,
+                "train_size": 20000,
+                "test_size": 2000,
+            },
+            "paper": {
+                "hidden": 128,
+                "eval_batch_size": 1000,
+                "batch_size": 512,
+                "chunk_length": 196,
+                "epochs": 200,
+                "lr_decay_epochs": (100,),
+                "lr_decay_factor": 0.5,
+            },
+        },
+        sgd_lr=0.01,
+        alg1={"delta": 1.0, "lr": 0.02},
+        authors_fw=authors_fw,
+        method_settings={
+            "adam": {"batch_size": 128 if permuted else 512},
+            "indrnn": {"batch_size": 32},
+        },
+        cpu_settings={"batch_size": 64},  # 312 batches per epoch for every method
     )
-    return TaskData(stream, x_test, y_test, data.sequence_length, data.num_features, card)
+
+
+def _har(title: str, load: Callable[[], Dataset]) -> Task:
+    base = {"hidden": 80, "batch_size": 128, "chunk_length": 16, "eval_batch_size": 1000}
+    authors = {
+        **{(m, K): {"lr": 1e-3, "batch_size": 128} for m in _FW_METHODS for K in (1, 5)},
+        **{(m, 10): {"lr": 6e-4, "batch_size": 32} for m in _FW_METHODS},
+    }
+    return Task(
+        title=title,
+        head="binary",
+        output_size=1,
+        metric="accuracy",
+        load=dataset_loader(load),
+        methods=(
+            "sgd",
+            "sgd_clip",
+            "adam",
+            "tbptt",
+            "lstm_adam",
+            "fw",
+            "fw_bn",
+            "tbptt_fw",
+            "lstm_fw",
+            "indrnn",
+            "indrnn_fw",
+        ),
+        presets={
+            "cpu": {**base, "epochs": 5, "evals_per_epoch": 2},
+            "paper": {
+                **base,
+                "epochs": 300,
+                "lr_decay_epochs": (100, 200),
+                "lr_decay_factor": 0.1,
+            },
+        },
+        sgd_lr=0.1,
+        alg1={"delta": 1.0, "lr": 0.05},
+        authors_fw=authors,
+        method_settings={"indrnn": {"batch_size": 64}},
+    )
+
+
+TASKS: dict[str, Task] = {
+    "adding": Task(
+        title="Adding task",
+        head="regressor",
+        output_size=1,
+        metric="loss",
+        load=load_adding,
+        methods=("sgd", "sgd_clip", "adam", "lstm_adam", "fw", "lstm_fw"),
+        presets={
+            "cpu": {**_ADDING, "length": 100, "steps": 2000, "test_size": 1000},
+            "paper": {**_ADDING, "length": 750, "steps": 20000, "test_size": 2000},
+        },
+        sgd_lr=0.01,
+        alg1={"delta": 0.1, "lr": 1.0},
+        authors_fw={(m, K): {"lr": 1e-3} for m in ("fw", "lstm_fw") for K in (1, 5, 10)},
+        folder=lambda config: f"adding_T{config.length}",
+    ),
+    "pixel_mnist": _mnist(
+        "Pixel-MNIST",
+        False,
+        {
+            ("fw", 1): {"lr": 2e-4, "batch_size": 512},
+            ("fw", 5): {"lr": 2e-4, "batch_size": 64},
+            ("tbptt_fw", 1): {"lr": 2e-4, "batch_size": 64},
+            ("tbptt_fw", 5): {"lr": 2e-4, "batch_size": 64},
+            ("indrnn_fw", 1): {"lr": 6e-4, "batch_size": 64},
+            ("indrnn_fw", 5): {"lr": 6e-4, "batch_size": 64},
+        },
+    ),
+    "permuted_mnist": _mnist(
+        "Permuted-MNIST",
+        True,
+        {
+            ("fw", 1): {"lr": 1e-3, "batch_size": 512},
+            ("fw", 5): {"lr": 2e-4, "batch_size": 64},
+            ("tbptt_fw", 1): {"lr": 6e-4, "batch_size": 32},
+            ("tbptt_fw", 5): {"lr": 1e-3, "batch_size": 64},
+            ("indrnn_fw", 1): {"lr": 6e-4, "batch_size": 64},
+            ("indrnn_fw", 5): {"lr": 1e-3, "batch_size": 64},
+        },
+    ),
+    "har2": _har("HAR-2", load_har2),
+    "noisy_har2": _har("Noisy-HAR-2", load_noisy_har2),
+}
+"""Every task, by the name the command line and the result folders use."""
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def load_task_data(config: Config, dataset: Dataset | None = None) -> TaskData:
+    """The data of ``config.task``; ``dataset`` replaces the loader (tests pass toy data)."""
+    return get_task(config.task).load(config, dataset)
 
 
 def build_model(config: Config, data: TaskData) -> RNNModel:
     """The network ``config`` names: vanilla/LSTM RNN (optionally with final BN) or deep IndRNN."""
-    output_size = TASK_SPECS[config.task].output_size
+    output_size = get_task(config.task).output_size
     if config.cell == "indrnn":
         return deep_indrnn(
             output_size,
@@ -162,7 +338,7 @@ def init_variables(config: Config, model: RNNModel, data: TaskData) -> tuple[Any
 def make_objective(config: Config, model: RNNModel, data: TaskData) -> Objective:
     """The training loss, the test evaluation and, where the method needs them, TBPTT and
     IndRNN's recurrent clip."""
-    spec = TASK_SPECS[config.task]
+    spec = get_task(config.task)
     head = get_head(spec.head)
     train_loss = make_train_loss(model, head.loss)
 
@@ -195,13 +371,14 @@ def make_objective(config: Config, model: RNNModel, data: TaskData) -> Objective
             return clip_indrnn_recurrent(params, bound)
 
     tbptt = None
-    if config.chunk_length is not None and config.method in ("tbptt", "tbptt_fw"):
+    method = get_method(config.method)
+    if method.tbptt:
         tbptt = TBPTT(
             chunk_fn=lambda model_state: rnn_chunk_fn(model, model_state),
             loss_fn=head.loss,
             chunk_length=config.chunk_length,
             initial_carry=model.initialize_carry,
-            inner_steps=config.K if config.method == "tbptt_fw" else 1,
+            inner_steps=config.K if method.frank_wolfe else 1,
         )
     test = stack_test(data.x_test, data.y_test, config.eval_batch_size)
     return Objective(loss, evaluate, test, spec.metric, project, tbptt)

@@ -1,22 +1,27 @@
-"""The one training loop: jit-compiled chunks of optimizer steps, curves, checkpoints.
+"""The one training loop: jit-compiled calls of optimizer steps, curves, checkpoints.
 
-Every experiment (each task, each method) goes through :func:`train`. A chunk of outer steps
-is one ``lax.scan`` inside one jitted call, so the host only sees the model at evaluation
-points. Each outer step eats ``batches_per_step`` mini-batches: one, or K for the authors'
-Frank-Wolfe flavour, where batch 1 gives the gradient at ω and batches 2..K are handed to
-``frank_wolfe`` as ``inner_batches``. Every optimizer is driven the same way,
-``tx.update(grads, state, params, value_fn=..., inner_batches=...)``; transformations that
-do not need them ignore the extra arguments (optax's rule).
+Every experiment (each task, each method) goes through :func:`train`, or through
+:func:`train_seeds`, which trains several seeds of one configuration in one compiled program
+(``jax.vmap`` over their parameters, optimizer states, data and keys). One jitted call runs
+``steps_per_call`` outer steps as one ``lax.scan``, so the host only sees the model at
+evaluation points. Each outer step eats ``batches_per_step`` mini-batches: one, or K for the
+authors' Frank-Wolfe flavour, where batch 1 gives the gradient at ω and batches 2..K are handed
+to ``frank_wolfe`` as ``inner_batches``. Every optimizer is driven the same way,
+``tx.update(grads, state, params, value_fn=..., inner_batches=...)``; transformations that do
+not need them ignore the extra arguments (optax's rule).
 
-Data comes from a :class:`Stream`: generated from PRNG keys inside the jitted step (the
-adding task: step ``i`` reads ``fold_in(key(seed), i)``), or read on the host by the shared
-``batches`` iterator, whose mini-batches for one chunk are stacked and scanned over.
+The whole training state is one pytree, :class:`TrainState` (step, parameters, model state
+such as batch-norm statistics, optimizer state, and the run's base key as key data), which
+orbax saves and restores as it is. Data comes from a :class:`Stream`: generated from keys
+inside the jitted step (the adding task: step ``i`` reads ``fold_in(key(seed), i)``), or read
+on the host by the shared ``batches`` iterator, whose mini-batches for one call are stacked
+and scanned over. The data position and every key are functions of the step, so a resumed
+run computes exactly what an uninterrupted one would, and a finished run asked for more steps
+continues where it stopped.
 
-Curves go to a JSON Lines file as they are measured. With a checkpoint folder, the state
-(params, model state such as batch-norm statistics, optimizer state, step, wall time) is
-saved with orbax at evaluation points; a later call with the same folder resumes from the
-last one. The data position and the random keys are functions of the step, so a resumed
-run computes exactly what an uninterrupted one would.
+Curves go to a JSON Lines file as they are measured. A non-finite training loss stops the run
+with :class:`Diverged` (naming the step and the loss) unless the optimizer skips non-finite
+updates (``optax.apply_if_finite``), in which case only non-finite parameters stop it.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import dataclasses
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +45,8 @@ from tqdm.auto import tqdm
 
 from benchmarks import parallel
 from benchmarks.data import batches
+from benchmarks.tbptt import tbptt_step
 from fw_optax import FrankWolfeState
-from models import tbptt_step
 
 Batch = Any
 Params = Any
@@ -47,11 +54,105 @@ ModelState = Any
 Array = jax.Array
 
 _DROPOUT_STREAM = 2**31 - 1  # fold_in index separating dropout keys from data keys
+KEEP_CHECKPOINTS = 2
+"""Checkpoints kept per run: the latest, and the one before it to fall back to."""
+
+
+def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Split ``model.init``'s variables into ``(params, state)``; state is e.g. ``batch_stats``."""
+    state = {name: value for name, value in variables.items() if name != "params"}
+    return variables["params"], state
+
+
+def make_train_loss(
+    model: Any, loss_fn: Callable[[Array, Array], Array]
+) -> Callable[..., tuple[Array, dict[str, Any]]]:
+    """A pure training loss ``f(params, state, x, y, dropout_key=None) -> (loss, new_state)``.
+
+    ``model`` is a Flax module such as ``models.RNNModel``, run with ``train=True``; ``state``
+    holds the non-parameter collections (``batch_stats``, empty without batch norm) and
+    ``new_state`` their updated values.
+
+    With ``frank_wolfe``: take the outer gradient with ``has_aux`` and keep its
+    ``new_state``, the running statistics then advance once per outer update, from the
+    k = 1 evaluation at the current weights. The inner steps k = 2..K call a closure that
+    feeds the same ``state`` and drops the returned statistics, so ``value_fn`` is a pure
+    scalar function of the weights; inside it batch norm still normalizes with the
+    statistics of the batch it is given (train mode), as PyTorch does in the authors' code.
+    Their running averages also moved at every inner forward (K per update); ours move
+    once, so they average fewer batches but only batches seen at unperturbed weights.
+
+    Example::
+
+        f = make_train_loss(model, mse_loss)
+        (loss, new_state), g = jax.value_and_grad(f, has_aux=True)(params, state, x, y)
+        value_fn = lambda w, b: f(w, state, b[0], b[1])[0]
+        updates, opt_state = tx.update(g, opt_state, params, value_fn=value_fn,
+                                       inner_batches=(xs, ys))  # leading axis K - 1
+        params, state = optax.apply_updates(params, updates), new_state
+    """
+
+    def loss(
+        params: Any, state: dict[str, Any], x: Array, y: Array, dropout_key: Array | None = None
+    ) -> tuple[Array, dict[str, Any]]:
+        variables = {"params": params, **state}
+        rngs = None if dropout_key is None else {"dropout": dropout_key}
+        if state:
+            out, new_state = model.apply(variables, x, train=True, mutable=list(state), rngs=rngs)
+        else:
+            out, new_state = model.apply(variables, x, train=True, rngs=rngs), state
+        return loss_fn(out, y), dict(new_state)
+
+    return loss
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run carries from one outer step to the next; orbax saves it as it is.
+
+    Attributes:
+      step: outer steps done (int32).
+      params: the parameters.
+      model_state: non-parameter collections such as ``batch_stats`` (``{}`` if none).
+      opt_state: the optimizer's state.
+      rng: key data of the run's base key, ``jax.random.key_data(key(seed))``; data and
+        dropout keys are folded from it and the step, so it never changes.
+
+    Under :func:`train_seeds` every field but ``step`` has a leading axis, one entry per seed.
+    """
+
+    step: Array
+    params: Params
+    model_state: ModelState
+    opt_state: Any
+    rng: Array
+
+    @classmethod
+    def create(cls, params: Params, model_state: ModelState, tx, seed: int) -> TrainState:
+        return cls(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            model_state={} if model_state is None else model_state,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.key(seed)),
+        )
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss (or, when updates are skipped, parameters)."""
+
+    def __init__(self, message: str, *, step: int, loss: float, seed: int | None = None):
+        super().__init__(message)
+        self.step, self.loss, self.seed = step, loss, seed
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the folder can be read."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TBPTT:
-    """Truncated BPTT: how ``models.tbptt_step`` runs the model chunk by chunk.
+    """Truncated BPTT: how ``benchmarks.tbptt.tbptt_step`` runs the model chunk by chunk.
 
     Attributes:
       chunk_fn: ``chunk_fn(model_state) -> (params, carry, x_chunk) -> (carry, y)``.
@@ -140,6 +241,7 @@ class TrainResult:
     train_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     eval_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
+    skipped_updates: int | None = None
 
     @property
     def final_train(self) -> float:
@@ -154,50 +256,59 @@ def make_step(
     objective: Objective,
     tx: optax.GradientTransformation,
     *,
-    seed: int,
     batches_per_step: int = 1,
-    to_batches: Callable[[Any], Batch] = lambda data: data,
-) -> Callable[[tuple[Params, ModelState, Any], tuple[Array, Any]], tuple[Any, Array]]:
-    """One outer step as a ``lax.scan`` body: ``((params, state, opt), (i, data)) -> loss``.
+    to_batches: Callable[[Array, Any], Batch] = lambda key, data: data,
+) -> Callable[[TrainState, tuple[Array, Any]], tuple[TrainState, Array]]:
+    """One outer step as a ``lax.scan`` body: ``(state, (i, data)) -> (state, loss)``.
 
-    ``to_batches(data)`` gives the step's mini-batches stacked ``[batches_per_step, ...]``
-    (from a key for generated streams; the identity for host data). The loss returned is the
-    training loss of the first batch at the weights before the step. Dropout keys are
-    ``fold_in(dropout_base(seed), i)``, split over the step's batches.
+    ``to_batches(data_key, data)`` gives the step's mini-batches stacked
+    ``[batches_per_step, ...]`` (generated from ``data_key = fold_in(key(seed), i)``, or the
+    host's ``data`` as it is). The loss returned is the training loss of the first batch at
+    the weights before the step. Dropout keys are ``fold_in(dropout_base(seed), i)``, split
+    over the step's batches.
     """
     tx = optax.with_extra_args_support(tx)
     project = objective.project or (lambda params: params)
-    dropout_base = jax.random.fold_in(jax.random.key(seed), _DROPOUT_STREAM)
 
-    def step(carry, xs):
-        params, model_state, opt_state = carry
+    def step(state: TrainState, xs: tuple[Array, Any]) -> tuple[TrainState, Array]:
         index, data = xs
-        stacked = to_batches(data)
+        base = jax.random.wrap_key_data(state.rng)
+        stacked = to_batches(jax.random.fold_in(base, index), data)
+        dropout_base = jax.random.fold_in(base, _DROPOUT_STREAM)
         keys = jax.random.split(jax.random.fold_in(dropout_base, index), batches_per_step)
         first = jax.tree.map(lambda a: a[0], stacked)
+        params, model_state, opt_state = state.params, state.model_state, state.opt_state
         if objective.tbptt is not None:
             params, opt_state, loss = _tbptt_update(
                 objective, tx, params, model_state, opt_state, first, keys[0]
             )
-            return (project(params), model_state, opt_state), loss
-        grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
-        (loss, new_state), grads = grad_fn(params, model_state, first, keys[0])
-        if batches_per_step > 1:
-            extra = {
-                "value_fn": lambda w, b: objective.loss(w, model_state, b[0], b[1])[0],
-                "inner_batches": (jax.tree.map(lambda a: a[1:], stacked), keys[1:]),
-            }
+            new_model_state = model_state
         else:
-            extra = {"value_fn": lambda w: objective.loss(w, model_state, first, keys[0])[0]}
-        updates, opt_state = tx.update(grads, opt_state, params, **extra)
-        params = project(optax.apply_updates(params, updates))
-        return (params, new_state, opt_state), loss
+            grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+            (loss, new_model_state), grads = grad_fn(params, model_state, first, keys[0])
+            if batches_per_step > 1:
+                extra = {
+                    "value_fn": lambda w, b: objective.loss(w, model_state, b[0], b[1])[0],
+                    "inner_batches": (jax.tree.map(lambda a: a[1:], stacked), keys[1:]),
+                }
+            else:
+                extra = {"value_fn": lambda w: objective.loss(w, model_state, first, keys[0])[0]}
+            updates, opt_state = tx.update(grads, opt_state, params, **extra)
+            params = optax.apply_updates(params, updates)
+        state = state.replace(
+            step=state.step + 1,
+            params=project(params),
+            model_state=new_model_state,
+            opt_state=opt_state,
+        )
+        return state, loss
 
     return step
 
 
 def _tbptt_update(objective, tx, params, model_state, opt_state, batch, key):
-    """``models.tbptt_step`` on one batch; the loss is the full-sequence loss before it."""
+    """``benchmarks.tbptt.tbptt_step`` on one batch; the loss is the full-sequence loss
+    before it."""
     spec = objective.tbptt
     x, y = batch[0], batch[1]
     loss, _ = objective.loss(params, model_state, batch, key)
@@ -217,9 +328,10 @@ def _tbptt_update(objective, tx, params, model_state, opt_state, batch, key):
 
 
 def _generated(generate: Callable[[Array], Batch], batches_per_step: int):
-    """``key -> batches [batches_per_step, ...]``; one batch reads the step's key itself."""
+    """``(key, _) -> batches [batches_per_step, ...]``; one batch reads the step's key itself."""
 
-    def to_batches(key):
+    def to_batches(key, data):
+        del data
         if batches_per_step == 1:
             return jax.tree.map(lambda a: a[None], generate(key))
         return jax.vmap(generate)(jax.random.split(key, batches_per_step))
@@ -227,31 +339,34 @@ def _generated(generate: Callable[[Array], Batch], batches_per_step: int):
     return to_batches
 
 
-def make_chunk_fn(
+def make_steps_fn(
     loss_fn: Callable[[Params, Batch], jax.Array],
     tx: optax.GradientTransformation,
     make_batch: Callable[[Any], Batch],
 ) -> Callable[[Params, Any, Any], tuple[Params, Any, jax.Array]]:
     """A jitted function running one optimizer step per key in ``keys``.
 
-    The plain case of :func:`train`'s chunk (no model state, one generated batch per step),
-    for ``benchmarks.perf``: ``run_chunk(params, opt_state, keys) -> (params, opt_state,
-    losses)``.
+    The plain case of :func:`train`'s calls (no model state, one generated batch per step),
+    for ``benchmarks.perf``: ``run_steps(params, opt_state, keys) -> (params, opt_state,
+    losses)``; step ``i`` reads the batch ``make_batch(keys[i])``.
     """
     objective = Objective(
         loss=lambda params, state, batch, key: (loss_fn(params, batch), state),
         evaluate=lambda params, state, test: {},
         test=None,
     )
-    step = make_step(objective, tx, seed=0, to_batches=_generated(make_batch, 1))
+    generate = _generated(make_batch, 1)
+    # The host hands the keys in as the steps' data; the state's own key goes unused.
+    step = make_step(objective, tx, to_batches=lambda unused_key, key: generate(key, None))
 
     @jax.jit
-    def run_chunk(params, opt_state, keys):
-        xs = (jnp.arange(keys.shape[0]), keys)
-        (params, _, opt_state), losses = jax.lax.scan(step, (params, {}, opt_state), xs)
-        return params, opt_state, losses
+    def run_steps(params, opt_state, keys):
+        rng = jax.random.key_data(jax.random.key(0))
+        state = TrainState(jnp.zeros([], jnp.int32), params, {}, opt_state, rng)
+        state, losses = jax.lax.scan(step, state, (jnp.arange(keys.shape[0]), keys))
+        return state.params, state.opt_state, losses
 
-    return run_chunk
+    return run_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +378,8 @@ class Checkpoints:
       every_s: save at an evaluation point once this many seconds passed since the last
         save (0: at every evaluation); the last step is always saved.
       meta: JSON-able description of the run; resuming refuses a checkpoint whose ``meta``
-        differs (another configuration wrote it).
+        differs (another configuration wrote it). Leave the budget (total steps) out of it:
+        a run asked for more steps than its checkpoint holds continues from there.
     """
 
     directory: Path
@@ -281,16 +397,8 @@ def train(
     eval_every: int,
     seed: int,
     model_state: ModelState = None,
-    batches_per_step: int = 1,
-    updates_per_step: int = 1,
-    grad_evals_per_step: float = 1.0,
-    steps_per_call: int | None = None,
     curves: Path | None = None,
-    checkpoints: Checkpoints | None = None,
-    desc: str = "train",
-    progress: bool = True,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    mesh: jax.sharding.Mesh | None = None,
+    **options: Any,
 ) -> tuple[Params, ModelState, TrainResult]:
     """Trains ``params`` for ``steps`` outer steps, evaluating every ``eval_every``.
 
@@ -303,28 +411,121 @@ def train(
       eval_every: steps between evaluations.
       seed: the data seed (host shuffles, generated batches, dropout).
       model_state: non-parameter collections such as ``batch_stats`` (``{}`` if none).
-      batches_per_step: mini-batches one outer step eats (K for the authors' FW flavour).
-      updates_per_step: optimizer updates one outer step makes (TBPTT: one per K chunks).
-      grad_evals_per_step: what one outer step costs, in full-sequence gradients of one
-        mini-batch (K for FW; TBPTT's chunk gradients count their share of the sequence).
-        Where the optimizer holds a ``fw_optax.FrankWolfeState``, the count it reports
-        (``inner_steps``: fewer than K when adaptive K stops early) is used instead.
-      steps_per_call: outer steps per jitted call (a divisor of ``eval_every``; default
-        ``eval_every``). Host batches for a call are stacked and scanned over.
       curves: a JSON Lines file; one record per evaluation is appended as it is measured.
-      checkpoints: save and resume the run (see :class:`Checkpoints`).
-      desc: label of the progress bar.
-      progress: show the progress bar (live loss, test metric, ETA).
-      on_record: called with every record after it is written (and saved).
-      mesh: a 1-D data mesh (``benchmarks.parallel.data_mesh``) to train data-parallel on:
-        every mini-batch is split over its devices and every gradient, the inner
-        Frank-Wolfe ones included, is the mean over them, so a step equals the
-        one-device step on the whole batch (batch norm aside: each device normalizes
-        with its own shard's statistics). ``None`` or one device: no split.
+      **options: the rest of :func:`train_seeds`'s keyword arguments.
 
     Returns:
       ``(params, model_state, result)``.
+
+    Raises:
+      Diverged: at the first non-finite training loss.
     """
+    state, (result,) = _train(
+        objective=objective,
+        tx=tx,
+        params=params,
+        model_state=model_state,
+        stream=stream,
+        steps=steps,
+        eval_every=eval_every,
+        seeds=(seed,),
+        curves=(curves,),
+        vmapped=False,
+        **options,
+    )
+    return state.params, state.model_state, result
+
+
+def train_seeds(
+    *,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    params: Params,
+    stream: Stream,
+    steps: int,
+    eval_every: int,
+    seeds: Sequence[int],
+    model_state: ModelState = None,
+    curves: Sequence[Path | None] | None = None,
+    **options: Any,
+) -> tuple[TrainState, list[TrainResult]]:
+    """Trains one configuration for several seeds in one compiled program.
+
+    Each seed's run is what :func:`train` with that seed computes (up to float rounding:
+    the batched program may sum in another order): ``params``, ``model_state`` and
+    ``objective.test`` carry a leading axis with one entry per seed (each seed's own
+    initialization and test set), the optimizer state, data order and keys are the seed's.
+
+    Args:
+      seeds: the seeds, one per entry of the leading axis.
+      curves: one JSON Lines file per seed (or ``None``).
+      **options: as :func:`train`, plus: ``batches_per_step`` (mini-batches one outer step
+        eats: K for the authors' FW flavour), ``updates_per_step`` (optimizer updates per
+        outer step: TBPTT makes one per K chunks), ``grad_evals_per_step`` (what one outer
+        step costs, in full-sequence gradients of one mini-batch; where the optimizer holds a
+        ``fw_optax.FrankWolfeState``, the count it reports is used instead),
+        ``steps_per_call`` (outer steps per jitted call, a divisor of ``eval_every``; default
+        ``eval_every``), ``checkpoints`` (:class:`Checkpoints`: save, resume, extend),
+        ``desc`` and ``progress`` (the progress bar), ``on_record`` (called with every
+        record after it is written), ``mesh`` (a 1-D data mesh,
+        ``benchmarks.parallel.data_mesh``: every mini-batch is split over its devices and
+        every gradient, the inner Frank-Wolfe ones included, is the mean over them, so a
+        step equals the one-device step on the whole batch, batch norm aside: each device
+        normalizes with its own shard's statistics), ``skip_nonfinite`` (the optimizer
+        skips non-finite updates: only non-finite parameters stop the run).
+
+    Returns:
+      ``(state, results)``: the final :class:`TrainState` (leading seed axis) and one
+      :class:`TrainResult` per seed.
+    """
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
+    if sizes != {len(seeds)}:
+        raise ValueError(
+            f"params need a leading axis of {len(seeds)} (one entry per seed {list(seeds)}), "
+            f"got leading sizes {sorted(sizes, key=str)}"
+        )
+    return _train(
+        objective=objective,
+        tx=tx,
+        params=params,
+        model_state=model_state,
+        stream=stream,
+        steps=steps,
+        eval_every=eval_every,
+        seeds=seeds,
+        curves=tuple(curves) if curves is not None else (None,) * len(seeds),
+        vmapped=True,
+        **options,
+    )
+
+
+def _train(
+    *,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    params: Params,
+    model_state: ModelState,
+    stream: Stream,
+    steps: int,
+    eval_every: int,
+    seeds: tuple[int, ...],
+    curves: tuple[Path | None, ...],
+    vmapped: bool,
+    batches_per_step: int = 1,
+    updates_per_step: int = 1,
+    grad_evals_per_step: float = 1.0,
+    steps_per_call: int | None = None,
+    checkpoints: Checkpoints | None = None,
+    desc: str = "train",
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    skip_nonfinite: bool = False,
+) -> tuple[TrainState, list[TrainResult]]:
+    """The loop behind :func:`train` (one run, ``vmapped=False``) and :func:`train_seeds`."""
     steps_per_call = eval_every if steps_per_call is None else steps_per_call
     if steps < 1 or eval_every < 1 or steps % eval_every:
         raise ValueError(
@@ -333,30 +534,55 @@ def train(
         )
     if steps_per_call < 1 or eval_every % steps_per_call:
         raise ValueError(f"steps_per_call ({steps_per_call}) must divide eval_every ({eval_every})")
+    if len(curves) != len(seeds):
+        raise ValueError(f"curves needs one file per seed ({len(seeds)}), got {len(curves)}")
     model_state = {} if model_state is None else model_state
     generated = stream.generate is not None
-    to_batches = _generated(stream.generate, batches_per_step) if generated else (lambda d: d)
+    to_batches = _generated(stream.generate, batches_per_step) if generated else None
     split = mesh is not None and mesh.size > 1
     if split:
         objective, to_batches = _data_parallel(objective, to_batches, stream, mesh)
     step = make_step(
-        objective, tx, seed=seed, batches_per_step=batches_per_step, to_batches=to_batches
+        objective,
+        tx,
+        batches_per_step=batches_per_step,
+        to_batches=to_batches or (lambda key, data: data),
     )
-
     measured = objective.tbptt is None
 
-    def counted_step(carry, xs):
-        carry, loss = step(carry, xs)
-        evals = _inner_steps(carry[2]) if measured else None
-        return carry, (loss, jnp.float32(grad_evals_per_step) if evals is None else evals)
+    def counted_step(state, xs):
+        state, loss = step(state, xs)
+        evals = _inner_steps(state.opt_state) if measured else None
+        return state, (loss, jnp.float32(grad_evals_per_step) if evals is None else evals)
 
-    def scan_steps(carry, xs):
-        return jax.lax.scan(counted_step, carry, xs)
+    # Under vmap every field but the step has a leading seed axis, and so has host data.
+    state_axes = TrainState(step=None, params=0, model_state=0, opt_state=0, rng=0)
+    data_axes = (None, None if generated else 0)
+    one_step = (
+        jax.vmap(counted_step, in_axes=(state_axes, data_axes), out_axes=(state_axes, 0))
+        if vmapped
+        else counted_step
+    )
 
+    def scan_steps(state, xs):
+        return jax.lax.scan(one_step, state, xs)
+
+    def init_state(params, model_state, rng):
+        return TrainState(jnp.zeros([], jnp.int32), params, model_state, tx.init(params), rng)
+
+    rngs = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    if vmapped:
+        state = jax.jit(jax.vmap(init_state, out_axes=state_axes))(params, model_state, rngs)
+        evaluate = jax.jit(jax.vmap(objective.evaluate))
+    else:
+        state = init_state(params, model_state, rngs[0])
+        evaluate = jax.jit(objective.evaluate)
+
+    # Host data of one call: [steps_per_call, (seeds,) batches_per_step, B, ...].
+    batch_axis = 3 if vmapped else 2
     if split:
-        # Host batches are stacked [steps_per_call, batches_per_step, B, ...]: split axis 2.
-        data_spec = P() if generated else parallel.batch_spec(2)
-        run_chunk = parallel.data_parallel(
+        data_spec = P() if generated else parallel.batch_spec(batch_axis)
+        run_steps = parallel.data_parallel(
             scan_steps, mesh, in_specs=(P(), (P(), data_spec)), out_specs=P()
         )
         replicated = jax.sharding.NamedSharding(mesh, P())
@@ -366,71 +592,100 @@ def train(
 
         def place_inputs(inputs):
             indices, data = inputs
-            data = place(data) if generated else parallel.shard_batch(data, mesh, 2)
+            data = place(data) if generated else parallel.shard_batch(data, mesh, batch_axis)
             return place(indices), data
     else:
-        run_chunk = jax.jit(scan_steps)
+        run_steps = jax.jit(scan_steps)
 
         def place(tree):
             return tree
 
         place_inputs = place
 
-    evaluate = jax.jit(objective.evaluate)
-    carry = place((params, model_state, tx.init(params)))
-    data_key = jax.random.key(seed)
+    state = place(state)
     per_epoch = stream.batches_per_epoch
+    runs = len(seeds)
 
-    def record(done: int, train_loss: float | None, wall: float) -> dict[str, Any]:
-        metrics = {k: float(v) for k, v in evaluate(carry[0], carry[1], objective.test).items()}
-        row: dict[str, Any] = {
-            "step": done,
-            "updates": done * updates_per_step,
-            "batches": done * batches_per_step,
-            "grad_evals": evals_done,
-            "wall_time_s": wall,
-            "train_loss": train_loss,
-            **{f"test_{k}": v for k, v in metrics.items()},
-        }
-        if per_epoch:
-            row["epoch"] = done * batches_per_step / per_epoch
-        return row
+    def record(done: int, train_loss: list[float | None], wall: float) -> list[dict[str, Any]]:
+        metrics = evaluate(state.params, state.model_state, objective.test)
+        metrics = {k: np.asarray(v).reshape(runs) for k, v in metrics.items()}
+        rows = []
+        for r in range(runs):
+            row: dict[str, Any] = {
+                "step": done,
+                "updates": done * updates_per_step,
+                "batches": done * batches_per_step,
+                "grad_evals": evals_done[r],
+                "wall_time_s": wall,
+                "train_loss": train_loss[r],
+                **{f"test_{k}": float(v[r]) for k, v in metrics.items()},
+            }
+            if per_epoch:
+                row["epoch"] = done * batches_per_step / per_epoch
+            rows.append(row)
+        return rows
 
     manager = _manager(checkpoints)
-    start, wall, rows, evals_done = 0, 0.0, [], 0.0
-    if manager is not None and manager.latest_step() is not None:
-        carry, start, wall = _restore(manager, checkpoints, carry)
-        carry = place(carry)
-        rows = [row for row in _read_records(curves) if row["step"] <= start]
-        evals_done = rows[-1]["grad_evals"] if rows else start * grad_evals_per_step
-    if not rows:
-        rows = [record(0, None, 0.0)]
-    if curves is not None:
-        curves.parent.mkdir(parents=True, exist_ok=True)
-        curves.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    start, wall = 0, 0.0
+    history: list[list[dict[str, Any]]] = [[] for _ in seeds]
+    evals_done = [0.0] * runs
+    if manager is not None and manager.all_steps():
+        state, start, wall = _restore(manager, checkpoints, state)
+        if start > steps:
+            raise ValueError(
+                f"the checkpoint in {checkpoints.directory} is at step {start}, beyond the "
+                f"{steps} steps asked for: ask for at least {start}, or start over"
+            )
+        state = place(state)
+        history = [[row for row in _read_records(c) if row["step"] <= start] for c in curves]
+        evals_done = [
+            rows[-1]["grad_evals"]
+            if rows and rows[-1]["step"] == start
+            else start * grad_evals_per_step
+            for rows in history
+        ]
+    if not all(rows and rows[-1]["step"] == start for rows in history):
+        if start and any(path is not None for path in curves):
+            warnings.warn(
+                f"the curves of the run resumed at step {start} do not reach it; they restart "
+                "there",
+                stacklevel=2,
+            )
+        history = [[row] for row in record(start, [None] * runs, wall)]
+    for path, rows in zip(curves, history, strict=True):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    def call_inputs(first: int, host: Iterator[Batch] | None):
+    def call_inputs(first: int, host: list[Iterator[Batch]] | None):
         indices = jnp.arange(first, first + steps_per_call)
         if host is None:
-            return indices, jax.vmap(lambda i: jax.random.fold_in(data_key, i))(indices)
-        group = [next(host) for _ in range(steps_per_call * batches_per_step)]
-        stacked = tuple(
-            np.stack(arrays).reshape(steps_per_call, batches_per_step, *arrays[0].shape)
-            for arrays in zip(*group, strict=True)
-        )
-        return indices, stacked
+            return indices, None
+        per_run = []
+        for it in host:
+            group = [next(it) for _ in range(steps_per_call * batches_per_step)]
+            per_run.append(
+                tuple(
+                    np.stack(arrays).reshape(steps_per_call, batches_per_step, *arrays[0].shape)
+                    for arrays in zip(*group, strict=True)
+                )
+            )
+        if not vmapped:
+            return indices, per_run[0]
+        return indices, tuple(np.stack(parts, axis=1) for parts in zip(*per_run, strict=True))
 
     host = None
     if not generated:
-        host = stream.host_batches(seed)
-        # The data position is a function of the step: replay the iterator up to it.
-        for _ in itertools.islice(host, start * batches_per_step):
-            pass
+        host = [stream.host_batches(s) for s in seeds]
+        # The data position is a function of the step: replay the iterators up to it.
+        for it in host:
+            for _ in itertools.islice(it, start * batches_per_step):
+                pass
     # Inputs of the next call are read while the device runs the current one (async dispatch).
     feed = (place_inputs(call_inputs(first, host)) for first in range(start, steps, steps_per_call))
     inputs = next(feed, None)
     t0 = time.perf_counter()
-    compiled = run_chunk.lower(carry, inputs).compile() if inputs is not None else None
+    compiled = run_steps.lower(state, inputs).compile() if inputs is not None else None
     compile_time = time.perf_counter() - t0
 
     metric = f"test_{objective.metric}"
@@ -445,55 +700,107 @@ def train(
             t0 = time.perf_counter()
             losses, evals = [], []
             for _ in range(eval_every // steps_per_call):
-                carry, (chunk_losses, chunk_evals) = compiled(carry, inputs)
+                state, (call_losses, call_evals) = compiled(state, inputs)
                 inputs = next(feed, None)
-                losses.append(chunk_losses)
-                evals.append(chunk_evals)
+                losses.append(call_losses)
+                evals.append(call_evals)
             # Read back once per evaluation, so the calls in between dispatch asynchronously.
-            train_loss = float(jnp.mean(jnp.concatenate(losses)))
-            evals_done += float(jnp.sum(jnp.concatenate(evals)))
-            jax.block_until_ready(carry)
+            losses = np.asarray(jnp.concatenate(losses)).reshape(eval_every, runs)
+            evals = np.asarray(jnp.concatenate(evals)).reshape(eval_every, runs)
+            jax.block_until_ready(state)
             wall += time.perf_counter() - t0
+            _check_finite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped)
+            mean = np.nanmean if skip_nonfinite else np.mean  # skipped steps may have NaN losses
+            train_loss = [float(x) for x in mean(losses, axis=0)]
+            evals_done = [a + float(b) for a, b in zip(evals_done, evals.sum(axis=0), strict=True)]
             done = interval + eval_every
-            row = record(done, train_loss, wall)
-            rows.append(row)
-            if curves is not None:
-                with curves.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            rows = record(done, train_loss, wall)
+            for path, run_rows, row in zip(curves, history, rows, strict=True):
+                run_rows.append(row)
+                if path is not None:
+                    with path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
             if manager is not None and (
                 done == steps or time.perf_counter() - last_save >= checkpoints.every_s
             ):
-                _save(manager, checkpoints, carry, done, wall)
+                _save(manager, checkpoints, state, done, wall)
                 last_save = time.perf_counter()
             if on_record is not None:
-                on_record(row)
+                for row in rows:
+                    on_record(row)
             bar.update(eval_every)
-            bar.set_postfix(loss=f"{train_loss:.4f}", **{metric: f"{row[metric]:.4f}"})
+            shown = {metric: f"{np.mean([row[metric] for row in rows]):.4f}"}
+            bar.set_postfix(loss=f"{np.mean(train_loss):.4f}", **shown)
     finally:
         bar.close()
         if manager is not None:
             manager.wait_until_finished()
             manager.close()
 
-    result = TrainResult(
-        steps=steps,
-        grad_evals=evals_done,
-        wall_time_s=wall,
-        compile_time_s=compile_time,
-        updates=steps * updates_per_step,
-        batches=steps * batches_per_step,
-        train_curve=[(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None],
-        eval_curve=[(r["step"], r[metric]) for r in rows],
-        records=rows,
-    )
-    return carry[0], carry[1], result
+    results = [
+        TrainResult(
+            steps=steps,
+            grad_evals=run_evals,
+            wall_time_s=wall,
+            compile_time_s=compile_time,
+            updates=steps * updates_per_step,
+            batches=steps * batches_per_step,
+            train_curve=[(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None],
+            eval_curve=[(r["step"], r[metric]) for r in rows],
+            records=rows,
+            skipped_updates=_skipped(state.opt_state, r if vmapped else None),
+        )
+        for r, (rows, run_evals) in enumerate(zip(history, evals_done, strict=True))
+    ]
+    return state, results
+
+
+def _check_finite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped) -> None:
+    """Raises :class:`Diverged` at the first non-finite training loss, or, when the optimizer
+    skips non-finite updates, once the parameters themselves are no longer finite."""
+    if skip_nonfinite:
+        finite = _params_finite(state.params, vmapped)
+        if not finite.all():
+            r = int(np.argmin(finite))
+            step = interval + losses.shape[0]
+            raise Diverged(
+                f"{desc}: the parameters are no longer finite at outer step {step} (seed "
+                f"{seeds[r]}), although non-finite updates are skipped",
+                step=step,
+                loss=float("nan"),
+                seed=seeds[r],
+            )
+        return
+    bad = np.argwhere(~np.isfinite(losses))
+    if len(bad):
+        i, r = bad[0]  # row-major: the earliest step first
+        step = interval + int(i) + 1
+        loss = float(losses[i, r])
+        raise Diverged(
+            f"{desc}: the training loss is {loss} at outer step {step} (seed {seeds[r]}); the "
+            "run stopped there. Lower the learning rate, clip the gradients, or skip such "
+            "updates (--on-nonfinite skip)",
+            step=step,
+            loss=loss,
+            seed=seeds[r],
+        )
+
+
+def _params_finite(params: Params, vmapped: bool) -> np.ndarray:
+    """Per run (one entry, or one per seed under vmap): are all parameters finite?"""
+
+    def per_run(x):
+        ok = jnp.isfinite(x)
+        return ok.reshape(ok.shape[0], -1).all(axis=1) if vmapped else ok.all()[None]
+
+    return np.logical_and.reduce([np.asarray(per_run(x)) for x in jax.tree.leaves(params)])
 
 
 def _data_parallel(objective: Objective, to_batches, stream: Stream, mesh) -> tuple[Any, Any]:
     """The objective and batch source of one device's shard inside ``shard_map``."""
     if objective.tbptt is not None:
         raise ValueError(
-            "truncated BPTT differentiates its chunk losses inside models.tbptt, so its "
+            "truncated BPTT differentiates its chunk losses inside benchmarks.tbptt, so its "
             f"gradients would stay per-device: run it on one device, not on a mesh of {mesh.size}"
         )
     if stream.generate is None:
@@ -507,19 +814,34 @@ def _data_parallel(objective: Objective, to_batches, stream: Stream, mesh) -> tu
 
     objective = dataclasses.replace(objective, loss=shard_loss)
     if stream.generate is None:
-        return objective, to_batches
+        return objective, None
     # Every device generates the whole step's batch from the same key and keeps its rows.
-    return objective, lambda key: parallel.local_shard(to_batches(key), axis, batch_axis=1)
+    return objective, lambda key, data: parallel.local_shard(
+        to_batches(key, data), axis, batch_axis=1
+    )
+
+
+def _states(opt_state: Any, kind: type) -> list[Any]:
+    return [
+        x
+        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
+        if isinstance(x, kind)
+    ]
 
 
 def _inner_steps(opt_state: Any) -> jax.Array | None:
     """The gradients the last Frank-Wolfe outer step evaluated, if ``opt_state`` has one."""
-    states = [
-        x
-        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FrankWolfeState))
-        if isinstance(x, FrankWolfeState)
-    ]
+    states = _states(opt_state, FrankWolfeState)
     return states[0].inner_steps.astype(jnp.float32) if len(states) == 1 else None
+
+
+def _skipped(opt_state: Any, run: int | None) -> int | None:
+    """Updates ``optax.apply_if_finite`` skipped (run ``run`` of a vmapped state), if any."""
+    states = _states(opt_state, optax.ApplyIfFiniteState)
+    if len(states) != 1:
+        return None
+    total = np.asarray(states[0].total_notfinite)
+    return int(total if run is None else total[run])
 
 
 def _read_records(curves: Path | None) -> list[dict[str, Any]]:
@@ -535,39 +857,57 @@ def _manager(checkpoints: Checkpoints | None):
 
     return ocp.CheckpointManager(
         checkpoints.directory.absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=KEEP_CHECKPOINTS, create=True),
     )
 
 
-def _save(manager, checkpoints: Checkpoints, carry, step: int, wall: float) -> None:
+def _save(manager, checkpoints: Checkpoints, state: TrainState, step: int, wall: float) -> None:
     import orbax.checkpoint as ocp
 
-    # Leaves by position: optimizer states (NamedTuples, empty states) round-trip exactly.
-    leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(carry))}
     manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(leaves),
+            state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave({**checkpoints.meta, "step": step, "wall_time_s": wall}),
         ),
     )
 
 
-def _restore(manager, checkpoints: Checkpoints, carry):
+def _restore(manager, checkpoints: Checkpoints, state: TrainState) -> tuple[TrainState, int, float]:
+    """The newest readable checkpoint, as ``state`` is laid out (shapes, dtypes, shardings:
+    a run saved on N devices restores on M). An unreadable one is skipped with a warning."""
     import orbax.checkpoint as ocp
 
-    step = manager.latest_step()
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    saved = {k: v for k, v in meta.items() if k not in ("step", "wall_time_s")}
-    if saved != json.loads(json.dumps(checkpoints.meta)):
-        raise ValueError(
-            f"the checkpoint in {checkpoints.directory} was written by another configuration "
-            f"({saved}); delete it or pass another folder"
-        )
-    leaves, treedef = jax.tree.flatten(carry)
-    target = {str(i): jax.ShapeDtypeStruct(np.shape(x), x.dtype) for i, x in enumerate(leaves)}
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
-        "state"
-    ]
-    restored = jax.tree.unflatten(treedef, [jnp.asarray(state[str(i)]) for i in range(len(leaves))])
-    return restored, step, float(meta["wall_time_s"])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
+        state,
+    )
+    expected = json.loads(json.dumps(checkpoints.meta))
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore(), state=ocp.args.StandardRestore(target)
+                ),
+            )
+        except Exception as error:  # orbax/tensorstore raise many kinds; the message names it
+            warnings.warn(
+                f"checkpoint step {step} in {checkpoints.directory} is unreadable "
+                f"({type(error).__name__}: {str(error)[:200]}); trying the one before it",
+                stacklevel=3,
+            )
+            continue
+        meta = restored["meta"]
+        saved = {k: v for k, v in meta.items() if k not in ("step", "wall_time_s")}
+        if saved != expected:
+            raise ValueError(
+                f"the checkpoint in {checkpoints.directory} was written by another "
+                f"configuration ({saved}); delete it or pass another folder"
+            )
+        return restored["state"], step, float(meta["wall_time_s"])
+    raise CheckpointError(
+        f"no checkpoint in {checkpoints.directory} is readable (steps {steps}): delete the "
+        "folder, or rerun with --restart, to start the run over"
+    )

@@ -1,4 +1,5 @@
-"""The paper's RNN family in Flax: cells, stacked models, heads, and truncated BPTT."""
+"""The paper's RNN family in Flax: cells, stacked models and heads (modules only; the
+training pieces, truncated BPTT included, live in ``benchmarks``)."""
 
 from models.cells import (
     CELL_NAMES,
@@ -24,30 +25,18 @@ from models.rnn import (
     deep_indrnn,
     default_impl,
     default_unroll,
-    make_train_loss,
     resolve_impl,
-    split_variables,
 )
 from models.scan_rnn import scan_cell, simple_rnn_scan
-from models.tbptt import (
-    ChunkBatch,
-    chunk_loss,
-    rnn_chunk_fn,
-    split_chunks,
-    tbptt_loss,
-    tbptt_step,
-)
 
 __all__ = [
     "CELL_NAMES",
-    "ChunkBatch",
     "HEADS",
     "Head",
     "HoistedRNN",
     "IndRNNCell",
     "RNNModel",
     "binary_cross_entropy_loss",
-    "chunk_loss",
     "clip_indrnn_recurrent",
     "cross_entropy_loss",
     "deep_indrnn",
@@ -58,16 +47,10 @@ __all__ = [
     "identity_init",
     "indrnn_recurrent_bound",
     "make_cell",
-    "make_train_loss",
     "mse_loss",
     "resolve_impl",
-    "rnn_chunk_fn",
     "scan_cell",
     "sigmoid_mse_loss",
     "simple_rnn_scan",
-    "split_chunks",
-    "split_variables",
     "supports_fused",
-    "tbptt_loss",
-    "tbptt_step",
 ]

@@ -67,8 +67,9 @@ class RNNModel(nn.Module):
     running statistics in the ``batch_stats`` collection, the Flax way: ``train=True``
     normalizes with the batch's statistics and, when applied with
     ``mutable=["batch_stats"]``, returns the updated running averages; ``train=False``
-    uses the stored averages and changes nothing. ``make_train_loss`` wraps this into a
-    pure loss for ``jax.grad`` and ``frank_wolfe`` (see there how the statistics flow).
+    uses the stored averages and changes nothing. ``benchmarks.train.make_train_loss``
+    wraps this into a pure loss for ``jax.grad`` and ``frank_wolfe`` (see there how the
+    statistics flow).
 
     Attributes:
       hidden_size: H, units per layer.
@@ -331,50 +332,3 @@ def deep_indrnn(
         recurrent_bound=recurrent_bound,
         **kwargs,
     )
-
-
-def split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Split ``model.init``'s variables into ``(params, state)``; state is e.g. ``batch_stats``."""
-    state = {name: value for name, value in variables.items() if name != "params"}
-    return variables["params"], state
-
-
-def make_train_loss(
-    model: RNNModel, loss_fn: Callable[[Array, Array], Array]
-) -> Callable[..., tuple[Array, dict[str, Any]]]:
-    """A pure training loss ``f(params, state, x, y, dropout_key=None) -> (loss, new_state)``.
-
-    The model runs with ``train=True``; ``state`` holds the non-parameter collections
-    (``batch_stats``, empty without batch norm) and ``new_state`` their updated values.
-
-    With ``frank_wolfe``: take the outer gradient with ``has_aux`` and keep its
-    ``new_state``, the running statistics then advance once per outer update, from the
-    k = 1 evaluation at the current weights. The inner steps k = 2..K call a closure that
-    feeds the same ``state`` and drops the returned statistics, so ``value_fn`` is a pure
-    scalar function of the weights; inside it batch norm still normalizes with the
-    statistics of the batch it is given (train mode), as PyTorch does in the authors' code.
-    Their running averages also moved at every inner forward (K per update); ours move
-    once, so they average fewer batches but only batches seen at unperturbed weights.
-
-    Example::
-
-        f = make_train_loss(model, mse_loss)
-        (loss, new_state), g = jax.value_and_grad(f, has_aux=True)(params, state, x, y)
-        value_fn = lambda w, b: f(w, state, b[0], b[1])[0]
-        updates, opt_state = tx.update(g, opt_state, params, value_fn=value_fn,
-                                       inner_batches=(xs, ys))  # leading axis K - 1
-        params, state = optax.apply_updates(params, updates), new_state
-    """
-
-    def loss(
-        params: Any, state: dict[str, Any], x: Array, y: Array, dropout_key: Array | None = None
-    ) -> tuple[Array, dict[str, Any]]:
-        variables = {"params": params, **state}
-        rngs = None if dropout_key is None else {"dropout": dropout_key}
-        if state:
-            out, new_state = model.apply(variables, x, train=True, mutable=list(state), rngs=rngs)
-        else:
-            out, new_state = model.apply(variables, x, train=True, rngs=rngs), state
-        return loss_fn(out, y), dict(new_state)
-
-    return loss

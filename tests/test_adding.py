@@ -1,12 +1,10 @@
-"""The adding problem's generator and the main job's command line."""
-
-import json
+"""The adding problem's generator and the main job (a preset of the runner)."""
 
 import jax
 import numpy as np
 import pytest
 
-from benchmarks import adding
+from benchmarks import adding, run
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
 from benchmarks.machine import describe
 
@@ -42,49 +40,53 @@ def test_bad_sizes_are_named(kwargs):
         adding_batch(jax.random.key(0), **args)
 
 
-def test_main_job_writes_curves_table_and_figure(tmp_path):
-    report = adding.main(
-        [
-            "--length",
-            "8",
-            "--steps",
-            "20",
-            "--eval-every",
-            "10",
-            "--hidden",
-            "4",
-            "--batch",
-            "4",
-            "--test-size",
-            "16",
-            "--K",
-            "1",
-            "3",
-            "--out",
-            str(tmp_path),
-            "--no-progress",
-        ]
-    )
-    assert list(report["runs"]) == ["SGD", "SGD+clip", "Adam", "FW K=1", "FW K=3"]
-    assert report["runs"]["FW K=3"]["grad_evals"] == 60
-    assert report["runs"]["SGD"]["grad_evals"] == 20
-    saved = json.loads((tmp_path / "T8_seed0.json").read_text())
-    assert len(saved["runs"]["Adam"]["eval_curve"]) == 3  # step 0, 10, 20
-    table = (tmp_path / "T8_seed0.md").read_text()
-    assert "| FW K=3 |" in table and describe(report["machine"]) in table
-    assert report["machine"]["cores"] >= 1
-    assert (tmp_path / "T8_seed0.png").stat().st_size > 10_000
+TINY = ["--length", "8", "--steps", "20", "--eval-every", "10", "--test-size", "16"]
+TINY += ["--set", "hidden=4", "batch_size=4", "--no-progress", "--devices", "1"]
+
+
+def test_main_job_runs_every_method_and_writes_the_report_table_and_figure(tmp_path):
+    summaries = adding.main([*TINY, "--K", "1", "3", "--out", str(tmp_path)])
+    names = [s["run"] for s in summaries]
+    tag = "batchsize4_evalevery10_hidden4_testsize16"
+    assert names == [
+        f"sgd_{tag}_cpu_seed0",
+        f"sgd_clip_{tag}_cpu_seed0",
+        f"adam_{tag}_cpu_seed0",
+        f"fw_K1_alg1_{tag}_cpu_seed0",
+        f"fw_K3_alg1_{tag}_cpu_seed0",
+    ]
+    by_name = {s["run"]: s for s in summaries}
+    assert by_name[f"fw_K3_alg1_{tag}_cpu_seed0"]["grad_evals"] == 60
+    assert by_name[f"sgd_{tag}_cpu_seed0"]["grad_evals"] == 20
+    folder = tmp_path / "adding_T8"
+    for name in names:  # the runner's own files
+        assert (folder / f"{name}.json").is_file() and (folder / f"{name}.jsonl").is_file()
+    table = (folder / "comparison_cpu_seed0.md").read_text()
+    assert "| fw K=3 alg1 batch_size=4 eval_every=10 hidden=4 test_size=16 |" in table
+    assert describe(summaries[0]["machine"]) in table
+    assert (folder / "comparison_cpu_seed0.png").stat().st_size > 10_000
+
+
+def test_the_preset_and_the_runner_compute_the_same_numbers(tmp_path):
+    preset = adding.main([*TINY, "--method", "fw", "--K", "3", "--out", str(tmp_path / "a")])
+    argv = ["--task", "adding", "--method", "fw", "--K", "3", "--flavour", "alg1", *TINY]
+    runner = run.main([*argv, "--out", str(tmp_path / "b")])
+    assert [s["run"] for s in preset] == [s["run"] for s in runner]
+    assert preset[0]["final"]["test_loss"] == runner[0]["final"]["test_loss"]
+    assert preset[0]["config"] == runner[0]["config"]
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--steps", "25", "--eval-every", "10"], "multiple"),
-        (["--K", "0"], "--K"),
-        (["--length", "0"], "--length"),
+        (["--K", "0"], "K must be an int >= 1"),
+        (["--length", "0"], "length must be >= 1"),
+        (["--set", "hiden=3"], "unknown field 'hiden'"),
     ],
 )
-def test_bad_flags_are_rejected(argv, message, capsys):
+def test_bad_flags_are_rejected_before_anything_runs(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        adding.parse_args(argv)
+        adding.main([*argv, "--out", str(tmp_path / "out")])
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,11 +1,15 @@
-"""The hyper-parameter tables (benchmarks/configs.py): every row resolves, flavours, errors."""
+"""One run's settings (benchmarks/configs.py on the task and method registries): every row
+resolves, flavours, overrides by name and type, run names, errors."""
 
 import pytest
 
 from benchmarks import configs
-from benchmarks.configs import get_config, table_for
+from benchmarks.configs import get_config, parse_setting, parse_settings, table_for
+from benchmarks.methods import METHODS
+from benchmarks.report import PAPER_TABLE1, PAPER_TABLE2, TABLE2_ROWS
+from benchmarks.tasks import TASKS
 
-PAIRS = [(task, method) for task in configs.TASKS for method in configs.TASK_METHODS[task]]
+PAIRS = [(task, method) for task in TASKS for method in configs.task_methods(task)]
 
 
 @pytest.mark.parametrize("preset", configs.PRESETS)
@@ -18,14 +22,14 @@ def test_every_pair_resolves_under_every_preset(task, method, preset):
         assert config.steps % config.eval_every == 0
     else:
         assert config.epochs >= 1
-    assert (config.flavour is not None) == (method in configs.FW_METHODS)
+    assert (config.flavour is not None) == METHODS[method].frank_wolfe
 
 
 @pytest.mark.parametrize("K", [1, 5, 10])
 def test_authors_flavour_is_adam_with_delta_equal_to_lr_and_fresh_batches(K):
     config = get_config("har2", "fw", "paper", K=K, flavour="authors")
     assert config.optimizer == "adam"
-    assert config.delta == config.eta == config.lr
+    assert config.delta == config.lr
     assert config.batches_per_step == K
     # The authors' K=10 runs used lr 6e-4 and batch 32, K=1 and K=5 lr 1e-3 and batch 128.
     assert (config.lr, config.batch_size) == ((6e-4, 32) if K == 10 else (1e-3, 128))
@@ -33,8 +37,8 @@ def test_authors_flavour_is_adam_with_delta_equal_to_lr_and_fresh_batches(K):
 
 def test_alg1_flavour_is_sgd_on_one_batch_per_step():
     config = get_config("adding", "fw", "cpu", K=5, flavour="alg1")
-    assert config.optimizer == "sgd" and config.lr == config.eta
-    assert config.batches_per_step == 1 and (config.delta, config.eta) == (0.1, 1.0)
+    assert config.optimizer == "sgd"
+    assert config.batches_per_step == 1 and (config.delta, config.lr) == (0.1, 1.0)
 
 
 def test_tbptt_fw_takes_its_inner_steps_from_chunks_not_batches():
@@ -54,18 +58,18 @@ def test_paper_preset_follows_the_authors_scripts():
 
 
 def test_cpu_preset_is_a_smaller_budget_than_paper():
-    for task in configs.TASKS:
+    for task in TASKS:
         cpu, paper = get_config(task, "sgd", "cpu"), get_config(task, "sgd", "paper")
         if task == "adding":
             assert cpu.steps < paper.steps
         else:
             assert cpu.epochs < paper.epochs
     assert get_config("pixel_mnist", "adam", "cpu").train_size == 20000
-    assert get_config("adding", "sgd", "cpu", length=400).steps == 1000
+    assert get_config("adding", "sgd", "cpu", length=400).steps == 2000
 
 
 @pytest.mark.parametrize("preset", configs.PRESETS)
-@pytest.mark.parametrize("task", configs.TASKS)
+@pytest.mark.parametrize("task", list(TASKS))
 def test_table_runs_have_distinct_names(task, preset):
     runs = table_for(task, preset)
     names = [run.run_name for run in runs]
@@ -75,12 +79,12 @@ def test_table_runs_have_distinct_names(task, preset):
 
 
 def test_paper_tables_have_every_row():
-    assert list(configs.PAPER_TABLE2) == list(configs.TABLE2_ROWS)
-    assert len(configs.PAPER_TABLE2) == 12
-    assert configs.PAPER_TABLE2["IndRNN+Ours"] == (96.55, 0.13, 92.15)
-    assert configs.PAPER_TABLE1["pixel_mnist"]["Baseline"] == (98.88, 4.84)
-    for method, _ in configs.TABLE2_ROWS.values():
-        assert method in configs.TASK_METHODS["har2"]
+    assert list(PAPER_TABLE2) == list(TABLE2_ROWS)
+    assert len(PAPER_TABLE2) == 12
+    assert PAPER_TABLE2["IndRNN+Ours"] == (96.55, 0.13, 92.15)
+    assert PAPER_TABLE1["pixel_mnist"]["Baseline"] == (98.88, 4.84)
+    for method, _ in TABLE2_ROWS.values():
+        assert method in TASKS["har2"].methods
 
 
 @pytest.mark.parametrize(
@@ -93,11 +97,75 @@ def test_paper_tables_have_every_row():
         (("har2", "fw", "cpu"), {"flavour": "torch"}, "unknown flavour 'torch'"),
         (("har2", "sgd", "cpu"), {"K": 5}, "Frank-Wolfe methods only"),
         (("har2", "fw", "cpu"), {"K": 0}, "K must be an int >= 1"),
-        (("har2", "fw", "cpu"), {"epochs": 0}, "epochs must be an int >= 1"),
+        (("har2", "fw", "cpu"), {"epochs": 0}, "epochs must be >= 1, got epochs=0"),
+        (("har2", "fw", "cpu"), {"epochs": 1.5}, "epochs must be int | None, got epochs=1.5"),
         (("har2", "fw", "cpu"), {"hiden": 3}, "unknown config field"),
+        (("har2", "sgd", "cpu"), {"lr": float("nan")}, "lr must be a finite number > 0"),
+        (("har2", "sgd", "cpu"), {"dropout": 1.0}, "dropout must be in"),
+        (("har2", "sgd", "cpu"), {"cell": "rnn"}, "unknown cell 'rnn'"),
+        (("har2", "sgd", "cpu"), {"optimizer": "lion"}, "unknown optimizer 'lion'"),
+        (("har2", "fw", "cpu"), {"p": 0.5}, "p must be >= 1"),
         (("adding", "sgd", "cpu"), {"steps": 150}, "multiple of eval_every"),
     ],
 )
 def test_bad_input_raises_value_error_naming_it(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         get_config(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("lr=3e-4", ("lr", 3e-4)),
+        ("hidden=64", ("hidden", 64)),
+        ("clip=none", ("clip", None)),
+        ("clip=0.5", ("clip", 0.5)),
+        ("batch_norm=true", ("batch_norm", True)),
+        ("lr_decay_epochs=100,200", ("lr_decay_epochs", (100, 200))),
+        ("lr_decay_epochs=", ("lr_decay_epochs", ())),
+        ("p=inf", ("p", float("inf"))),
+        ("cell=gru", ("cell", "gru")),
+        ("unroll=none", ("unroll", None)),
+    ],
+)
+def test_set_reads_each_value_as_its_fields_type(text, expected):
+    assert parse_setting(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("texts", "match"),
+    [
+        (["hiden=3"], "unknown field 'hiden'"),
+        (["hidden=3.5"], "hidden must be int, got '3.5'"),
+        (["lr=fast"], "lr must be float, got 'fast'"),
+        (["batch_norm=yes"], "batch_norm must be bool"),
+        (["hidden"], "takes field=value"),
+        (["K=5"], "use --K"),
+        (["seed=1"], "use --seed"),
+        (["lr=1", "lr=2"], "gives lr twice"),
+        (["lr=none"], "lr must be float, got 'none'"),
+    ],
+)
+def test_set_refuses_unknown_fields_and_bad_values_naming_them(texts, match):
+    with pytest.raises(ValueError, match=match):
+        parse_settings(texts)
+
+
+def test_an_override_changes_the_config_and_its_run_name_but_the_budget_does_not():
+    plain = get_config("har2", "sgd", "cpu")
+    changed = get_config("har2", "sgd", "cpu", **parse_settings(["lr=0.05", "hidden=64"]))
+    assert (changed.lr, changed.hidden) == (0.05, 64)
+    assert changed.overrides == {"lr": 0.05, "hidden": 64}
+    assert changed.run_name == "sgd_hidden64_lr0.05_cpu_seed0" != plain.run_name
+    longer = get_config("har2", "sgd", "cpu", epochs=50)
+    assert longer.overrides == {"epochs": 50} and longer.run_name == plain.run_name
+    # Setting a field to its table value is no override.
+    assert get_config("har2", "sgd", "cpu", lr=plain.lr).run_name == plain.run_name
+
+
+def test_fw_names_keep_k_flavour_and_adaptive_k_tags():
+    config = get_config("adding", "fw", "cpu", K=5, flavour="alg1", gap_tol=0.3, length=200)
+    assert config.run_name == "fw_K5_alg1_gaptol0.3_cpu_seed0"
+    assert config.task_dir == "adding_T200"
+    open_loop = get_config("har2", "fw", "cpu", K=5, flavour="alg1", step_rule="open_loop")
+    assert open_loop.run_name == "fw_K5_alg1_open_loop_cpu_seed0"

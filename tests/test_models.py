@@ -10,6 +10,7 @@ import pytest
 
 import fw_optax
 import models.rnn as models_rnn
+from benchmarks.train import make_train_loss, split_variables
 from models import (
     CELL_NAMES,
     RNNModel,
@@ -18,11 +19,9 @@ from models import (
     deep_indrnn,
     get_head,
     make_cell,
-    make_train_loss,
     mse_loss,
     resolve_impl,
     sigmoid_mse_loss,
-    split_variables,
 )
 
 B, T, F, H = 3, 6, 2, 5

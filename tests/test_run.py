@@ -1,5 +1,7 @@
-"""The experiment runner (benchmarks/run.py, benchmarks/tasks.py): every (task, method) pair
-trains end to end on toy data, resumes exactly, and bad input is refused before any file."""
+"""The experiment runner (benchmarks/run.py, benchmarks/tasks.py): every registered (task,
+method) pair trains end to end on toy data, resumes exactly (from the previous checkpoint when
+the latest is damaged), extends, stops loudly on divergence, trains seeds in one program, and
+bad input is refused before any file."""
 
 import json
 
@@ -11,6 +13,9 @@ from jax.experimental.compilation_cache import compilation_cache
 from benchmarks import configs, run
 from benchmarks.configs import get_config
 from benchmarks.data import Dataset, add_gaussian_noise
+from benchmarks.methods import METHODS
+from benchmarks.tasks import TASKS
+from benchmarks.train import Diverged
 
 T, F = 8, 2
 _CACHE_OPTIONS = {
@@ -65,12 +70,12 @@ def toy_config(task: str, method: str, **kwargs):
         sizes |= {"train_size": None, "test_size": None, "lr_decay_epochs": (1,)}
     if method.startswith("indrnn"):
         sizes["depth"] = 1
-    if method in configs.FW_METHODS:
+    if METHODS[method].frank_wolfe:
         kwargs.setdefault("K", 2 if method in ("fw", "tbptt_fw") else 1)
-    return get_config(task, method, "cpu", **sizes, **kwargs)
+    return get_config(task, method, "cpu", **{**sizes, **kwargs})
 
 
-PAIRS = [(task, method) for task in configs.TASKS for method in configs.TASK_METHODS[task]]
+PAIRS = [(task, method) for task in TASKS for method in configs.task_methods(task)]
 
 
 @pytest.mark.parametrize(("task", "method"), PAIRS)
@@ -128,10 +133,10 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(task, method, flavour,
 
 def test_plan_counts_the_authors_k_batches_and_tbptt_updates():
     data = run.load_task_data(toy_config("har2", "fw", K=3), toy_dataset("har2"))
-    plan = run.plan(toy_config("har2", "fw", K=3), data)
+    plan = run.make_plan(toy_config("har2", "fw", K=3), data)
     # 24 examples / batch 4 = 6 batches per epoch = 2 outer steps of 3 batches.
     assert (plan.steps, plan.batches_per_step, plan.grad_evals_per_step) == (2, 3, 3.0)
-    plan = run.plan(toy_config("har2", "tbptt"), data)
+    plan = run.make_plan(toy_config("har2", "tbptt"), data)
     # T = 8 in chunks of 4: two updates per batch, each half a sequence's gradient.
     assert (plan.steps, plan.updates_per_step, plan.grad_evals_per_step) == (6, 2, 1.0)
 
@@ -145,8 +150,14 @@ def test_plan_counts_the_authors_k_batches_and_tbptt_updates():
         (["--task", "adding", "--method", "indrnn"], "does not fit task 'adding'"),
         (["--task", "har2", "--method", "adam", "--K", "5"], "Frank-Wolfe methods only"),
         (["--task", "har2", "--method", "all", "--K", "5"], "drop them with --method all"),
-        (["--task", "har2", "--method", "fw", "--epochs", "0"], "epochs must be an int >= 1"),
-        (["--task", "har2", "--method", "all", "--epochs", "0"], "epochs must be an int >= 1"),
+        (["--task", "har2", "--method", "fw", "--epochs", "0"], "epochs must be >= 1"),
+        (["--task", "har2", "--method", "all", "--epochs", "0"], "epochs must be >= 1"),
+        (["--task", "har2", "--method", "sgd", "--set", "hiden=3"], "unknown field 'hiden'"),
+        (["--task", "har2", "--method", "sgd", "--set", "hidden=x"], "hidden must be int"),
+        (["--task", "har2", "--method", "sgd", "--set", "dropout=2"], "dropout must be in"),
+        (["--task", "har2", "--method", "sgd", "--set", "K=2"], "use --K"),
+        (["--task", "har2", "--method", "sgd", "--epochs", "2", "--set", "epochs=3"], "twice"),
+        (["--task", "har2", "--method", "sgd", "--seeds", "1", "1"], "must be distinct"),
     ],
 )
 def test_bad_command_line_exits_with_a_clear_error_and_writes_nothing(
@@ -167,7 +178,144 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 
 def test_method_all_expands_to_every_row_of_the_task():
-    _, runs = run.parse_args(["--task", "noisy_har2", "--method", "all", "--seed", "4"])
+    _, groups = run.parse_args(["--task", "noisy_har2", "--method", "all", "--seed", "4"])
+    runs = [config for (config,) in groups]
     assert len(runs) == len(configs.table_for("noisy_har2", "cpu"))
-    assert {r.method for r in runs} == set(configs.TASK_METHODS["noisy_har2"])
+    assert {r.method for r in runs} == set(TASKS["noisy_har2"].methods)
     assert {r.seed for r in runs} == {4}
+
+
+def test_several_methods_ks_and_seeds_make_one_group_per_configuration():
+    argv = ["--task", "adding", "--method", "sgd", "fw", "--K", "1", "5", "--seeds", "0", "3"]
+    _, groups = run.parse_args(argv)
+    assert [[c.run_name for c in g] for g in groups] == [
+        ["sgd_cpu_seed0", "sgd_cpu_seed3"],
+        ["fw_K1_authors_cpu_seed0", "fw_K1_authors_cpu_seed3"],
+        ["fw_K5_authors_cpu_seed0", "fw_K5_authors_cpu_seed3"],
+    ]
+
+
+def test_an_accepted_override_changes_the_run_and_is_recorded(tmp_path):
+    dataset = toy_dataset("har2")
+    plain = run.run_experiment(toy_config("har2", "sgd"), tmp_path, dataset=dataset,
+                               progress=False)  # fmt: skip
+    config = toy_config("har2", "sgd", lr=0.5)
+    changed = run.run_experiment(config, tmp_path, dataset=dataset, progress=False)
+    assert changed["overrides"]["lr"] == 0.5 and changed["config"]["lr"] == 0.5
+    assert "_lr0.5_" in changed["run"] and changed["run"] != plain["run"]
+    assert changed["final"]["test_loss"] != plain["final"]["test_loss"]
+
+
+def test_a_diverging_run_stops_with_the_step_and_loss_and_a_diverged_summary(tmp_path):
+    config = toy_config("adding", "sgd", lr=1e4, steps=20, eval_every=2)
+    with pytest.raises(Diverged, match=r"training loss is (nan|inf) at outer step \d+") as info:
+        run.run_experiment(config, tmp_path, progress=False)
+    assert config.run_name in str(info.value)
+    summary_path, curves_path, _ = run.run_files(config, tmp_path)
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "diverged"
+    assert summary["diverged"]["step"] == info.value.step <= 20
+    records = [json.loads(line) for line in curves_path.read_text().splitlines()]
+    assert all(np.isfinite(r["test_loss"]) for r in records)
+    assert records[-1]["step"] < info.value.step
+
+
+def test_skipping_nonfinite_updates_counts_them_and_keeps_training(tmp_path):
+    config = toy_config("adding", "sgd", on_nonfinite="skip")
+    tx = run.build_optimizer(config, None)
+    import jax.numpy as jnp
+
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.array([jnp.nan, 1.0])}, state, params)
+    assert np.all(np.asarray(updates["w"]) == 0.0) and int(state.total_notfinite) == 1
+    summary = run.run_experiment(config, tmp_path, progress=False)
+    assert summary["status"] == "finished" and summary["skipped_updates"] == 0
+    assert "_onnonfiniteskip_" in summary["run"]
+
+
+def test_main_exits_with_status_one_naming_the_diverged_run(tmp_path, capsys):
+    argv = ["--task", "adding", "--method", "sgd", "--set", "lr=1e4", "hidden=3", "length=8",
+            "--steps", "20", "--eval-every", "2", "--test-size", "10", "--no-progress",
+            "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit, match="1 run"):
+        run.main(argv)
+    assert "DIVERGED" in capsys.readouterr().err
+
+
+def _damage_latest_checkpoint(ckpt):
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    for path in (ckpt / str(steps[-1]) / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    return steps
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    config = toy_config("adding", "fw", flavour="alg1", steps=6, eval_every=2)
+    whole = run.run_experiment(config, tmp_path / "a", progress=False)
+
+    def kill_at_step_four(record):
+        if record["step"] >= 4:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run.run_experiment(config, tmp_path / "b", progress=False, checkpoint_every_s=0.0,
+                           on_record=kill_at_step_four)  # fmt: skip
+    _, _, ckpt = run.run_files(config, tmp_path / "b")
+    assert _damage_latest_checkpoint(ckpt) == [2, 4]
+    with pytest.warns(UserWarning, match="checkpoint step 4 .* is unreadable"):
+        resumed = run.run_experiment(config, tmp_path / "b", progress=False)
+    for key in ("test_loss", "train_loss", "step", "grad_evals"):
+        assert resumed["final"][key] == whole["final"][key]
+
+
+def test_no_readable_checkpoint_is_a_clear_error_with_the_fix(tmp_path):
+    config = toy_config("adding", "sgd")
+    run.run_experiment(config, tmp_path, progress=False, checkpoint_every_s=0.0)
+    _, _, ckpt = run.run_files(config, tmp_path)
+    for step in _damage_latest_checkpoint(ckpt):
+        for path in (ckpt / str(step) / "state").rglob("*"):
+            if path.is_file():
+                path.write_bytes(b"garbage")
+    with (
+        pytest.warns(UserWarning, match="unreadable"),
+        pytest.raises(RuntimeError, match="no checkpoint .* is readable.*--restart"),
+    ):
+        run.run_experiment(config, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(("task", "budget"), [("adding", "steps"), ("har2", "epochs")])
+def test_extending_a_finished_run_equals_one_longer_run(task, budget, tmp_path):
+    dataset = None if task == "adding" else toy_dataset(task)
+    method, kwargs = ("fw", {"flavour": "alg1"}) if task == "adding" else ("adam", {})
+    short, long = (4, 8) if budget == "steps" else (1, 2)
+    longer = toy_config(task, method, **kwargs, **{budget: long})
+    whole = run.run_experiment(longer, tmp_path / "a", dataset=dataset, progress=False)
+    first = toy_config(task, method, **kwargs, **{budget: short})
+    assert first.run_name == longer.run_name
+    half = run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
+    extended = run.run_experiment(longer, tmp_path / "b", dataset=dataset, progress=False)
+    assert half["steps"] * 2 == extended["steps"] == whole["steps"]
+    for key in ("test_loss", "train_loss", "step", "grad_evals"):
+        assert extended["final"][key] == whole["final"][key]
+    curves = [run.run_files(longer, out)[1] for out in (tmp_path / "a", tmp_path / "b")]
+    steps = [[json.loads(line)["step"] for line in c.read_text().splitlines()] for c in curves]
+    assert steps[0] == steps[1]
+    with pytest.raises(ValueError, match="beyond the"):
+        run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
+
+
+@pytest.mark.parametrize(("task", "method"), [("adding", "fw"), ("noisy_har2", "fw_bn")])
+def test_seeds_in_one_program_equal_separate_runs(task, method, tmp_path):
+    dataset = None if task == "adding" else toy_dataset(task)
+    kwargs = {"flavour": "authors", "K": 2}
+    group = [toy_config(task, method, seed=s, **kwargs) for s in (0, 1, 2)]
+    together = run.run_seeds(group, tmp_path / "a", dataset=dataset, progress=False)
+    for config, summary in zip(group, together, strict=True):
+        alone = run.run_experiment(config, tmp_path / "b", dataset=dataset, progress=False)
+        assert summary["run"] == alone["run"] and summary["seeds_in_program"] == [0, 1, 2]
+        for key in ("test_loss", "train_loss", "grad_evals"):
+            assert summary["final"][key] == pytest.approx(alone["final"][key], rel=1e-4)
+    finals = [s["final"]["test_loss"] for s in together]
+    assert len(set(finals)) == 3  # each seed its own run

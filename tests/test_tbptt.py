@@ -1,4 +1,4 @@
-"""Tests for models/tbptt.py: truncation, its equivalence to full BPTT, and TBPTT + FW."""
+"""Tests for benchmarks/tbptt.py: truncation, its equivalence to full BPTT, and TBPTT + FW."""
 
 import jax
 import jax.numpy as jnp
@@ -7,16 +7,15 @@ import optax
 import pytest
 
 import fw_optax
-from models import (
+from benchmarks.tbptt import (
     ChunkBatch,
-    RNNModel,
     chunk_loss,
-    mse_loss,
     rnn_chunk_fn,
     split_chunks,
     tbptt_loss,
     tbptt_step,
 )
+from models import RNNModel, mse_loss
 
 B, T, F, H = 2, 8, 2, 4
 X = jax.random.normal(jax.random.key(0), (B, T, F))

@@ -10,7 +10,7 @@ import pytest
 
 import fw_optax
 from benchmarks.data import add_gaussian_noise
-from benchmarks.train import Checkpoints, Objective, Stream, make_chunk_fn, train
+from benchmarks.train import Checkpoints, Objective, Stream, make_steps_fn, train
 
 W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
 
@@ -173,13 +173,13 @@ def test_stream_needs_exactly_one_source():
         Stream(arrays=(np.zeros((4, 1)),), batch_size=0)
 
 
-def test_make_chunk_fn_runs_one_step_per_key():
+def test_make_steps_fn_runs_one_step_per_key():
     def loss_fn(params, batch):
         x, y = batch
         return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
 
     tx = optax.sgd(0.1)
-    run = make_chunk_fn(loss_fn, tx, _generated_stream().generate)
+    run = make_steps_fn(loss_fn, tx, _generated_stream().generate)
     keys = jax.random.split(jax.random.key(0), 5)
     params, _, losses = run(PARAMS, tx.init(PARAMS), keys)
     assert losses.shape == (5,) and losses[-1] < losses[0]

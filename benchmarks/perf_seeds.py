@@ -1,0 +1,138 @@
+"""Seeds in one program against separate runs: training throughput per seed, side by side.
+
+    python -m benchmarks.perf_seeds                  # adding T=100 and HAR-2, 3 seeds
+    python -m benchmarks.perf_seeds --quick          # a smoke test at toy size
+    python -m benchmarks.perf_seeds --out results/cpu/perf_seeds.txt
+
+For each case, the same configuration is trained for seeds 0..S-1 twice: as S separate runs
+(``benchmarks.run.run_experiment``, what ``--seed`` does) and as one compiled program
+(``benchmarks.run.run_seeds``, what ``--seeds`` does: ``jax.vmap`` over the seeds'
+parameters, optimizer states, data and keys). Both use the runner's default devices (on CPU
+one device per core). The two ways alternate for ``--repeats`` rounds, and the table gives
+the median training wall time per seed (compilation excluded, it is listed apart), the
+speed-up, and the largest relative difference of a final test metric between the two ways
+(float rounding: the batched program sums in another order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import parallel
+from benchmarks.machine import describe, machine
+
+CASES = {
+    "adding T=100, fw K=5 alg1, 400 steps": (
+        "adding",
+        "fw",
+        {"K": 5, "flavour": "alg1"},
+        {"steps": 400, "eval_every": 200},
+    ),
+    "adding T=100, sgd, 400 steps": ("adding", "sgd", {}, {"steps": 400, "eval_every": 200}),
+    "HAR-2, fw K=5 authors, 1 epoch": ("har2", "fw", {"K": 5, "flavour": "authors"}, {"epochs": 1}),
+    "HAR-2, sgd, 1 epoch": ("har2", "sgd", {}, {"epochs": 1}),
+}
+QUICK = {
+    "toy adding, fw K=2 alg1": (
+        "adding",
+        "fw",
+        {"K": 2, "flavour": "alg1"},
+        {"length": 8, "steps": 4, "eval_every": 2, "hidden": 4, "batch_size": 4, "test_size": 8},
+    ),
+}
+
+
+def _measure(configs_: list[Any], devices: int | None) -> dict[str, Any]:
+    from benchmarks import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        apart = [
+            run.run_experiment(c, Path(tmp) / "apart", progress=False, devices=devices)
+            for c in configs_
+        ]
+        together = run.run_seeds(configs_, Path(tmp) / "together", progress=False, devices=devices)
+    metric = f"test_{apart[0]['metric']}"
+    diff = max(
+        abs(a["final"][metric] - b["final"][metric]) / max(abs(a["final"][metric]), 1e-12)
+        for a, b in zip(apart, together, strict=True)
+    )
+    return {
+        "apart": sum(s["wall_time_s"] for s in apart),
+        "together": together[0]["wall_time_s"],
+        "apart_compile": sum(s["compile_time_s"] for s in apart),
+        "together_compile": together[0]["compile_time_s"],
+        "diff": diff,
+        "devices": together[0]["devices"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.perf_seeds", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="S, seeds per configuration")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of both ways")
+    parser.add_argument("--devices", type=int, help="as the runner's --devices (default all)")
+    parser.add_argument("--quick", action="store_true", help="toy sizes, one round")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.seeds < 2 or args.repeats < 1:
+        parser.error(f"--seeds must be >= 2 and --repeats >= 1, got {args.seeds}, {args.repeats}")
+    parallel.start_cpu_devices(args.devices)
+    from benchmarks.configs import get_config
+
+    cases = QUICK if args.quick else CASES
+    repeats = 1 if args.quick else args.repeats
+    rows = []
+    for name, (task, method, keys, settings) in cases.items():
+        configs_ = [
+            get_config(task, method, "cpu", seed=s, **keys, **settings) for s in range(args.seeds)
+        ]
+        rounds = [_measure(configs_, args.devices) for _ in range(repeats)]
+        apart = statistics.median(r["apart"] for r in rounds) / args.seeds
+        together = statistics.median(r["together"] for r in rounds) / args.seeds
+        rows.append(
+            {
+                "case": name,
+                "apart_s": apart,
+                "together_s": together,
+                "speedup": apart / together,
+                "apart_compile_s": statistics.median(r["apart_compile"] for r in rounds),
+                "together_compile_s": statistics.median(r["together_compile"] for r in rounds),
+                "diff": max(r["diff"] for r in rounds),
+                "devices": rounds[0]["devices"],
+            }
+        )
+    lines = [
+        f"Seeds in one program vs separate runs, S={args.seeds} seeds, median of {repeats} "
+        f"alternating rounds. Machine: {describe(machine())}; load average "
+        f"{os.getloadavg()[0]:.2f} at the end.",
+        "",
+        "| case | devices | separate: train s/seed | one program: train s/seed | speed-up | "
+        "compile s, separate (all) | compile s, one program | max rel. diff of final metric |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['devices']} | {r['apart_s']:.3f} | {r['together_s']:.3f} | "
+            f"{r['speedup']:.2f}x | {r['apart_compile_s']:.1f} | {r['together_compile_s']:.1f} | "
+            f"{r['diff']:.1e} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        shown = " ".join(sys.argv[1:] if argv is None else argv)
+        args.out.write_text(f"$ python -m benchmarks.perf_seeds {shown}\n\n{text}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

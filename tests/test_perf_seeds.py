@@ -1,0 +1,13 @@
+"""benchmarks/perf_seeds.py runs both ways side by side and finds them computing the same."""
+
+from benchmarks import perf_seeds
+
+
+def test_quick_times_both_ways_and_they_agree(tmp_path):
+    out = tmp_path / "perf_seeds.txt"
+    (row,) = perf_seeds.main(["--quick", "--seeds", "2", "--devices", "1", "--out", str(out)])
+    assert row["apart_s"] > 0 and row["together_s"] > 0
+    assert row["speedup"] == row["apart_s"] / row["together_s"]
+    assert row["diff"] < 1e-4
+    text = out.read_text()
+    assert text.startswith("$ python -m benchmarks.perf_seeds --quick") and "| toy adding" in text
