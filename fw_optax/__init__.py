@@ -1,6 +1,6 @@
 """fw-optax: the Frank-Wolfe RNN optimizer (Yue et al., ICPR 2020) as an optax transformation."""
 
-from fw_optax._frank_wolfe import FrankWolfeState, frank_wolfe
+from fw_optax._frank_wolfe import FrankWolfeState, frank_wolfe, per_device
 from fw_optax._lmo import (
     Oracle,
     group_l2_lmo,
@@ -18,6 +18,7 @@ __all__ = [
     "k_sparse_lmo",
     "lp_ball_lmo",
     "nuclear_lmo",
+    "per_device",
     "relative_radii",
 ]
 __version__ = "0.2.0"

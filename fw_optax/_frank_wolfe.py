@@ -93,6 +93,39 @@ def _check_oracle(oracle: Any, p: Any, scope: Any) -> None:
         )
 
 
+def _check_distributed(batch_axis_name: Any, local: Any, gap_tol: Any) -> None:
+    if batch_axis_name is not None and not isinstance(batch_axis_name, str):
+        raise ValueError(
+            "batch_axis_name must be None or the name of the mesh axis the batch is split "
+            f"over, got batch_axis_name={batch_axis_name!r}."
+        )
+    if not isinstance(local, bool):
+        raise ValueError(f"local must be True or False, got local={local!r}.")
+    if local and batch_axis_name is None:
+        raise ValueError(
+            "local=True averages each device's Δ_K over the devices and needs the mesh axis "
+            "the batch is split over: pass batch_axis_name (e.g. 'data'), got "
+            "batch_axis_name=None."
+        )
+    if local and gap_tol is not None:
+        raise ValueError(
+            f"local=True with gap_tol={gap_tol!r}: each device would stop its inner loop at "
+            "its own k. Use gap_tol with local=False (the gap is then the same on every "
+            "device) or a fixed K."
+        )
+
+
+def _check_axis_bound(batch_axis_name: str) -> None:
+    try:
+        jax.lax.axis_size(batch_axis_name)
+    except NameError:
+        raise ValueError(
+            f"batch_axis_name={batch_axis_name!r} is not a mesh axis where update() runs: call "
+            "it inside jax.shard_map (or jax.pmap) over a mesh with that axis, or use "
+            "batch_axis_name=None under plain jax.jit."
+        ) from None
+
+
 def _leading_sizes(tree: Any) -> set[int]:
     return {leaf.shape[0] if jnp.ndim(leaf) else -1 for leaf in jax.tree.leaves(tree)}
 
@@ -133,6 +166,8 @@ def frank_wolfe(
     gap_tol: float | None = None,
     step_rule: StepRule = "average",
     relative_radius: bool = False,
+    batch_axis_name: str | None = None,
+    local: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Frank-Wolfe RNN optimizer: K linear-minimization steps in a ball around ω.
 
@@ -174,6 +209,33 @@ def frank_wolfe(
     evaluates ``value_fn(params, batch)`` on the slice ``k - 2`` of it. ``jnp.arange(2, K + 1)``
     hands ``value_fn`` the inner step's index instead, e.g. to pick a chunk in truncated BPTT.
 
+    **Several devices.** Under ``jax.jit`` with the batch sharded (``NamedSharding``) and
+    the parameters replicated, nothing is to be set: the loss is the global batch's and the
+    compiler inserts the collectives its gradients need. Inside ``jax.shard_map`` (or
+    ``jax.pmap``) each device sees its own shard: name the mesh axis the batch is split over
+    in ``batch_axis_name``, pass this device's own gradient as ``updates`` and this device's
+    loss on its shard as ``value_fn``, the same way with ``check_vma=True`` or ``False``::
+
+      def train_step(params, opt_state, shard):  # inside shard_map, batch split over "data"
+          loss = lambda w: loss_fn(w, shard)  # this device's loss on its shard
+          grads = jax.grad(loss)(fw_optax.per_device(params, "data"))
+          updates, opt_state = tx.update(grads, opt_state, params, value_fn=loss)
+          return optax.apply_updates(params, updates), opt_state  # out_specs P()
+
+    (:func:`per_device` makes the gradient the device's own: with ``check_vma=True`` a plain
+    ``jax.grad(loss)(params)`` is the sum over the devices.) Then
+
+    - ``local=False`` (synchronous): every gradient the transform uses, the incoming one and
+      each inner one, is averaged over the axis (``lax.pmean``, K all-reduces per outer
+      step), so an outer step equals single-device Frank-Wolfe on the global batch when the
+      shards have equal size;
+    - ``local=True``: the K-1 inner gradients are the device's own (no communication): each
+      device runs Algorithm 1 on its shard and Δ_K is averaged over the axis once (one
+      all-reduce per outer step).
+
+    Either way the emitted update and the state are the same on every device; with
+    ``local=True``, ``state.gap`` is the mean over the devices of their gaps.
+
     Args:
       K: the number of inner Frank-Wolfe steps (the maximum with ``gap_tol``), an int >= 1
         (static).
@@ -198,6 +260,11 @@ def frank_wolfe(
         :func:`fw_optax.relative_radii`), measured at ω_{t-1}; the oracle then gets a pytree of
         per-tensor radii, so it must be a per-tensor one (``scope="leaf"``,
         ``group_l2_lmo``, ``nuclear_lmo``).
+      batch_axis_name: ``None`` (one device, or ``jax.jit`` with shardings), or inside
+        ``jax.shard_map``/``jax.pmap`` the mesh axis the batch is split over (static).
+      local: with ``batch_axis_name``, ``False`` averages every gradient over the axis
+        (synchronous), ``True`` only Δ_K (one all-reduce per outer step; not with
+        ``gap_tol``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update`` takes ``(updates, state,
@@ -247,6 +314,11 @@ def frank_wolfe(
             "oracle: use scope='leaf' (or oracle=group_l2_lmo / nuclear_lmo), not "
             "scope='global'."
         )
+    _check_distributed(batch_axis_name, local, gap_tol)
+    synchronous = batch_axis_name is not None and not local
+
+    def mean_over_devices(g: jax.Array) -> jax.Array:
+        return jax.lax.pmean(g, batch_axis_name) if synchronous else g
 
     def init_fn(params: Any) -> FrankWolfeState:
         del params
@@ -278,6 +350,8 @@ def frank_wolfe(
                 )
         if relative_radius and params is None:
             raise ValueError("frank_wolfe(relative_radius=True) needs params in update().")
+        if batch_axis_name is not None:
+            _check_axis_bound(batch_axis_name)
 
         layout = Layout.of(updates)
         radius = delta(state.count) if callable(delta) else delta
@@ -291,10 +365,22 @@ def frank_wolfe(
             """∇F(ω + offset) as a buffer: the one place the inner loop takes a gradient."""
             step = layout.unravel(offset, cast=False)
             point = jax.tree.map(lambda w, d: (w + d).astype(w.dtype), params, step)
-            grad_fn = jax.grad(value_fn)
+
+            def loss(w: Any) -> jax.Array:
+                return value_fn(w) if batch is None else value_fn(w, batch)
+
+            if batch_axis_name is None:
+                grads = jax.grad(loss)(point)
+            else:
+                # The gradient at point + a zero that varies over the axis is this device's
+                # own whether point varies (local) or not (synchronous): with check_vma=True
+                # JAX sums a replicated point's gradient over the devices.
+                zero = jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), w.dtype), point)
+                zero = per_device(zero, batch_axis_name)
+                grads = jax.grad(lambda z: loss(jax.tree.map(jnp.add, point, z)))(zero)
             # A gradient by pytree, then one concatenation: differentiating with respect to
             # the buffer instead would scatter every leaf's gradient into it separately.
-            return layout.ravel(grad_fn(point) if batch is None else grad_fn(point, batch))
+            return mean_over_devices(layout.ravel(grads))
 
         def inner_step(carry: _Inner, k: jax.Array, batch: Any) -> _Inner:
             g = grad_at(carry.offset if cumulative else carry.avg, batch)
@@ -305,7 +391,7 @@ def frank_wolfe(
             return _Inner(avg, offset, gap)
 
         # k = 1: the incoming updates are the gradient at ω itself, and Δ_1 = s_1.
-        g1 = layout.ravel(updates)
+        g1 = mean_over_devices(layout.ravel(updates))
         s1 = lmo(g1)
         # Without `cumulative` the point is Δ_{k-1} itself: carry no second buffer.
         first = _Inner(s1, s1 if cumulative else jnp.zeros([0], s1.dtype), -jnp.vdot(g1, s1))
@@ -315,6 +401,10 @@ def frank_wolfe(
             last, inner_steps = _fixed_loop(inner_step, first, K, inner_batches)
         else:
             last, inner_steps = _adaptive_loop(inner_step, first, K, inner_batches, gap_tol)
+        if local:
+            # One all-reduce: XLA combines the two operands into one.
+            avg, gap = jax.lax.pmean((last.avg, last.gap), batch_axis_name)
+            last = last._replace(avg=avg, gap=gap)
 
         new_updates = jax.tree.map(
             lambda a, u: (-a).astype(u.dtype), layout.unravel(last.avg), updates
@@ -327,6 +417,40 @@ def frank_wolfe(
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def per_device(tree: Any, axis_name: str) -> Any:
+    """``tree`` as this device's own copy inside ``jax.shard_map``: a gradient taken at it is
+    this device's gradient.
+
+    With ``check_vma=True`` (the default of ``jax.shard_map``) JAX sums the gradient of a
+    replicated (unvarying) parameter over the mesh axes it meets per-device data on, so
+    ``jax.grad(loss)(params, shard)`` is the sum over the devices of their gradients. Cast
+    to varying over ``axis_name`` (``jax.lax.pcast(tree, axis_name, to="varying")``) the
+    parameters give each device its own. With ``check_vma=False``, and under ``jax.pmap``,
+    the cast does nothing: the gradient is already the device's own. The first gradient
+    of :func:`frank_wolfe` with ``batch_axis_name`` set is taken this way.
+
+    Args:
+      tree: a pytree of arrays replicated over ``axis_name`` (e.g. the parameters).
+      axis_name: the mesh axis the batch is split over.
+
+    Returns:
+      ``tree``, varying over ``axis_name``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, fw_optax
+      >>> from jax.sharding import Mesh, PartitionSpec as P
+      >>> mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+      >>> loss = lambda w, x: jnp.mean((x @ w) ** 2)
+      >>> def own_gradient(w, x):
+      ...     return jax.grad(loss)(fw_optax.per_device(w, "data"), x)
+      >>> grad = jax.shard_map(
+      ...     own_gradient, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"))
+      >>> grad(jnp.ones(2), jnp.ones((4, 2)))
+      Array([4., 4.], dtype=float32)
+    """
+    return jax.lax.pcast(tree, axis_name, to="varying")
 
 
 def _flat_oracle(
