@@ -48,6 +48,7 @@ FLAVOURS: tuple[str, ...] = ("alg1", "authors")
 STEP_RULES: tuple[str, ...] = ("average", "open_loop")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
+FW_MODES: tuple[str, ...] = ("sync", "local")
 RESUMABLE: tuple[str, ...] = ("steps", "epochs")
 """Settings a run may change when it resumes: the budget. Learning-rate decays are fixed
 epochs, not fractions of the budget, so a longer run continues the same schedule."""
@@ -101,6 +102,7 @@ class Config:
     p: float = 2.0
     gap_tol: float | None = None  # adaptive K: stop once the FW gap is below gap_tol * gap_1
     step_rule: str = "average"  # "average" (1/k, the paper) or "open_loop" (2/(k+1))
+    fw_mode: str = "sync"  # on several devices: "sync" (every gradient averaged) or "local"
     # truncated BPTT
     chunk_length: int | None = None
     # data and budget
@@ -265,6 +267,14 @@ def validate(config: Config) -> None:
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("step_rule", config.step_rule, STEP_RULES)
     _check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
+    _check_choice("fw_mode", config.fw_mode, FW_MODES)
+    if config.fw_mode == "local" and not (config.is_fw and not config.is_tbptt):
+        raise ValueError(
+            f"fw_mode='local' needs a Frank-Wolfe method without truncated BPTT, not "
+            f"{config.method!r}"
+        )
+    if config.fw_mode == "local" and config.gap_tol is not None:
+        raise ValueError("fw_mode='local' stops every device at its own k: drop gap_tol")
     if config.is_fw and config.delta is None:
         raise ValueError(f"method {config.method!r} needs delta")
     budget = get_task(config.task).presets[config.preset]

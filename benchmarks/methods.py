@@ -63,7 +63,11 @@ class Method:
     def settings_for(self, task: Task) -> dict[str, Any]:
         return dict(self.settings(task) if callable(self.settings) else self.settings)
 
-    def optimizer(self, config: Config, schedule: Schedule) -> optax.GradientTransformation:
+    def optimizer(
+        self, config: Config, schedule: Schedule, batch_axis_name: str | None = None
+    ) -> optax.GradientTransformation:
+        if batch_axis_name is not None:  # fw_mode="local" (validated: a Frank-Wolfe method)
+            return frank_wolfe_optimizer(config, schedule, batch_axis_name)
         build = self.build or (frank_wolfe_optimizer if self.frank_wolfe else standard_optimizer)
         return build(config, schedule)
 
@@ -98,12 +102,16 @@ def standard_optimizer(config: Config, schedule: Schedule) -> optax.GradientTran
     return optax.chain(*_preprocessing(config), _outer(config, schedule))
 
 
-def frank_wolfe_optimizer(config: Config, schedule: Schedule) -> optax.GradientTransformation:
+def frank_wolfe_optimizer(
+    config: Config, schedule: Schedule, batch_axis_name: str | None = None
+) -> optax.GradientTransformation:
     """``frank_wolfe`` then the outer step, in the config's flavour.
 
     ``alg1``: ``chain(frank_wolfe(K, δ, p), sgd(lr))``, lr being Algorithm 1's η.
     ``authors``: ``chain(frank_wolfe(K, δ, p, scope="leaf", cumulative=True), adam(lr))``,
-    with δ following the same decay as the learning rate.
+    with δ following the same decay as the learning rate. With ``batch_axis_name`` (the
+    runner's data axis when ``fw_mode="local"``) each device runs the inner steps on its own
+    shard and Δ_K is averaged once (``frank_wolfe(..., local=True)``).
     """
     authors = config.flavour == "authors"
     fw = fw_optax.frank_wolfe(
@@ -114,6 +122,8 @@ def frank_wolfe_optimizer(config: Config, schedule: Schedule) -> optax.GradientT
         cumulative=authors,
         gap_tol=config.gap_tol,
         step_rule=config.step_rule,
+        batch_axis_name=batch_axis_name,
+        local=batch_axis_name is not None,
     )
     return optax.chain(*_preprocessing(config), fw, _outer(config, schedule))
 
@@ -173,10 +183,13 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def build_optimizer(config: Config, updates_per_epoch: int | None) -> optax.GradientTransformation:
+def build_optimizer(
+    config: Config, updates_per_epoch: int | None, batch_axis_name: str | None = None
+) -> optax.GradientTransformation:
     """The config's optimizer; learning rate (and the authors' δ) decay at
     ``lr_decay_epochs``, counted in updates; ``on_nonfinite="skip"`` wraps it in
-    ``optax.apply_if_finite``."""
+    ``optax.apply_if_finite``. ``batch_axis_name``: the data axis of local Frank-Wolfe
+    (``fw_mode="local"`` on several devices)."""
 
     def schedule(value: float):
         if not config.lr_decay_epochs or updates_per_epoch is None:
@@ -184,7 +197,7 @@ def build_optimizer(config: Config, updates_per_epoch: int | None) -> optax.Grad
         boundaries = {e * updates_per_epoch: config.lr_decay_factor for e in config.lr_decay_epochs}
         return optax.piecewise_constant_schedule(value, boundaries)
 
-    tx = get_method(config.method).optimizer(config, schedule)
+    tx = get_method(config.method).optimizer(config, schedule, batch_axis_name)
     if config.on_nonfinite == "skip":
         tx = optax.apply_if_finite(tx, NONFINITE_PATIENCE)
     return tx

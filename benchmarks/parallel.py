@@ -244,7 +244,9 @@ def _mean_value_bwd(axis_name: str, residual: None, cotangent: Any) -> tuple[Any
 mean_value.defvjp(_mean_value_fwd, _mean_value_bwd)
 
 
-def _mean_floats(tree: Any, axis_name: str) -> Any:
+def mean_floats(tree: Any, axis_name: str = DATA_AXIS) -> Any:
+    """Every floating leaf of ``tree`` averaged over ``axis_name`` (others kept)."""
+
     def mean(leaf: Any) -> Any:
         if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             return jax.lax.pmean(leaf, axis_name)
@@ -270,7 +272,7 @@ def data_parallel_loss(
         if not has_aux:
             return mean_value(out, axis_name)
         value, aux = out
-        return mean_value(value, axis_name), _mean_floats(aux, axis_name)
+        return mean_value(value, axis_name), mean_floats(aux, axis_name)
 
     return wrapped
 

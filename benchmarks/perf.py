@@ -91,14 +91,14 @@ def _many_tensors(num_leaves: int, total: int) -> tuple[dict, Callable]:
 
 def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> list[dict]:
     """Measures (a), (b), (c) and (d) and prints one table; returns its rows."""
-    keys = jax.random.split(jax.random.key(1), args.chunk)  # one jitted call = `chunk` steps
+    keys = jax.random.split(jax.random.key(1), args.steps_per_call)  # one jitted call
     problems = {
         "RNN": _adding_problem(args.length, args.batch, args.hidden),
         "GRU": _adding_problem(args.gru_length, args.gru_batch, args.gru_hidden, cell="gru"),
     }
     step_Ks = {"RNN": (1, 5, 10), "GRU": (5,)}
 
-    def compiled_chunk(problem, tx):
+    def compiled_steps(problem, tx):
         params, loss_fn, make_batch = problem
         run = make_steps_fn(loss_fn, tx, make_batch)
         t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
         return compiled, time.perf_counter() - t0
 
     def prepared(problem, tx):
-        compiled, _ = compiled_chunk(problem, tx)
+        compiled, _ = compiled_steps(problem, tx)
         params, state = problem[0], tx.init(problem[0])
         jax.block_until_ready(compiled(params, state, keys))  # warm-up
         return functools.partial(compiled, params, state, keys)
@@ -123,7 +123,7 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
         problem = (params, loss_fn, lambda key: None)
         runs[("tensors", count)] = prepared(problem, _fw_tx(5))
         runs[("tensors sgd", count)] = prepared(problem, optax.sgd(0.01))
-    step = _round_robin(runs, args.repeats, args.chunk)
+    step = _round_robin(runs, args.repeats, args.steps_per_call)
 
     rows = []
     for name in problems:
@@ -142,7 +142,7 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
     def compile_and_memory(K: int) -> tuple[float, int]:
         times, temp = [], 0
         for _ in range(args.compile_repeats):
-            compiled, seconds = compiled_chunk(problems["RNN"], _fw_tx(K))  # fresh closure
+            compiled, seconds = compiled_steps(problems["RNN"], _fw_tx(K))  # fresh closure
             times.append(seconds)
             temp = compiled.memory_analysis().temp_size_in_bytes
         return statistics.median(times), temp
@@ -179,7 +179,7 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
     print_fn(
         f"frank_wolfe overheads, adding task: RNN T={args.length} batch {args.batch} hidden "
         f"{args.hidden}; GRU T={args.gru_length} batch {args.gru_batch} hidden "
-        f"{args.gru_hidden}; {args.chunk} steps per jitted call, median of {args.repeats} "
+        f"{args.gru_hidden}; {args.steps_per_call} steps per jitted call, median of {args.repeats} "
         f"round-robin rounds; load average {os.getloadavg()[0]:.1f}. "
         f"Machine: {describe(machine())}"
     )
@@ -202,7 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gru-batch", type=int, default=32)
     parser.add_argument("--gru-hidden", type=int, default=96)
     parser.add_argument("--many-tensors", type=int, default=64, help="tensors in (d)")
-    parser.add_argument("--chunk", type=int, default=20, help="optimizer steps per jitted call")
+    parser.add_argument(
+        "--steps-per-call",
+        dest="steps_per_call",
+        type=int,
+        default=20,
+        help="optimizer steps per jitted call",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--compile-repeats", type=int, default=3)
     args = parser.parse_args(argv)

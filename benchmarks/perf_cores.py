@@ -55,7 +55,7 @@ def _optimizers(K: int) -> dict[str, Any]:
     }
 
 
-def _chunk_fn(loss: Callable[..., Any], tx: Any) -> Callable[..., Any]:
+def _steps_fn(loss: Callable[..., Any], tx: Any) -> Callable[..., Any]:
     """``(params, opt_state, batches) -> (params, opt_state, losses)``: one step per batch."""
     tx = optax.with_extra_args_support(tx)
 
@@ -65,11 +65,11 @@ def _chunk_fn(loss: Callable[..., Any], tx: Any) -> Callable[..., Any]:
         updates, opt_state = tx.update(grads, opt_state, params, value_fn=lambda w: loss(w, batch))
         return (optax.apply_updates(params, updates), opt_state), value
 
-    def chunk(params, opt_state, batches):
+    def run_steps(params, opt_state, batches):
         (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
         return params, opt_state, losses
 
-    return chunk
+    return run_steps
 
 
 def _variants(loss, tx, mesh, params, batches) -> dict[str, tuple[Any, tuple]]:
@@ -82,14 +82,14 @@ def _variants(loss, tx, mesh, params, batches) -> dict[str, tuple[Any, tuple]]:
         jax.device_put(opt_state, replicated),
         parallel.shard_batch(batches, mesh, batch_axis=1),
     )
-    one = jax.jit(_chunk_fn(loss, tx)).lower(params, opt_state, batches).compile()
+    one = jax.jit(_steps_fn(loss, tx)).lower(params, opt_state, batches).compile()
     spmd = jax.jit(
-        _chunk_fn(loss, tx),
+        _steps_fn(loss, tx),
         in_shardings=(replicated, replicated, split),
         out_shardings=replicated,
     )
     shmap = parallel.data_parallel(
-        _chunk_fn(parallel.data_parallel_loss(loss), tx),
+        _steps_fn(parallel.data_parallel_loss(loss), tx),
         mesh,
         in_specs=(P(), P(), parallel.batch_spec(batch_axis=1)),
         out_specs=P(),

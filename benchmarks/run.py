@@ -194,15 +194,18 @@ def run_seeds(
     model = build_model(first, datas[0])
     variables = [init_variables(c, model, d) for c, d in zip(configs_, datas, strict=True)]
     objective = make_objective(first, model, datas[0])
-    tx = build_optimizer(first, plan.updates_per_epoch)
+    mesh = _mesh(first, devices)
+    local = first.fw_mode == "local" and mesh is not None
+    axis = mesh.axis_names[0] if local else None
+    tx = build_optimizer(first, plan.updates_per_epoch, batch_axis_name=axis)
     files = [run_files(c, out) for c in configs_]
     ckpt_dir = files[0][2] if not one_program else _group_checkpoints(configs_, out)
     if restart:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         for _, curves, _ in files:
             curves.unlink(missing_ok=True)
-    mesh = _mesh(first, devices)
     options = dict(
+        local_gradients=local,
         objective=objective,
         tx=tx,
         stream=datas[0].stream,
@@ -342,6 +345,7 @@ _SHORTCUTS = (
     "gap_tol",
     "step_rule",
     "on_nonfinite",
+    "fw_mode",
 )
 """Flags that are shorthands for ``--set field=value``."""
 
@@ -432,6 +436,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         dest="on_nonfinite",
         choices=configs.ON_NONFINITE,
         help="stop (default) at the first non-finite loss, or skip non-finite updates",
+    )
+    parser.add_argument(
+        "--fw-mode",
+        dest="fw_mode",
+        choices=configs.FW_MODES,
+        help="Frank-Wolfe on several devices: sync (default: every gradient averaged, equal to "
+        "one device on the whole batch) or local (inner steps on each device's shard, Δ_K "
+        "averaged once per outer step)",
     )
     parser.add_argument("--length", type=int, help="adding task: sequence length T")
     parser.add_argument("--steps", type=int, help="adding task: outer steps (may grow on resume)")

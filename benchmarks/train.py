@@ -471,8 +471,10 @@ def train_seeds(
         ``benchmarks.parallel.data_mesh``: every mini-batch is split over its devices and
         every gradient, the inner Frank-Wolfe ones included, is the mean over them, so a
         step equals the one-device step on the whole batch, batch norm aside: each device
-        normalizes with its own shard's statistics), ``skip_nonfinite`` (the optimizer
-        skips non-finite updates: only non-finite parameters stop the run).
+        normalizes with its own shard's statistics), ``local_gradients`` (with a mesh: the
+        gradients stay each device's own, for ``frank_wolfe(..., local=True)`` which
+        averages Δ_K itself), ``skip_nonfinite`` (the optimizer skips non-finite updates:
+        only non-finite parameters stop the run).
 
     Returns:
       ``(state, results)``: the final :class:`TrainState` (leading seed axis) and one
@@ -524,6 +526,7 @@ def _train(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     skip_nonfinite: bool = False,
+    local_gradients: bool = False,
 ) -> tuple[TrainState, list[TrainResult]]:
     """The loop behind :func:`train` (one run, ``vmapped=False``) and :func:`train_seeds`."""
     steps_per_call = eval_every if steps_per_call is None else steps_per_call
@@ -541,7 +544,7 @@ def _train(
     to_batches = _generated(stream.generate, batches_per_step) if generated else None
     split = mesh is not None and mesh.size > 1
     if split:
-        objective, to_batches = _data_parallel(objective, to_batches, stream, mesh)
+        objective, to_batches = _data_parallel(objective, to_batches, stream, mesh, local_gradients)
     step = make_step(
         objective,
         tx,
@@ -796,8 +799,15 @@ def _params_finite(params: Params, vmapped: bool) -> np.ndarray:
     return np.logical_and.reduce([np.asarray(per_run(x)) for x in jax.tree.leaves(params)])
 
 
-def _data_parallel(objective: Objective, to_batches, stream: Stream, mesh) -> tuple[Any, Any]:
-    """The objective and batch source of one device's shard inside ``shard_map``."""
+def _data_parallel(
+    objective: Objective, to_batches, stream: Stream, mesh, local_gradients: bool = False
+) -> tuple[Any, Any]:
+    """The objective and batch source of one device's shard inside ``shard_map``.
+
+    The loss's value and auxiliary state are the means over the devices; its gradient is
+    the mean too, or with ``local_gradients`` the device's own (for local Frank-Wolfe, whose
+    transform averages Δ_K itself).
+    """
     if objective.tbptt is not None:
         raise ValueError(
             "truncated BPTT differentiates its chunk losses inside benchmarks.tbptt, so its "
@@ -806,7 +816,14 @@ def _data_parallel(objective: Objective, to_batches, stream: Stream, mesh) -> tu
     if stream.generate is None:
         parallel.per_device_batch(stream.batch_size, mesh.size)
     axis = mesh.axis_names[0]
-    loss = parallel.data_parallel_loss(objective.loss, axis, has_aux=True)
+    own_loss = objective.loss
+    if local_gradients:
+
+        def loss(params, *args):
+            value, aux = own_loss(params, *args)
+            return parallel.mean_value(value, axis), parallel.mean_floats(aux, axis)
+    else:
+        loss = parallel.data_parallel_loss(own_loss, axis, has_aux=True)
 
     def shard_loss(params, model_state, batch, key):
         # Each device draws its own dropout masks for its own rows.

@@ -15,7 +15,7 @@ def test_fw_suite_reports_all_ratios(capsys):
         gru_batch=2,
         gru_hidden=3,
         many_tensors=4,
-        chunk=2,
+        steps_per_call=2,
         repeats=1,
         compile_repeats=1,
     )

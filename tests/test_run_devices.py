@@ -73,6 +73,19 @@ _WORKER = textwrap.dedent(
         run.run_experiment(config, tmp / "three", progress=False, devices=3)
     except ValueError as error:
         out["too_many"] = str(error)
+
+    # Local Frank-Wolfe: inner steps on each device's shard, Δ_K averaged once.
+    local = toy_config("adding", "fw", flavour="alg1", K=3, fw_mode="local")
+    out["local"] = {d: final(run.run_experiment(local, tmp / f"local{d}", progress=False,
+                                                devices=d)) for d in (1, 2)}
+    out["local_name"] = local.run_name
+    seeds = [toy_config("adding", "fw", flavour="alg1", K=3, seed=s) for s in (0, 1)]
+    out["seeds_two_devices"] = [
+        {**final(s), "devices": s["devices"]}
+        for s in run.run_seeds(seeds, tmp / "seeds", progress=False, devices=2)
+    ]
+    out["seeds_apart"] = [final(run.run_experiment(c, tmp / "apart", progress=False, devices=2))
+                          for c in seeds]
     print("RESULT " + json.dumps(out))
     """
 )
@@ -105,3 +118,20 @@ def test_what_cannot_be_split_runs_on_one_device(two_device_runs):
 
 def test_more_devices_than_there_are_is_a_clear_error(two_device_runs):
     assert "devices must be in 1..2, got devices=3" in two_device_runs["too_many"]
+
+
+def test_local_frank_wolfe_on_one_device_is_synchronous_and_on_two_is_not(two_device_runs):
+    local, sync = two_device_runs["local"], two_device_runs["adding_fw"]
+    for key in ("train_loss", "test_loss"):
+        assert local["1"][key] == sync["1"][key]
+        # Each device's own inner gradients: another trajectory than the global batch's.
+        assert local["2"][key] != pytest.approx(sync["2"][key], rel=RTOL)
+    assert "_fwmodelocal_" in two_device_runs["local_name"]
+
+
+def test_seeds_in_one_program_on_two_devices_equal_separate_runs(two_device_runs):
+    together, apart = two_device_runs["seeds_two_devices"], two_device_runs["seeds_apart"]
+    assert [s["devices"] for s in together] == [2, 2]
+    for a, b in zip(together, apart, strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=RTOL)
