@@ -103,6 +103,7 @@ class Config:
     gap_tol: float | None = None  # adaptive K: stop once the FW gap is below gap_tol * gap_1
     step_rule: str = "average"  # "average" (1/k, the paper) or "open_loop" (2/(k+1))
     fw_mode: str = "sync"  # on several devices: "sync" (every gradient averaged) or "local"
+    k1_steps: int | None = None  # the authors' adding protocol: K = 1 for these outer steps
     # truncated BPTT
     chunk_length: int | None = None
     # data and budget
@@ -246,7 +247,7 @@ def validate(config: Config) -> None:
         _check_type(f.name, getattr(config, f.name))
     positive = ["hidden", "depth", "batch_size", "K", "evals_per_epoch", "eval_batch_size"]
     positive += ["unroll", "length", "steps", "eval_every", "epochs", "train_size", "test_size"]
-    positive += ["chunk_length"]
+    positive += ["chunk_length", "k1_steps"]
     for name in positive:
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -273,6 +274,21 @@ def validate(config: Config) -> None:
             f"fw_mode='local' needs a Frank-Wolfe method without truncated BPTT, not "
             f"{config.method!r}"
         )
+    if config.k1_steps is not None:
+        if not config.is_fw or config.is_tbptt or config.K == 1:
+            raise ValueError(
+                f"k1_steps switches Frank-Wolfe from K=1 to K={config.K}: it needs an FW "
+                f"method without TBPTT and K > 1, not {config.method!r} with K={config.K}"
+            )
+        if config.steps is None or not 0 < config.k1_steps < config.steps:
+            raise ValueError(
+                f"k1_steps must be in 1..steps-1 (steps={config.steps}), got {config.k1_steps}"
+            )
+        if config.k1_steps % config.eval_every:
+            raise ValueError(
+                f"k1_steps ({config.k1_steps}) must be a multiple of eval_every "
+                f"({config.eval_every})"
+            )
     if config.fw_mode == "local" and config.gap_tol is not None:
         raise ValueError("fw_mode='local' stops every device at its own k: drop gap_tol")
     if config.is_fw and config.delta is None:

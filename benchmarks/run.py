@@ -198,6 +198,11 @@ def run_seeds(
     local = first.fw_mode == "local" and mesh is not None
     axis = mesh.axis_names[0] if local else None
     tx = build_optimizer(first, plan.updates_per_epoch, batch_axis_name=axis)
+    then = []
+    if first.k1_steps is not None:  # K = 1 first, then the config's K, state carried over
+        warmup = dataclasses.replace(first, K=1, k1_steps=None)
+        then = [(first.k1_steps, tx, plan.batches_per_step)]
+        tx = build_optimizer(warmup, plan.updates_per_epoch, batch_axis_name=axis)
     files = [run_files(c, out) for c in configs_]
     ckpt_dir = files[0][2] if not one_program else _group_checkpoints(configs_, out)
     if restart:
@@ -205,13 +210,14 @@ def run_seeds(
         for _, curves, _ in files:
             curves.unlink(missing_ok=True)
     options = dict(
+        then=then,
         local_gradients=local,
         objective=objective,
         tx=tx,
         stream=datas[0].stream,
         steps=plan.steps,
         eval_every=plan.eval_every,
-        batches_per_step=plan.batches_per_step,
+        batches_per_step=plan.batches_per_step if not then else 1,
         updates_per_step=plan.updates_per_step,
         grad_evals_per_step=plan.grad_evals_per_step,
         steps_per_call=steps_per_call,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -474,7 +475,10 @@ def train_seeds(
         normalizes with its own shard's statistics), ``local_gradients`` (with a mesh: the
         gradients stay each device's own, for ``frank_wolfe(..., local=True)`` which
         averages Δ_K itself), ``skip_nonfinite`` (the optimizer skips non-finite updates:
-        only non-finite parameters stop the run).
+        only non-finite parameters stop the run), ``then`` (later phases, ``[(step, tx,
+        batches_per_step), ...]``: from ``step`` on, train with ``tx``, carrying the
+        optimizer state over, e.g. Frank-Wolfe's K switched from 1 to 5; generated data
+        only, at multiples of ``eval_every``).
 
     Returns:
       ``(state, results)``: the final :class:`TrainState` (leading seed axis) and one
@@ -527,6 +531,7 @@ def _train(
     mesh: jax.sharding.Mesh | None = None,
     skip_nonfinite: bool = False,
     local_gradients: bool = False,
+    then: Sequence[tuple[int, optax.GradientTransformation, int]] = (),
 ) -> tuple[TrainState, list[TrainResult]]:
     """The loop behind :func:`train` (one run, ``vmapped=False``) and :func:`train_seeds`."""
     steps_per_call = eval_every if steps_per_call is None else steps_per_call
@@ -541,34 +546,43 @@ def _train(
         raise ValueError(f"curves needs one file per seed ({len(seeds)}), got {len(curves)}")
     model_state = {} if model_state is None else model_state
     generated = stream.generate is not None
-    to_batches = _generated(stream.generate, batches_per_step) if generated else None
+    phases = [(0, tx, batches_per_step), *then]
+    _check_phases(phases, steps, eval_every, generated)
     split = mesh is not None and mesh.size > 1
     if split:
-        objective, to_batches = _data_parallel(objective, to_batches, stream, mesh, local_gradients)
-    step = make_step(
-        objective,
-        tx,
-        batches_per_step=batches_per_step,
-        to_batches=to_batches or (lambda key, data: data),
-    )
+        objective, shard_batches = _data_parallel(objective, stream, mesh, local_gradients)
     measured = objective.tbptt is None
-
-    def counted_step(state, xs):
-        state, loss = step(state, xs)
-        evals = _inner_steps(state.opt_state) if measured else None
-        return state, (loss, jnp.float32(grad_evals_per_step) if evals is None else evals)
-
     # Under vmap every field but the step has a leading seed axis, and so has host data.
     state_axes = TrainState(step=None, params=0, model_state=0, opt_state=0, rng=0)
     data_axes = (None, None if generated else 0)
-    one_step = (
-        jax.vmap(counted_step, in_axes=(state_axes, data_axes), out_axes=(state_axes, 0))
-        if vmapped
-        else counted_step
-    )
 
-    def scan_steps(state, xs):
-        return jax.lax.scan(one_step, state, xs)
+    def scan_steps_of(phase_tx, phase_batches):
+        """``(state, (indices, data)) -> (state, (losses, grad evals))`` of one phase."""
+        to_batches = _generated(stream.generate, phase_batches) if generated else None
+        if split:
+            to_batches = shard_batches(to_batches)
+        step = make_step(
+            objective,
+            phase_tx,
+            batches_per_step=phase_batches,
+            to_batches=to_batches or (lambda key, data: data),
+        )
+
+        def counted_step(state, xs):
+            state, loss = step(state, xs)
+            evals = _inner_steps(state.opt_state) if measured else None
+            return state, (loss, jnp.float32(grad_evals_per_step) if evals is None else evals)
+
+        one_step = (
+            jax.vmap(counted_step, in_axes=(state_axes, data_axes), out_axes=(state_axes, 0))
+            if vmapped
+            else counted_step
+        )
+
+        def scan_steps(state, xs):
+            return jax.lax.scan(one_step, state, xs)
+
+        return scan_steps
 
     def init_state(params, model_state, rng):
         return TrainState(jnp.zeros([], jnp.int32), params, model_state, tx.init(params), rng)
@@ -585,9 +599,12 @@ def _train(
     batch_axis = 3 if vmapped else 2
     if split:
         data_spec = P() if generated else parallel.batch_spec(batch_axis)
-        run_steps = parallel.data_parallel(
-            scan_steps, mesh, in_specs=(P(), (P(), data_spec)), out_specs=P()
-        )
+
+        def jitted(scan_steps):
+            return parallel.data_parallel(
+                scan_steps, mesh, in_specs=(P(), (P(), data_spec)), out_specs=P()
+            )
+
         replicated = jax.sharding.NamedSharding(mesh, P())
 
         def place(tree):
@@ -598,13 +615,15 @@ def _train(
             data = place(data) if generated else parallel.shard_batch(data, mesh, batch_axis)
             return place(indices), data
     else:
-        run_steps = jax.jit(scan_steps)
+        jitted = jax.jit
 
         def place(tree):
             return tree
 
         place_inputs = place
 
+    for _, phase_tx, _ in then:
+        _check_same_state(phase_tx, params if not vmapped else None, state.opt_state)
     state = place(state)
     per_epoch = stream.batches_per_epoch
     runs = len(seeds)
@@ -617,7 +636,7 @@ def _train(
             row: dict[str, Any] = {
                 "step": done,
                 "updates": done * updates_per_step,
-                "batches": done * batches_per_step,
+                "batches": _batches_done(phases, done),
                 "grad_evals": evals_done[r],
                 "wall_time_s": wall,
                 "train_loss": train_loss[r],
@@ -687,9 +706,23 @@ def _train(
     # Inputs of the next call are read while the device runs the current one (async dispatch).
     feed = (place_inputs(call_inputs(first, host)) for first in range(start, steps, steps_per_call))
     inputs = next(feed, None)
-    t0 = time.perf_counter()
-    compiled = run_steps.lower(state, inputs).compile() if inputs is not None else None
-    compile_time = time.perf_counter() - t0
+    compiled: dict[int, Any] = {}
+    compile_time = 0.0
+
+    def compiled_for(first: int):
+        """The compiled program of the phase that step ``first`` is in (compiled once)."""
+        nonlocal compile_time
+        phase = max(i for i, (start, _, _) in enumerate(phases) if start <= first)
+        if phase not in compiled:
+            t0 = time.perf_counter()
+            _, phase_tx, phase_batches = phases[phase]
+            program = jitted(scan_steps_of(phase_tx, phase_batches))
+            compiled[phase] = program.lower(state, inputs).compile()
+            compile_time += time.perf_counter() - t0
+        return compiled[phase]
+
+    if inputs is not None:
+        compiled_for(start)
 
     metric = f"test_{objective.metric}"
     bar = tqdm(
@@ -700,10 +733,11 @@ def _train(
     # last checkpoint, so a resumed run never races a half-written one.
     try:
         for interval in range(start, steps, eval_every):
+            program = compiled_for(interval)
             t0 = time.perf_counter()
             losses, evals = [], []
             for _ in range(eval_every // steps_per_call):
-                state, (call_losses, call_evals) = compiled(state, inputs)
+                state, (call_losses, call_evals) = program(state, inputs)
                 inputs = next(feed, None)
                 losses.append(call_losses)
                 evals.append(call_evals)
@@ -747,7 +781,7 @@ def _train(
             wall_time_s=wall,
             compile_time_s=compile_time,
             updates=steps * updates_per_step,
-            batches=steps * batches_per_step,
+            batches=_batches_done(phases, steps),
             train_curve=[(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None],
             eval_curve=[(r["step"], r[metric]) for r in rows],
             records=rows,
@@ -789,6 +823,41 @@ def _check_finite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped)
         )
 
 
+def _check_phases(phases, steps: int, eval_every: int, generated: bool) -> None:
+    starts = [start for start, _, _ in phases]
+    if starts != sorted(set(starts)) or not all(0 < s < steps for s in starts[1:]):
+        raise ValueError(f"phases must start at increasing steps in (0, {steps}), got {starts}")
+    if any(s % eval_every for s in starts):
+        raise ValueError(f"phases must start at multiples of eval_every ({eval_every}): {starts}")
+    if len(phases) > 1 and not generated:
+        raise ValueError(
+            "switching the optimizer mid-run needs generated data (host batches are read "
+            "ahead at a fixed number per step)"
+        )
+
+
+def _check_same_state(tx, params, opt_state) -> None:
+    """A later phase must carry the optimizer state over: the same structure and shapes."""
+    if params is None:  # vmapped: compare the structure only
+        return
+    ours = jax.tree.structure(opt_state)
+    theirs = jax.tree.structure(jax.eval_shape(tx.init, params))
+    if ours != theirs:
+        raise ValueError(
+            f"a later phase's optimizer state {theirs} differs from the first's {ours}: it "
+            "could not carry the state over"
+        )
+
+
+def _batches_done(phases, step: int) -> int:
+    """Mini-batches eaten by ``step`` outer steps, phase by phase."""
+    total = 0
+    bounds = [start for start, _, _ in phases[1:]] + [math.inf]
+    for (start, _, per_step), end in zip(phases, bounds, strict=True):
+        total += max(0, min(step, end) - start) * per_step
+    return int(total)
+
+
 def _params_finite(params: Params, vmapped: bool) -> np.ndarray:
     """Per run (one entry, or one per seed under vmap): are all parameters finite?"""
 
@@ -800,7 +869,7 @@ def _params_finite(params: Params, vmapped: bool) -> np.ndarray:
 
 
 def _data_parallel(
-    objective: Objective, to_batches, stream: Stream, mesh, local_gradients: bool = False
+    objective: Objective, stream: Stream, mesh, local_gradients: bool = False
 ) -> tuple[Any, Any]:
     """The objective and batch source of one device's shard inside ``shard_map``.
 
@@ -830,12 +899,14 @@ def _data_parallel(
         return loss(params, model_state, batch, jax.random.fold_in(key, jax.lax.axis_index(axis)))
 
     objective = dataclasses.replace(objective, loss=shard_loss)
-    if stream.generate is None:
-        return objective, None
-    # Every device generates the whole step's batch from the same key and keeps its rows.
-    return objective, lambda key, data: parallel.local_shard(
-        to_batches(key, data), axis, batch_axis=1
-    )
+
+    def shard_batches(to_batches):
+        if to_batches is None:  # host data arrives split
+            return None
+        # Every device generates the whole step's batch from the same key and keeps its rows.
+        return lambda key, data: parallel.local_shard(to_batches(key, data), axis, batch_axis=1)
+
+    return objective, shard_batches
 
 
 def _states(opt_state: Any, kind: type) -> list[Any]:

@@ -319,3 +319,30 @@ def test_seeds_in_one_program_equal_separate_runs(task, method, tmp_path):
             assert summary["final"][key] == pytest.approx(alone["final"][key], rel=1e-4)
     finals = [s["final"]["test_loss"] for s in together]
     assert len(set(finals)) == 3  # each seed its own run
+
+
+def test_the_k_switch_protocol_runs_k1_then_k_and_is_named():
+    config = toy_config("adding", "fw", flavour="authors", K=3, k1_steps=2)
+    assert "_k1steps2_" in config.run_name
+    import tempfile
+    from pathlib import Path
+
+    summary = run.run_experiment(config, Path(tempfile.mkdtemp()), progress=False)
+    # 2 steps at K=1, then 2 at K=3 with the authors' 3 fresh batches each.
+    assert summary["grad_evals"] == 2 * 1 + 2 * 3
+    assert summary["batches"] == 2 * 1 + 2 * 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "sgd", "k1_steps": 2}, "needs an FW method"),
+        ({"method": "fw", "K": 3, "k1_steps": 3}, "multiple of eval_every"),
+        ({"method": "fw", "K": 3, "k1_steps": 4}, r"in 1..steps-1"),
+        ({"method": "fw", "K": 1, "k1_steps": 2}, "K > 1"),
+    ],
+)
+def test_bad_k_switch_is_refused(kwargs, match):
+    method = kwargs.pop("method")
+    with pytest.raises(ValueError, match=match):
+        toy_config("adding", method, **kwargs)

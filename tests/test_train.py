@@ -10,7 +10,16 @@ import pytest
 
 import fw_optax
 from benchmarks.data import add_gaussian_noise
-from benchmarks.train import Checkpoints, Objective, Stream, make_steps_fn, train
+from benchmarks.train import (
+    Checkpoints,
+    Objective,
+    Stream,
+    TrainState,
+    _generated,
+    make_step,
+    make_steps_fn,
+    train,
+)
 
 W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
 
@@ -184,3 +193,39 @@ def test_make_steps_fn_runs_one_step_per_key():
     params, _, losses = run(PARAMS, tx.init(PARAMS), keys)
     assert losses.shape == (5,) and losses[-1] < losses[0]
     assert not np.allclose(params["w"], 0.0)
+
+
+def _fw_adam(K):
+    return optax.chain(fw_optax.frank_wolfe(K, 0.1), optax.adam(0.05))
+
+
+def test_a_k_switch_changes_k_at_its_step_and_carries_the_optimizer_state_over():
+    stream = _generated_stream()
+    params, _, result = _train(
+        stream, _fw_adam(1), steps=8, eval_every=2, then=[(4, _fw_adam(3), 1)]
+    )
+    assert [r["grad_evals"] for r in result.records] == [0, 2, 4, 10, 16]
+    # The same steps by hand: K=1 steps, then K=3 steps on the same state.
+    objective = _regression()
+    state = TrainState.create(PARAMS, {}, _fw_adam(1), seed=3)
+    steps = [
+        make_step(objective, _fw_adam(K), to_batches=_generated(stream.generate, 1)) for K in (1, 3)
+    ]
+    for i in range(8):
+        state, _ = jax.jit(steps[i >= 4])(state, (jnp.asarray(i), None))
+    for name in params:
+        np.testing.assert_allclose(params[name], state.params[name], rtol=1e-6, atol=1e-7)
+    # A fresh optimizer state at the switch (Adam's moments dropped) would end elsewhere.
+    restarted, _, _ = _train(stream, _fw_adam(1), steps=4, eval_every=2)
+    params2, _, _ = train(
+        objective=objective, tx=_fw_adam(3), params=restarted, stream=stream, steps=4,
+        eval_every=2, seed=3, progress=False,
+    )  # fmt: skip
+    assert not np.allclose(params2["w"], params["w"])
+
+
+def test_a_switch_with_another_optimizer_state_is_refused():
+    with pytest.raises(ValueError, match="could not carry the state over"):
+        _train(_generated_stream(), _fw_adam(1), steps=4, then=[(2, optax.sgd(0.1), 1)])
+    with pytest.raises(ValueError, match="multiples of eval_every"):
+        _train(_generated_stream(), _fw_adam(1), steps=8, eval_every=4, then=[(2, _fw_adam(3), 1)])
