@@ -32,7 +32,10 @@ from benchmarks.data.adding import PLATEAU_MSE
 from benchmarks.machine import describe
 from benchmarks.methods import METHODS
 
-ADDING_LENGTHS = (100, 200, 400, 750)
+ADDING_LENGTHS = (100, 200, 300, 400, 750)
+LEFT_PLATEAU = 0.1
+"""A run has left the adding task's plateau (MSE 0.167, predicting 1) once its test MSE,
+averaged over its seeds, is below this."""
 FIG3_METHODS = ("sgd", "adam", "tbptt", "fw", "tbptt_fw")
 NOT_RUN = "not yet run"
 SUMMARY_KEYS = {"task", "method", "run", "config", "final", "machine", "curves"}
@@ -145,20 +148,26 @@ _NOT_VARIANT = (*configs.UNNAMED, "eval_every", "test_size")
 """Overrides that leave a run in the paper's tables: the budget, and how it is measured."""
 
 
-def _is_variant(run: dict[str, Any]) -> bool:
-    """A run with adaptive K, another step rule or any other override of what it trains:
-    reported in its own table (or not at all), not in the paper's."""
+def _is_variant(run: dict[str, Any], allow: tuple[str, ...] = ()) -> bool:
+    """A run with adaptive K, another step rule or any other override of what it trains
+    (but those in ``allow``): reported in its own table (or not at all), not in the paper's."""
     config = run["config"]
     if any(config.get(name, value) != value for name, value in _DEFAULTS.items()):
         return True
-    return any(k not in _NOT_VARIANT for k in run.get("overrides", {}))
+    return any(k not in (*_NOT_VARIANT, *allow) for k in run.get("overrides", {}))
 
 
-def _pick(runs, *, task, preset, method, K=None, flavour=None, length=None, seed=None):
+def _pick(
+    runs, *, task, preset, method, K=None, flavour=None, length=None, seed=None, k1_steps=None
+):
+    """The runs of a table row, by seed. ``k1_steps``: the K-switch protocol's runs (only
+    those; without it, none of them)."""
     out = []
     for run in runs:
         c = run["config"]
-        if (run["task"], c["preset"], run["method"]) != (task, preset, method) or _is_variant(run):
+        if (run["task"], c["preset"], run["method"]) != (task, preset, method):
+            continue
+        if c.get("k1_steps") != k1_steps or _is_variant(run, allow=("k1_steps",)):
             continue
         if K is not None and c["K"] != K:
             continue
@@ -345,14 +354,51 @@ def table1(runs: list[dict[str, Any]], preset: str) -> list[str]:
 
 
 ADDING_ROWS = (
-    ("sgd", None, None),
-    ("sgd_clip", None, None),
-    ("adam", None, None),
-    ("fw", 1, "alg1"),
-    ("fw", 1, "authors"),
-    ("fw", 5, "alg1"),
-    ("fw", 5, "authors"),
+    ("sgd", None, None, None),
+    ("sgd_clip", None, None, None),
+    ("adam", None, None, None),
+    ("fw", 1, "alg1", None),
+    ("fw", 1, "authors", None),
+    ("fw", 5, "alg1", None),
+    ("fw", 5, "authors", None),
+    ("fw", 5, "authors", 10000),
 )
+"""The adding task's rows: method, K, flavour, and the step of the K=1 -> K switch (the
+authors' protocol) where there is one."""
+FIG2_ROWS = (ADDING_ROWS[0], ADDING_ROWS[1], ADDING_ROWS[2], ADDING_ROWS[5], *ADDING_ROWS[6:])
+"""The rows Fig. 2 draws (FW at K=1 stays on the plateau with SGD; the tables list it)."""
+
+
+def _adding_label(method, K, flavour, k1_steps, run=None) -> str:
+    label = _label(method, K, flavour, run)
+    return label.replace("K=", f"K=1→{K} at {k1_steps}, K=", 1) if k1_steps else label
+
+
+def _leaves_plateau(group: list[dict[str, Any]]) -> int | None:
+    """The first evaluated step at which the seeds' mean test MSE is below LEFT_PLATEAU."""
+    finished = [r for r in group if not _diverged(r)]
+    if not finished:
+        return None
+    curves = [dict(zip(*_series(r, "step", "test_loss"), strict=True)) for r in finished]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    for step in steps:
+        if statistics.mean(c[step] for c in curves) < LEFT_PLATEAU:
+            return step
+    return None
+
+
+def _adding_groups(runs, length, preset):
+    """``[(row, label, group of seeds at one budget)]`` of the adding rows at ``length``."""
+    out = []
+    for method, K, flavour, k1_steps in ADDING_ROWS:
+        found = _pick(runs, task="adding", preset=preset, method=method, K=K, flavour=flavour,
+                      length=length, k1_steps=k1_steps)  # fmt: skip
+        label = _adding_label(method, K, flavour, k1_steps, found[0] if found else None)
+        if not found:
+            out.append(((method, K, flavour, k1_steps), label, []))
+        for same_budget in _by_steps(found).values():
+            out.append(((method, K, flavour, k1_steps), label, same_budget))
+    return out
 
 
 def adding_table(runs: list[dict[str, Any]]) -> list[str]:
@@ -361,43 +407,60 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
         "### Adding task (Fig. 2): final test MSE",
         "",
         f"Machine: {_machines(adding)}. Predicting 1 gives MSE {PLATEAU_MSE:.3f} (the plateau). "
-        "Mean ± std over seeds where several ran (seeds in brackets). The paper gives no "
-        "numbers for Fig. 2, only curves.",
+        "Mean ± std over seeds where several ran (seeds listed). Leaves the plateau: the "
+        f"first evaluated step at which the seeds' mean test MSE is below {LEFT_PLATEAU}. "
+        "The paper gives no numbers for Fig. 2, only curves.",
         "",
-        "| T | preset or source | run | test MSE | seeds | steps | grad evals | wall time (s) | "
-        "machine |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| T | preset | run | test MSE | seeds | steps | grad evals | leaves the plateau at "
+        "step | wall time (s) | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    left: dict[str, list[tuple[int, int]]] = {}
     for length in ADDING_LENGTHS:
         for preset in configs.PRESETS:
             group = [r for r in adding if r["config"]["length"] == length]
             group = [r for r in group if r["config"]["preset"] == preset]
             if not group:
                 if preset == "paper" or length == 750:
-                    lines.append(f"| {length} | {preset} | all | {NOT_RUN} | | | | | |")
+                    lines.append(f"| {length} | {preset} | all | {NOT_RUN} | | | | | | |")
                 continue
-            for method, K, flavour in ADDING_ROWS:
-                found = _pick(group, task="adding", preset=preset, method=method, K=K,
-                              flavour=flavour, length=length)  # fmt: skip
-                label = _label(method, K, flavour, found[0] if found else None)
-                if not found:
-                    lines.append(f"| {length} | {preset} | {label} | {NOT_RUN} | | | | | |")
+            for _, label, same_budget in _adding_groups(group, length, preset):
+                if not same_budget:
+                    lines.append(f"| {length} | {preset} | {label} | {NOT_RUN} | | | | | | |")
                     continue
-                for same_budget in _by_steps(found).values():
-                    mse = [r["final"]["test_loss"] for r in same_budget if not _diverged(r)]
-                    text = f"{mse[0]:.4f}" if mse else ""
-                    if len(mse) > 1:
-                        text = f"{statistics.mean(mse):.4f} ± {statistics.stdev(mse):.4f}"
-                    gone = [_diverged_text(r) for r in same_budget if _diverged(r)]
-                    text = ", ".join([text] * bool(mse) + gone)
-                    seeds = ",".join(str(r["config"]["seed"]) for r in same_budget)
-                    finished = [x for x in same_budget if not _diverged(x)] or same_budget
-                    r = finished[0]
-                    wall = statistics.mean(x.get("wall_time_s", 0.0) for x in finished)
-                    lines.append(
-                        f"| {length} | {preset} | {label} | {text} | {seeds} | {r['steps']} | "
-                        f"{r.get('grad_evals', 0):.0f} | {wall:.0f} | {_machine(r)} |"
-                    )
+                mse = [r["final"]["test_loss"] for r in same_budget if not _diverged(r)]
+                text = f"{mse[0]:.4f}" if mse else ""
+                if len(mse) > 1:
+                    text = f"{statistics.mean(mse):.4f} ± {statistics.stdev(mse):.4f}"
+                gone = [_diverged_text(r) for r in same_budget if _diverged(r)]
+                text = ", ".join([text] * bool(mse) + gone)
+                seeds = ",".join(str(r["config"]["seed"]) for r in same_budget)
+                finished = [x for x in same_budget if not _diverged(x)] or same_budget
+                r = finished[0]
+                wall = statistics.mean(x.get("wall_time_s", 0.0) for x in finished)
+                step = _leaves_plateau(same_budget)
+                if step is not None:
+                    left.setdefault(label, []).append((length, step))
+                lines.append(
+                    f"| {length} | {preset} | {label} | {text} | {seeds} | {r['steps']} | "
+                    f"{r.get('grad_evals', 0):.0f} | {'–' if step is None else step} | "
+                    f"{wall:.0f} | {_machine(r)} |"
+                )
+    lines += [
+        "",
+        "Per method, the longest sequence at which it left the plateau (any preset, budget "
+        "or seed count above), and the step at which it did:",
+        "",
+        "| run | longest T that left the plateau | at step |",
+        "|---|---|---|",
+    ]
+    labels = dict.fromkeys(_adding_label(m, K, f, k1) for m, K, f, k1 in ADDING_ROWS)
+    for label in labels:
+        if label in left:
+            length, step = max(left[label], key=lambda x: (x[0], -x[1]))
+            lines.append(f"| {label} | {length} | {step} |")
+        else:
+            lines.append(f"| {label} | none of those run | – |")
     return lines
 
 
@@ -525,38 +588,173 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+_PALETTE = {
+    "sgd": "tab:gray",
+    "sgd_clip": "tab:brown",
+    "adam": "tab:blue",
+    "tbptt": "tab:cyan",
+    "lstm_adam": "tab:olive",
+    "fw K=1 alg1": "yellowgreen",
+    "fw K=1 authors": "tab:green",
+    "fw K=5 alg1": "tab:orange",
+    "fw K=5 authors": "tab:red",
+    "fw K=1→5 at 10000, K=5 authors": "tab:purple",
+    "fw K=10 authors": "tab:pink",
+    "fw_bn K=1 authors": "gold",
+    "tbptt_fw K=1 authors": "teal",
+    "lstm_fw K=1 authors": "darkolivegreen",
+    "indrnn": "navy",
+    "indrnn_fw K=1 authors": "crimson",
+}
+"""One colour per run label, the same in every figure."""
+
+
+def _colour(label: str) -> str:
+    if label in _PALETTE:
+        return _PALETTE[label]
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab20"].colors
+    return cycle[sum(map(ord, label)) % len(cycle)]
+
+
+def _mean_band(group: list[dict[str, Any]], x: str, y: str):
+    """``(xs, mean, low, high)`` over the seeds' curves, at the points all of them have."""
+    curves = [dict(zip(*_series(r, x, y), strict=True)) for r in group if not _diverged(r)]
+    if not curves:
+        return [], [], [], []
+    xs = sorted(set.intersection(*(set(c) for c in curves)))
+    values = [[c[v] for c in curves] for v in xs]
+    return (
+        xs,
+        [statistics.mean(v) for v in values],
+        [min(v) for v in values],
+        [max(v) for v in values],
+    )
+
+
+def _draw(ax, group, x, y, label) -> None:
+    xs, mean, low, high = _mean_band(group, x, y)
+    if not xs:
+        return
+    n = len([r for r in group if not _diverged(r)])
+    colour = _colour(label)
+    ax.plot(xs, mean, color=colour, lw=1.4, label=f"{label} (n={n})")
+    if n > 1:
+        ax.fill_between(xs, low, high, color=colour, alpha=0.2, lw=0)
+
+
+def _size(group: list[dict[str, Any]]) -> tuple[int, int]:
+    return len([r for r in group if not _diverged(r)]), group[0]["steps"]
+
+
 def figure2(runs: list[dict[str, Any]]) -> bytes:
+    """One panel per T: test MSE (mean over seeds, band from the lowest to the highest seed)
+    against outer steps (top) and gradient evaluations (bottom); per method the run with the
+    most seeds (then the longest budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(ADDING_LENGTHS), figsize=(16, 7), squeeze=False)
+    adding = [r for r in runs if r["task"] == "adding"]
+    fig, axes = plt.subplots(2, len(ADDING_LENGTHS), figsize=(19, 7.5), squeeze=False, sharey=True)
+    handles: dict[str, Any] = {}
     for col, length in enumerate(ADDING_LENGTHS):
-        for row, x in enumerate(("step", "grad_evals")):
-            ax = axes[row][col]
-            drawn = False
-            for preset in configs.PRESETS:
-                for method, K, flavour in ADDING_ROWS:
-                    found = _pick(runs, task="adding", preset=preset, method=method, K=K,
-                                  flavour=flavour, length=length, seed=0)  # fmt: skip
-                    for steps, same_budget in _by_steps(found).items():
-                        source = preset
-                        label = f"{_label(method, K, flavour, same_budget[0])} ({source}"
-                        label += f", {steps} steps)" if len(_by_steps(found)) > 1 else ")"
-                        ax.plot(*_series(same_budget[0], x, "test_loss"), label=label, lw=1.2)
-                        drawn = True
-            ax.axhline(PLATEAU_MSE, color="grey", ls="--", lw=1)
+        chosen: dict[tuple, tuple[str, list[dict[str, Any]]]] = {}
+        for preset in configs.PRESETS:
+            group = [r for r in adding if r["config"]["length"] == length]
+            group = [r for r in group if r["config"]["preset"] == preset]
+            for row, label, same_budget in _adding_groups(group, length, preset):
+                if row not in FIG2_ROWS or not same_budget:
+                    continue
+                old = chosen.get(row)
+                if old is None or _size(same_budget) > _size(old[1]):
+                    chosen[row] = (label, same_budget)
+        for row_index, x in enumerate(("step", "grad_evals")):
+            ax = axes[row_index][col]
+            for label, group in chosen.values():
+                _draw(ax, group, x, "test_loss", label)
+            ax.axhline(PLATEAU_MSE, color="black", ls="--", lw=0.8)
+            ax.axhline(LEFT_PLATEAU, color="black", ls=":", lw=0.6)
             ax.set_yscale("log")
+            ax.set_ylim(0.01, 1.5)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
             ax.set_xlabel("outer step" if x == "step" else "gradient evaluations")
             if col == 0:
-                ax.set_ylabel("test MSE (seed 0)")
-            ax.set_title(f"T = {length}" + ("" if drawn else f": {NOT_RUN}"), fontsize=9)
-            if drawn and row == 0:
-                ax.legend(fontsize=6)
-    adding = [r for r in runs if r["task"] == "adding"]
-    fig.suptitle(f"Adding task (paper Fig. 2). Machines: {_machines(adding)}", fontsize=8)
-    fig.tight_layout()
+                ax.set_ylabel("test MSE")
+            for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(text.rsplit(" (n=", 1)[0], handle)
+        steps = sorted({g[0]["steps"] for _, g in chosen.values()})
+        budget = f": {NOT_RUN}"
+        if steps:
+            budget = f", {steps[0]}" + (f"–{steps[-1]}" if len(steps) > 1 else "") + " steps"
+        axes[0][col].set_title(f"T = {length}{budget}", fontsize=9)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="center left",
+        bbox_to_anchor=(0.905, 0.5),
+        fontsize=8,
+        title="mean over seeds\n(band: min–max)",
+        title_fontsize=8,
+    )
+    fig.suptitle(
+        f"Adding task (paper Fig. 2); dashed: the plateau, dotted: MSE {LEFT_PLATEAU}. "
+        f"Machines: {_machines(adding)}",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0, 0.9, 0.97))
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+TABLE2_FIGURE_ROWS = (
+    ("sgd", None, None),
+    ("sgd_clip", None, None),
+    ("tbptt", None, None),
+    ("fw", 1, "authors"),
+    ("fw", 5, "authors"),
+    ("fw", 10, "authors"),
+    ("fw_bn", None, "authors"),
+    ("tbptt_fw", None, "authors"),
+)
+
+
+def figure_table2(runs: list[dict[str, Any]], preset: str = "paper") -> bytes:
+    """Test accuracy against epochs on HAR-2 and Noisy-HAR-2 (Table 2's vanilla-RNN rows),
+    mean over seeds with a band from the lowest to the highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = ("har2", "noisy_har2")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
+    handles: dict[str, Any] = {}
+    for col, task in enumerate(tasks):
+        ax = axes[0][col]
+        for method, K, flavour in TABLE2_FIGURE_ROWS:
+            group = _row_group(runs, task=task, preset=preset, method=method, K=K,
+                               flavour=flavour)  # fmt: skip
+            if group:
+                _draw(ax, group, "epoch", "test_accuracy", _label(method, K, flavour, group[0]))
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(text.rsplit(" (n=", 1)[0], handle)
+        title = "HAR-2" if task == "har2" else "Noisy-HAR-2"
+        ax.set_title(title + ("" if ax.lines else f": {NOT_RUN}"), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy")
+    fig.legend(list(handles.values()), list(handles), loc="center left",
+               bbox_to_anchor=(0.86, 0.5), fontsize=8)  # fmt: skip
+    chosen = [r for r in runs if r["task"] in tasks and r["config"]["preset"] == preset]
+    fig.suptitle(
+        f"Table 2's vanilla-RNN rows, `{preset}` preset, mean over seeds (band: min–max). "
+        f"Machines: {_machines(chosen)}",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
     data = _png(fig)
     plt.close(fig)
     return data
@@ -613,6 +811,8 @@ def build(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         "",
         "![Fig. 3](figures/fig3_mnist.png)",
         "",
+        "![Table 2 curves](figures/table2_curves.png)",
+        "",
     ]
     for preset in configs.PRESETS:
         lines += table1(runs, preset) + [""]
@@ -623,6 +823,7 @@ def build(runs: list[dict[str, Any]]) -> dict[str, bytes]:
     return {
         "report.md": "\n".join(lines).encode(),
         "figures/fig2_adding.png": figure2(runs),
+        "figures/table2_curves.png": figure_table2(runs),
         "figures/fig3_mnist.png": figure3(runs),
     }
 

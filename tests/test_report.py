@@ -116,7 +116,7 @@ def test_report_has_every_table_row_the_paper_numbers_and_ours(results):
     assert "| 100 | cpu | fw K=5 authors | 0.0125 | 0 | 10 | 50 |" in adding
     assert "| 100 | cpu | adam | 0.0250 | 0 | 10000 | 10000 |" in adding
     assert "| 750 | cpu | all | not yet run |" in adding
-    gpu = "| 750 | paper | fw K=5 alg1 | 0.0312 | 0 | 200 | 1000 | 12 | x86_64, gpu"
+    gpu = "| 750 | paper | fw K=5 alg1 | 0.0312 | 0 | 200 | 1000 | 0 | 12 | x86_64, gpu"
     assert gpu in adding
     assert "| 750 | paper | sgd | 0.1719 |" in adding
     assert "| 750 | paper | sgd_clip | diverged at step 150 |" in adding
@@ -215,3 +215,42 @@ def test_table2_gives_mean_std_n_and_whether_the_paper_is_within_our_spread(tmp_
     cells = [cell.strip() for cell in clip.split("|")][1:-1]
     assert cells[3:5] == ["91.00 ± 1.41 (n=2)", "no"]
     assert cells[6:8] == [report.NOT_RUN, "–"]
+
+
+def _adding_run(folder, method, length, seed, curve, **kwargs):
+    """An adding run whose test MSE follows ``curve`` at steps 0, 5000, 10000, ..."""
+    steps = 5000 * (len(curve) - 1)
+    config = get_config("adding", method, "cpu", seed=seed, length=length, steps=steps, **kwargs)
+    write_run(folder, config, mse=0.5, steps=steps)
+    path = folder / config.task_dir / f"{config.run_name}.jsonl"
+    rows = [{"step": 5000 * i, "grad_evals": 5000.0 * i, "train_loss": None, "test_loss": mse}
+            for i, mse in enumerate(curve)]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = json.loads(path.with_suffix(".json").read_text())
+    summary["final"] = rows[-1]
+    path.with_suffix(".json").write_text(json.dumps(summary))
+
+
+def test_the_adding_sweep_names_where_each_method_leaves_the_plateau(tmp_path):
+    folder = tmp_path / "results"
+    protocol = {"K": 5, "flavour": "authors", "k1_steps": 10000}
+    # The protocol leaves at T=100 (seed mean below 0.1 at step 10000) and T=200 (15000).
+    _adding_run(folder, "fw", 100, 0, [1.0, 0.2, 0.05, 0.01], **protocol)
+    _adding_run(folder, "fw", 100, 1, [1.0, 0.2, 0.12, 0.02], **protocol)
+    _adding_run(folder, "fw", 200, 0, [1.0, 0.2, 0.15, 0.05], **protocol)
+    # K=5 throughout leaves only at T=100; SGD never (one seed dips, the mean does not).
+    _adding_run(folder, "fw", 100, 0, [1.0, 0.09, 0.05, 0.04], K=5, flavour="authors")
+    _adding_run(folder, "fw", 200, 0, [1.0, 0.17, 0.17, 0.17], K=5, flavour="authors")
+    _adding_run(folder, "sgd", 100, 0, [1.0, 0.17, 0.05, 0.17])
+    _adding_run(folder, "sgd", 100, 1, [1.0, 0.17, 0.30, 0.17])
+    text = "\n".join(report.adding_table(report.load_results(folder)))
+    protocol_row = "| 100 | cpu | fw K=1→5 at 10000, K=5 authors | 0.0150 ± 0.0071 | 0,1 | 15000 |"
+    assert protocol_row in text
+    assert "| fw K=1→5 at 10000, K=5 authors | 200 | 15000 |" in text
+    assert "| fw K=5 authors | 100 | 5000 |" in text
+    assert "| sgd | none of those run | – |" in text
+    # The protocol's runs are their own row, not fw K=5 authors' seeds.
+    (row,) = [line for line in text.splitlines() if line.startswith("| 100 | cpu | fw K=5 authors")]
+    assert "| 0.0400 | 0 |" in row
+    png = report.figure2(report.load_results(folder))
+    assert png.startswith(b"\x89PNG")
