@@ -14,8 +14,11 @@ each one spent (FW with K inner steps spends K per step).
     python -m benchmarks.adding --length 200 --steps 6000 --K 1 10 --set delta=0.05
 
 Any other flag is the runner's (``--set``, ``--seeds``, ``--devices``, ``--out``, ...). Writes
-the runs' files under ``--out`` (default ``results``) as ``benchmarks.run`` does, and
-``adding_T<T>/comparison_<preset>_seed<seed>.md`` / ``.png``.
+the runs' files under ``--out`` as ``benchmarks.run`` does, and
+``adding_T<T>/comparison_<preset>_seed<seed>.md`` / ``.png``. The default ``--out`` is
+``results/main_job``, apart from the reproduction's long runs in ``results/``: a run of the
+same name there is the same configuration with a longer budget, which this job must not
+overwrite.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from benchmarks import report, run
 
 METHODS = ("sgd", "sgd_clip", "adam", "fw")
+OUT = "results/main_job"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -47,6 +51,8 @@ def runner_argv(args: argparse.Namespace, rest: Sequence[str]) -> list[str]:
     argv = ["--task", "adding", "--method", *args.method, "--length", str(args.length)]
     if "fw" in args.method:
         argv += ["--K", *map(str, args.K), "--flavour", args.flavour]
+    if "--out" not in rest:
+        argv += ["--out", OUT]
     return [*argv, *rest]
 
 

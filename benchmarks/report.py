@@ -40,6 +40,9 @@ FIG3_METHODS = ("sgd", "adam", "tbptt", "fw", "tbptt_fw")
 NOT_RUN = "not yet run"
 SUMMARY_KEYS = {"task", "method", "run", "config", "final", "machine", "curves"}
 DIVERGED = "diverged"
+SKIPPED_FOLDERS = ("ckpt", "main_job")
+"""Not read: checkpoints, and the main job's output (``benchmarks.adding``, a demo whose runs
+would repeat the reproduction's seed 0 at a shorter budget)."""
 
 # The paper's numbers, copied from the poster (ICPR 2020, arXiv:2010.05397), Tables 1 and 2.
 PAPER_TABLE1: Mapping[str, Mapping[str, tuple[float, float | None]]] = {
@@ -101,8 +104,8 @@ class ResultsError(ValueError):
 
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
-    """Every run summary under ``folder`` (at any depth, checkpoints aside), each with its
-    curve records under ``"records"``; other JSON files are skipped.
+    """Every run summary under ``folder`` (at any depth, ``SKIPPED_FOLDERS`` aside), each with
+    its curve records under ``"records"``; other JSON files are skipped.
 
     Raises :class:`ResultsError` naming the folder or file that is unreadable.
     """
@@ -111,7 +114,7 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
         raise ResultsError(f"results folder {folder} does not exist or is not a folder")
     runs = []
     for path in sorted(folder.rglob("*.json")):
-        if "ckpt" in path.relative_to(folder).parts:
+        if set(path.relative_to(folder).parts) & set(SKIPPED_FOLDERS):
             continue
         run = load_run(path)
         if run is not None:
