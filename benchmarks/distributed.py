@@ -418,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tasks = make_tasks(
         list(dict.fromkeys(["adding", *args.tasks])), quick=args.quick, devices=args.devices
     )
+    commit = _commit()  # now: the files may change while the runs go on
     say = print if jax.process_index() == 0 else (lambda *_, **__: None)
     kind = jax.devices()[0].device_kind
     say(f"Machine: {describe(machine())}; a mesh of {args.devices} {kind} devices", flush=True)
@@ -440,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "device_kind": kind,
         "processes": jax.process_count(),
         "command": " ".join(["python -m benchmarks.distributed", *argv]),
-        "commit": _commit(),
+        "commit": commit,
         "seeds": seeds,
         "communication": {"task": adding.name, "batch": adding.batch, "rows": communicated},
         "accuracy": summarize(runs, [tasks[name] for name in args.tasks]),
