@@ -127,38 +127,12 @@ def _checkpoint_meta(config: Config, plan: Plan, seeds: Sequence[int]) -> dict[s
     return {"config": settings, "plan": schedule}
 
 
-def run_experiment(
-    config: Config,
-    out: Path,
-    *,
-    dataset: Dataset | None = None,
-    restart: bool = False,
-    progress: bool = True,
-    checkpoint_every_s: float = 60.0,
-    steps_per_call: int | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    devices: int | None = 1,
-) -> dict[str, Any]:
+def run_experiment(config: Config, out: Path, **options: Any) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes its curves, summary and checkpoints.
 
-    ``dataset`` replaces the task's loader (toy data in tests); ``steps_per_call`` is
-    :func:`benchmarks.train.train`'s (outer steps per jitted call; default one evaluation
-    interval). ``devices``: how many of the local devices train data-parallel (``None``:
-    all of them); truncated BPTT and batches that do not split evenly run on one device.
-    Returns the summary (``status`` ``"diverged"`` if the loss stopped being finite).
+    ``options`` are :func:`run_seeds`'s. Returns the summary.
     """
-    (summary,) = run_seeds(
-        [config],
-        out,
-        dataset=dataset,
-        restart=restart,
-        progress=progress,
-        checkpoint_every_s=checkpoint_every_s,
-        steps_per_call=steps_per_call,
-        on_record=on_record,
-        devices=devices,
-        one_program=False,
-    )
+    (summary,) = run_seeds([config], out, one_program=False, **options)
     return summary
 
 
@@ -178,6 +152,13 @@ def run_seeds(
     """Trains configurations that differ only in their seed, in one compiled program
     (``benchmarks.train.train_seeds``), and writes each seed's files as a separate run
     would. ``one_program=False`` with one configuration is :func:`run_experiment`.
+
+    ``dataset`` replaces the task's loader (toy data in tests); ``steps_per_call`` is
+    :func:`benchmarks.train.train`'s (outer steps per jitted call; default one evaluation
+    interval). ``devices``: how many of the local devices train data-parallel (``None``:
+    all of them); truncated BPTT and batches that do not split evenly run on one device.
+    A run whose loss stops being finite writes a ``"diverged"`` summary, then
+    :class:`benchmarks.train.Diverged` is raised.
     Returns the summaries, in the order of ``configs_``.
     """
     first = configs_[0]
