@@ -89,9 +89,14 @@ def _free_port() -> int:
 def _start(
     process_id: int, num_processes: int, devices: int, port: int, logs: Path
 ) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    for name in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
-        env.pop(name, None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_PLATFORMS": "cpu",
+        # LLVM's optimizations cost more than they save on these tiny programs.
+        "XLA_FLAGS": "--xla_backend_optimization_level=0",
+    }
+    env.pop("JAX_NUM_CPU_DEVICES", None)
     args = [str(process_id), str(num_processes), str(devices), f"localhost:{port}"]
     name = f"{num_processes}x{devices}_{process_id}"
     with open(logs / f"{name}.out", "w") as out, open(logs / f"{name}.err", "w") as err:
