@@ -238,7 +238,9 @@ def shard_steps(batches: Any, mesh: Mesh) -> Any:
     return parallel.shard_batch(batches, mesh, batch_axis=1)
 
 
-_NOT_ALL_REDUCE = re.compile(r" (all-gather|reduce-scatter|all-to-all|collective-permute)\(")
+_NOT_ALL_REDUCE = re.compile(
+    r" (all-gather|reduce-scatter|all-to-all|collective-permute)(-start)?\("
+)
 
 
 def communication(task: Task, mesh: Mesh, mode: str, K: int) -> dict[str, Any]:
@@ -247,7 +249,7 @@ def communication(task: Task, mesh: Mesh, mode: str, K: int) -> dict[str, Any]:
     tx = optimizer(K, task.delta, task.lr, mode)
     params = task.model.init(jax.random.key(0), task.example)
     batch = next(iter(task.chunks(0)))
-    one_step = jax.tree.map(lambda a: a[:1], batch)
+    one_step = shard_steps(jax.tree.map(lambda a: a[:1], batch), mesh)
     compiled = (
         train_chunk(task.loss, tx, mesh, mode)
         .lower(replicate(params, mesh), replicate(tx.init(params), mesh), one_step)
@@ -337,7 +339,7 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        f"## Synchronous vs local, same gradient evaluations ({len(summary['seeds'])} seeds)",
+        f"## Synchronous vs local, same gradient evaluations (seeds {summary['seeds']})",
         "",
         "K gradient evaluations per outer step on every device in both modes; mean ± std "
         "over the seeds.",
