@@ -12,6 +12,10 @@ one device per core). The two ways alternate for ``--repeats`` rounds, and the t
 the median training wall time per seed (compilation excluded, it is listed apart), the
 speed-up, and the largest relative difference of a final test metric between the two ways
 (float rounding: the batched program sums in another order).
+
+``--gradient`` measures the part that decides it instead: the vanilla-RNN gradient (adding
+task, T=100, batch 50, hidden 128) of S parameter sets, S separate jitted calls against one
+``jax.vmap``-ed call, on one device, for each recurrence implementation.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +78,42 @@ def _measure(configs_: list[Any], devices: int | None) -> dict[str, Any]:
     }
 
 
+def gradient_rows(seeds: int, repeats: int, quick: bool) -> list[dict[str, Any]]:
+    """S separate gradient calls against one vmap-ed call, per recurrence implementation."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.data.adding import adding_batch
+    from models import RNNModel, mse_loss
+
+    length, batch, hidden = (8, 4, 4) if quick else (100, 50, 128)
+    x, y = adding_batch(jax.random.key(0), batch, length)
+    rows = []
+    for impl in ("fused", "flax"):
+        model = RNNModel(hidden_size=hidden, output_size=1, cell="simple", impl=impl)
+
+        def grad(params, x, y, model=model):
+            return jax.grad(lambda p: mse_loss(model.apply({"params": p}, x), y))(params)
+
+        params = [model.init(jax.random.key(s), x)["params"] for s in range(seeds)]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
+        xs, ys = jnp.stack([x] * seeds), jnp.stack([y] * seeds)
+        one, batched = jax.jit(grad), jax.jit(jax.vmap(grad))
+        jax.block_until_ready((one(params[0], x, y), batched(stacked, xs, ys)))
+        apart, together = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for seed_params in params:
+                jax.block_until_ready(one(seed_params, x, y))
+            apart.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            jax.block_until_ready(batched(stacked, xs, ys))
+            together.append(time.perf_counter() - t0)
+        a, b = statistics.median(apart), statistics.median(together)
+        rows.append({"impl": impl, "apart_ms": 1e3 * a, "together_ms": 1e3 * b, "speedup": a / b})
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.perf_seeds", description=__doc__.split("\n")[0]
@@ -81,10 +122,32 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both ways")
     parser.add_argument("--devices", type=int, help="as the runner's --devices (default all)")
     parser.add_argument("--quick", action="store_true", help="toy sizes, one round")
+    parser.add_argument(
+        "--gradient", action="store_true", help="the RNN gradient alone, S calls vs one vmap"
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.repeats < 1:
         parser.error(f"--seeds must be >= 2 and --repeats >= 1, got {args.seeds}, {args.repeats}")
+    if args.gradient:
+        parallel.start_cpu_devices(1)
+        repeats = 1 if args.quick else max(args.repeats, 7)
+        rows = gradient_rows(args.seeds, repeats, args.quick)
+        lines = [
+            f"Vanilla-RNN gradient of S={args.seeds} parameter sets (adding task, T=100, batch "
+            f"50, hidden 128), S jitted calls vs one vmap-ed call, one device, median of "
+            f"{repeats}. Machine: {describe(machine())}; load average "
+            f"{os.getloadavg()[0]:.2f} at the end.",
+            "",
+            "| recurrence | S calls (ms) | one vmap call (ms) | speed-up of vmap |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['impl']} | {r['apart_ms']:.1f} | {r['together_ms']:.1f} | {r['speedup']:.2f}x |"
+            for r in rows
+        ]
+        _emit(lines, args.out, argv)
+        return rows
     parallel.start_cpu_devices(args.devices)
     from benchmarks.configs import get_config
 
@@ -125,13 +188,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f"{r['speedup']:.2f}x | {r['apart_compile_s']:.1f} | {r['together_compile_s']:.1f} | "
             f"{r['diff']:.1e} |"
         )
+    _emit(lines, args.out, argv)
+    return rows
+
+
+def _emit(lines: list[str], out: Path | None, argv: Sequence[str] | None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         shown = " ".join(sys.argv[1:] if argv is None else argv)
-        args.out.write_text(f"$ python -m benchmarks.perf_seeds {shown}\n\n{text}")
-    return rows
+        out.write_text(f"$ python -m benchmarks.perf_seeds {shown}\n\n{text}")
 
 
 if __name__ == "__main__":

@@ -11,3 +11,10 @@ def test_quick_times_both_ways_and_they_agree(tmp_path):
     assert row["diff"] < 1e-4
     text = out.read_text()
     assert text.startswith("$ python -m benchmarks.perf_seeds --quick") and "| toy adding" in text
+
+
+def test_gradient_mode_times_both_ways_for_each_recurrence():
+    rows = perf_seeds.main(["--gradient", "--quick", "--seeds", "2"])
+    assert [r["impl"] for r in rows] == ["fused", "flax"]
+    assert all(r["apart_ms"] > 0 and r["together_ms"] > 0 for r in rows)
+    assert all(r["speedup"] == r["apart_ms"] / r["together_ms"] for r in rows)
