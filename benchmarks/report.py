@@ -557,7 +557,8 @@ def comparison_figure(runs: list[dict[str, Any]], title: str) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for run in runs:
         for ax, x in zip(axes, ("step", "grad_evals"), strict=True):
-            ax.plot(*_series(run, x, f"test_{metric}"), label=run_label(run), lw=1.2)
+            label = run_label(run)
+            ax.plot(*_series(run, x, f"test_{metric}"), label=label, color=_colour(label), lw=1.2)
     for ax, x in zip(axes, ("outer step", "gradient evaluations"), strict=True):
         if runs and runs[0]["task"] == "adding":
             ax.axhline(PLATEAU_MSE, color="grey", ls="--", lw=1, label="predict 1")
