@@ -99,7 +99,8 @@ def test_report_has_every_table_row_the_paper_numbers_and_ours(results):
         assert len(lines) == 2 * per_preset, name
         assert all(f"| {har:.2f} |" in line and f"| {noisy:.2f} |" in line for line in lines)
     cpu_table2 = text.split("### Table 2: HAR-2 and Noisy-HAR-2, `cpu` preset")[1].split("###")[0]
-    assert cpu_table2.count("| 81.25 (n=1) |") == 20 and cpu_table2.count("| 68.75 (n=1) |") == 20
+    assert cpu_table2.count("| 81.25 (n=1; best 81.25) |") == 20
+    assert cpu_table2.count("| 68.75 (n=1; best 68.75) |") == 20
     assert "not yet run" not in cpu_table2
     assert "Fixture CPU 9000 (2 cores), JAX cpu: cpu" in cpu_table2
     assert (
@@ -208,12 +209,12 @@ def test_table2_gives_mean_std_n_and_whether_the_paper_is_within_our_spread(tmp_
     lines = report.table2(report.load_results(folder), "cpu")
     (sgd,) = [line for line in lines if line.startswith("| SGD |")]
     cells = [cell.strip() for cell in sgd.split("|")][1:-1]
-    assert cells[3:5] == ["88.00 ± 2.00 (n=3)", "yes"]
-    assert cells[6] == "71.00 ± 1.41 (n=2); seed 2 diverged at step 5"
+    assert cells[3:5] == ["88.00 ± 2.00 (n=3; best 88.00)", "yes"]
+    assert cells[6] == "71.00 ± 1.41 (n=2; best 71.00); seed 2 diverged at step 5"
     assert cells[7] == "no"  # 74.38 is above both finished Noisy seeds
     (clip,) = [line for line in lines if line.startswith("| SGD+Clipping |")]
     cells = [cell.strip() for cell in clip.split("|")][1:-1]
-    assert cells[3:5] == ["91.00 ± 1.41 (n=2)", "no"]
+    assert cells[3:5] == ["91.00 ± 1.41 (n=2; best 91.00)", "no"]
     assert cells[6:8] == [report.NOT_RUN, "–"]
 
 
