@@ -105,7 +105,10 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_devices() -> dict:
-    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # Tiny programs: XLA without LLVM optimizations compiles them faster.
+    flags = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    }
     return run_worker(_WORKER, flags, drop=("JAX_NUM_CPU_DEVICES",))
 
 
