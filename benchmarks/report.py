@@ -701,7 +701,7 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
         list(handles.values()),
         list(handles),
         loc="center left",
-        bbox_to_anchor=(0.905, 0.5),
+        bbox_to_anchor=(0.865, 0.5),
         fontsize=8,
         title="mean over seeds\n(band: min–max)",
         title_fontsize=8,
@@ -711,7 +711,7 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
         f"Machines: {_machines(adding)}",
         fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0, 0.9, 0.97))
+    fig.tight_layout(rect=(0, 0, 0.86, 0.97))
     data = _png(fig)
     plt.close(fig)
     return data
