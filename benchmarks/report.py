@@ -640,6 +640,32 @@ def _mean_band(group: list[dict[str, Any]], x: str, y: str):
     )
 
 
+def _collect_handles(ax, handles: dict[str, Any]) -> None:
+    """One legend entry per run label across a figure's panels (the seed count dropped)."""
+    for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+        handles.setdefault(text.rsplit(" (n=", 1)[0], handle)
+
+
+def _finish(fig, handles: dict[str, Any], title: str) -> bytes:
+    """A figure with one legend outside the panels, on the right, as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="center left",
+        bbox_to_anchor=(0.865, 0.5),
+        fontsize=8,
+        title="mean over seeds\n(band: min–max)",
+        title_fontsize=8,
+    )
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 0.96))
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def _draw(ax, group, x, y, label) -> None:
     xs, mean, low, high = _mean_band(group, x, y)
     if not xs:
@@ -690,31 +716,18 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
             ax.set_xlabel("outer step" if x == "step" else "gradient evaluations")
             if col == 0:
                 ax.set_ylabel("test MSE")
-            for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(text.rsplit(" (n=", 1)[0], handle)
+            _collect_handles(ax, handles)
         steps = sorted({g[0]["steps"] for _, g in chosen.values()})
         budget = f": {NOT_RUN}"
         if steps:
             budget = f", {steps[0]}" + (f"–{steps[-1]}" if len(steps) > 1 else "") + " steps"
         axes[0][col].set_title(f"T = {length}{budget}", fontsize=9)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="center left",
-        bbox_to_anchor=(0.865, 0.5),
-        fontsize=8,
-        title="mean over seeds\n(band: min–max)",
-        title_fontsize=8,
-    )
-    fig.suptitle(
+    return _finish(
+        fig,
+        handles,
         f"Adding task (paper Fig. 2); dashed: the plateau, dotted: MSE {LEFT_PLATEAU}. "
         f"Machines: {_machines(adding)}",
-        fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0, 0.86, 0.97))
-    data = _png(fig)
-    plt.close(fig)
-    return data
 
 
 TABLE2_FIGURE_ROWS = (
@@ -747,24 +760,17 @@ def figure_table2(runs: list[dict[str, Any]], preset: str = "paper") -> bytes:
                                flavour=flavour)  # fmt: skip
             if group:
                 _draw(ax, group, "epoch", "test_accuracy", _label(method, K, flavour, group[0]))
-        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(text.rsplit(" (n=", 1)[0], handle)
+        _collect_handles(ax, handles)
         title = "HAR-2" if task == "har2" else "Noisy-HAR-2"
         ax.set_title(title + ("" if ax.lines else f": {NOT_RUN}"), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy")
-    fig.legend(list(handles.values()), list(handles), loc="center left",
-               bbox_to_anchor=(0.86, 0.5), fontsize=8)  # fmt: skip
     chosen = [r for r in runs if r["task"] in tasks and r["config"]["preset"] == preset]
-    fig.suptitle(
-        f"Table 2's vanilla-RNN rows, `{preset}` preset, mean over seeds (band: min–max). "
-        f"Machines: {_machines(chosen)}",
-        fontsize=8,
+    return _finish(
+        fig,
+        handles,
+        f"Table 2's vanilla-RNN rows, `{preset}` preset. Machines: {_machines(chosen)}",
     )
-    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
-    data = _png(fig)
-    plt.close(fig)
-    return data
 
 
 def figure3(runs: list[dict[str, Any]]) -> bytes:
