@@ -18,9 +18,11 @@ parameters (``tests/test_fused.py``, ``tests/test_models.py``).
    per step, read from the optimized HLO, next to microseconds per step at several T.
 5. Deep IndRNN of Table 2 (6 x 128, batch norm, dropout 0.1) on a HAR-2 training epoch
    (7415 windows of 128 x 9, batch 64, Adam, recurrent weights clipped; generated data of
-   the real shapes), steps of the implementations interleaved.
-6. Where that training step's time goes: the same step without dropout, and without
-   dropout and batch norm.
+   the real shapes), steps interleaved: as it landed (``LandedDeepIndRNN``: ``nn.RNN``,
+   ``nn.BatchNorm``, ``nn.Dropout``, one device) against ``RNNModel`` as the runner trains
+   it now, on one device and data-parallel on all of them (one per core).
+6. Where that training step's time goes, landed and now, on one device: the same step
+   without dropout, and without dropout and batch norm.
 7. The fused vanilla-RNN gradient with scan unroll 1, 2, 4 and 8.
 
 Run: ``python -m benchmarks.perf_models --out results/cpu/perf_models.txt`` (about 5
@@ -38,10 +40,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from benchmarks import parallel
 from benchmarks.machine import describe, machine
 from models import (
     RNNModel,
@@ -52,6 +58,7 @@ from models import (
     mse_loss,
     sigmoid_mse_loss,
 )
+from models.cells import IndRNNCell
 
 IMPLS: tuple[str, ...] = ("flax", "hoisted", "fused")
 CELLS: tuple[str, ...] = ("simple", "lstm", "gru", "indrnn")
@@ -268,19 +275,52 @@ def _har2_like(num: int, seq_len: int, features: int) -> tuple[jax.Array, jax.Ar
     return x, y
 
 
-def indrnn_train_step(
+class LandedDeepIndRNN(nn.Module):
+    """The deep IndRNN as it landed, the plain Flax way: ``nn.RNN`` over ``IndRNNCell``,
+    ``nn.BatchNorm`` and ``nn.Dropout`` after each layer, a dense head on ``h_T``.
+
+    The same parameters and, at evaluation, the same function as
+    ``RNNModel(cell="indrnn", layer_batch_norm=True, impl="flax")`` (``tests/test_perf.py``);
+    in training its dropout masks come from ``nn.Dropout`` (``jax.random.bernoulli``).
+    Kept here as the baseline sections 5 and 6 measure against.
+    """
+
+    hidden_size: int
+    depth: int
+    recurrent_bound: float
+    dropout_rate: float = 0.1
+    layer_batch_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        xs = jnp.swapaxes(x, 0, 1)
+        for layer in range(self.depth):
+            cell = IndRNNCell(self.hidden_size, recurrent_bound=self.recurrent_bound, parent=None)
+            xs = nn.RNN(cell, time_major=True, name=f"rnn_{layer}")(xs)
+            if self.layer_batch_norm:
+                xs = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn_{layer}"
+                )(xs)
+            if self.dropout_rate > 0:
+                xs = nn.Dropout(self.dropout_rate, deterministic=not train)(xs)
+        return nn.Dense(1, name="head")(xs[-1])
+
+
+def deep_indrnn_model(
     args: argparse.Namespace,
-    data: tuple[jax.Array, jax.Array],
-    impl: str,
+    variant: str,
     *,
     dropout_rate: float = 0.1,
     layer_batch_norm: bool = True,
-) -> tuple[Callable[[Any, int], Any], Any]:
-    """The deep IndRNN's jitted training step ``carry, i -> carry`` on batch ``i`` (Adam,
-    recurrent weights clipped), and its first carry."""
-    x_all, y_all = data
+) -> nn.Module:
+    """``"landed"``: ``LandedDeepIndRNN``; ``"now"``: ``RNNModel(impl="auto")``, what the
+    runner trains (``models.deep_indrnn`` with these settings)."""
     bound = indrnn_recurrent_bound(2.0, args.har_length)
-    model = RNNModel(
+    if variant == "landed":
+        return LandedDeepIndRNN(
+            args.har_hidden, args.har_depth, bound, dropout_rate, layer_batch_norm
+        )
+    return RNNModel(
         args.har_hidden,
         1,
         cell="indrnn",
@@ -288,8 +328,21 @@ def indrnn_train_step(
         layer_batch_norm=layer_batch_norm,
         dropout_rate=dropout_rate,
         recurrent_bound=bound,
-        impl=impl,
     )
+
+
+def indrnn_train_step(
+    args: argparse.Namespace,
+    data: tuple[jax.Array, jax.Array],
+    model: nn.Module,
+    mesh: Mesh | None = None,
+) -> tuple[Callable[[Any, int], Any], Any]:
+    """The deep IndRNN's jitted training step ``carry, i -> carry`` on batch ``i`` (Adam,
+    recurrent weights clipped), and its first carry. With ``mesh``, the step is
+    data-parallel over its devices the way the runner trains (``benchmarks.parallel``:
+    each device its shard of the batch and its own dropout masks, gradients averaged)."""
+    x_all, y_all = data
+    bound = indrnn_recurrent_bound(2.0, args.har_length)
     variables = model.init(jax.random.key(0), x_all[: args.har_batch])
     params = variables["params"]
     state = {name: value for name, value in variables.items() if name != "params"}
@@ -301,85 +354,107 @@ def indrnn_train_step(
         )
         return sigmoid_mse_loss(out, y), new_state
 
-    @jax.jit
-    def step(carry, i):
+    def update(carry, x, y, key, loss_fn):
         p, st, opt_state = carry
-        x = jax.lax.dynamic_slice_in_dim(x_all, i * args.har_batch, args.har_batch)
-        y = jax.lax.dynamic_slice_in_dim(y_all, i * args.har_batch, args.har_batch)
-        (_, st), g = jax.value_and_grad(loss, has_aux=True)(
-            p, st, x, y, jax.random.fold_in(jax.random.key(1), i)
-        )
+        (_, st), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, x, y, key)
         updates, opt_state = tx.update(g, opt_state, p)
         p = clip_indrnn_recurrent(optax.apply_updates(p, updates), bound)
         return p, dict(st), opt_state
 
-    return step, (params, state, tx.init(params))
+    if mesh is None:
+        apply = functools.partial(update, loss_fn=loss)
+    else:
+        local_loss = parallel.data_parallel_loss(loss, has_aux=True)
+
+        def local(carry, x, y, key):
+            key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
+            return update(carry, x, y, key, local_loss)
+
+        apply = parallel.data_parallel(
+            local,
+            mesh,
+            in_specs=(P(), parallel.batch_spec(), parallel.batch_spec(), P()),
+            out_specs=P(),
+        )
+        replicated = NamedSharding(mesh, P())
+        x_all, y_all = jax.device_put((x_all, y_all), replicated)
+
+    @jax.jit
+    def step(carry, i):
+        x = jax.lax.dynamic_slice_in_dim(x_all, i * args.har_batch, args.har_batch)
+        y = jax.lax.dynamic_slice_in_dim(y_all, i * args.har_batch, args.har_batch)
+        return apply(carry, x, y, jax.random.fold_in(jax.random.key(1), i))
+
+    carry = (params, state, tx.init(params))
+    if mesh is not None:
+        carry = jax.device_put(carry, NamedSharding(mesh, P()))
+    return step, carry
+
+
+def _epoch_variants(args: argparse.Namespace) -> dict[str, tuple[str, Mesh | None]]:
+    """Section 5's rows: name -> (model variant, mesh or one device)."""
+    variants = {"landed": ("landed", None), "now, 1 device": ("now", None)}
+    devices = jax.local_devices()
+    if len(devices) > 1 and args.har_batch % len(devices) == 0:
+        variants[f"now, {len(devices)} devices"] = ("now", parallel.data_mesh(devices))
+    return variants
 
 
 def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
-    """Section 5: one HAR-2 epoch of the deep IndRNN, the variants' steps interleaved."""
+    """Section 5: one HAR-2 epoch of the deep IndRNN, the variants' steps interleaved: as it
+    landed (one device), as the runner trains it now on one device and on all of them."""
     data = _har2_like(args.har_windows, args.har_length, 9)
     steps = args.har_windows // args.har_batch
-
-    # (impl, threefry_partitionable): the landed model, the fused recurrence, and the fused
-    # recurrence with dropout masks drawn by the non-partitionable threefry (a global JAX
-    # setting, cheaper on one CPU device; it changes the random stream, not the model).
-    variants = {"flax": ("flax", True), "fused": ("fused", True), "fused+rng": ("fused", False)}
     runs = {}
-    for name, (impl, partitionable) in variants.items():
-        with jax.threefry_partitionable(partitionable):
-            step, carry = indrnn_train_step(args, data, impl)
-            runs[name] = (step, jax.block_until_ready(step(carry, 0)), partitionable)
-    seconds = dict.fromkeys(variants, 0.0)
-    carries = {name: carry for name, (_, carry, _) in runs.items()}
+    for name, (variant, mesh) in _epoch_variants(args).items():
+        step, carry = indrnn_train_step(args, data, deep_indrnn_model(args, variant), mesh)
+        runs[name] = [step, jax.block_until_ready(step(carry, 0))]
+    seconds = dict.fromkeys(runs, 0.0)
     for i in range(steps):
-        for name, (step, _, partitionable) in runs.items():
-            with jax.threefry_partitionable(partitionable):
-                start = time.perf_counter()
-                carries[name] = jax.block_until_ready(step(carries[name], i))
-                seconds[name] += time.perf_counter() - start
-    ratio = seconds["flax"] / seconds["fused"]
-    ratio_rng = seconds["flax"] / seconds["fused+rng"]
+        for name, run_ in runs.items():
+            start = time.perf_counter()
+            run_[1] = jax.block_until_ready(run_[0](run_[1], i))
+            seconds[name] += time.perf_counter() - start
+    speedups = {name: seconds["landed"] / s for name, s in seconds.items() if name != "landed"}
     print_fn(
         f"\n[5] deep IndRNN ({args.har_depth} x {args.har_hidden}, batch norm, dropout 0.1), "
         f"HAR-2 epoch: {steps} steps of batch {args.har_batch}, {args.har_length} x 9 "
-        "(generated data of the real shapes), Adam + clipping, steps interleaved"
+        "(generated data of the real shapes), Adam + clipping, steps interleaved. landed: "
+        "nn.RNN(IndRNNCell) + nn.BatchNorm + nn.Dropout; now: RNNModel(impl='auto') with "
+        "models.batch_norm and models.dropout, as the runner trains it"
     )
-    print_fn(
-        f"epoch seconds: flax {seconds['flax']:.2f}, fused {seconds['fused']:.2f}, fused with "
-        f"jax.threefry_partitionable(False) {seconds['fused+rng']:.2f}; "
-        f"flax / fused = {ratio:.2f}x, flax / (fused + that RNG) = {ratio_rng:.2f}x"
-    )
-    return {
-        "steps": steps,
-        **{f"{name}_s": seconds[name] for name in variants},
-        "ratio": ratio,
-        "ratio_with_rng": ratio_rng,
-    }
+    print_fn("epoch seconds: " + ", ".join(f"{n} {s:.2f}" for n, s in seconds.items()))
+    print_fn("landed / now: " + ", ".join(f"{n} {r:.2f}x" for n, r in speedups.items()))
+    return {"steps": steps, "seconds": seconds, "speedup": speedups}
 
 
 def indrnn_step_breakdown(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
-    """Section 6: where a deep-IndRNN step's time goes: the step with and without dropout
-    and batch norm, for both impls, ``args.har_breakdown_steps`` steps round-robin."""
+    """Section 6: where a deep-IndRNN step's time goes, on one device: the step with and
+    without dropout and batch norm, as landed and now, ``args.har_breakdown_steps`` steps
+    round-robin."""
     data = _har2_like(args.har_windows, args.har_length, 9)
     settings = {
         "full": {},
         "no dropout": {"dropout_rate": 0.0},
         "no dropout, no BN": {"dropout_rate": 0.0, "layer_batch_norm": False},
     }
+    variants = ("landed", "now")
     fns = {}
-    for impl in ("flax", "fused"):
+    for variant in variants:
         for name, overrides in settings.items():
-            step, carry = indrnn_train_step(args, data, impl, **overrides)
-            fns[f"{impl}/{name}"] = lambda step=step, carry=carry: step(carry, 0)
+            model = deep_indrnn_model(args, variant, **overrides)
+            step, carry = indrnn_train_step(args, data, model)
+            fns[f"{variant}/{name}"] = lambda step=step, carry=carry: step(carry, 0)
     times = round_robin(fns, args.har_breakdown_steps)
-    print_fn(f"\n[6] deep-IndRNN training step, ms (median of {args.har_breakdown_steps})")
-    print_fn(f"{'':<20}{'flax':>9}{'fused':>9}")
+    print_fn(
+        f"\n[6] deep-IndRNN training step on one device, ms (median of {args.har_breakdown_steps})"
+    )
+    print_fn(f"{'':<20}{'landed':>9}{'now':>9}")
     rows = {}
     for name in settings:
-        ms = {impl: 1e3 * times[f"{impl}/{name}"] for impl in ("flax", "fused")}
+        ms = {variant: 1e3 * times[f"{variant}/{name}"] for variant in variants}
         rows[name] = ms
-        print_fn(f"{name:<20}{ms['flax']:>9.1f}{ms['fused']:>9.1f}")
+        print_fn(f"{name:<20}{ms['landed']:>9.1f}{ms['now']:>9.1f}")
     return rows
 
 
@@ -448,6 +523,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    parallel.start_cpu_devices(None)  # one device per core, for section 5's last row
     lines: list[str] = []
 
     def print_fn(line: str) -> None:

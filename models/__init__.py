@@ -1,6 +1,7 @@
 """The paper's RNN family in Flax: cells, stacked models and heads (modules only; the
 training pieces, truncated BPTT included, live in ``benchmarks``)."""
 
+from models.batch_norm import BatchNorm
 from models.cells import (
     CELL_NAMES,
     IndRNNCell,
@@ -9,6 +10,7 @@ from models.cells import (
     indrnn_recurrent_bound,
     make_cell,
 )
+from models.dropout import Dropout
 from models.fused import fused_scan_cell, supports_fused
 from models.heads import (
     HEADS,
@@ -31,6 +33,8 @@ from models.scan_rnn import scan_cell, simple_rnn_scan
 
 __all__ = [
     "CELL_NAMES",
+    "BatchNorm",
+    "Dropout",
     "HEADS",
     "Head",
     "HoistedRNN",

@@ -113,44 +113,55 @@ def _elman_bwd(act, unroll, residuals, g_hs):
 elman_recurrence.defvjp(_elman_fwd, _elman_bwd)
 
 
-# --- IndRNN: h_t = sigma(p_t + u * h_{t-1}) -----------------------------------------------
+# --- IndRNN: h_t = sigma(p_t + b + u * h_{t-1}) -------------------------------------------
 
 
-def _indrnn_forward(act: str, unroll: int, u: Array, p: Array, h0: Array) -> Array:
+def _indrnn_forward(act: str, unroll: int, u: Array, b: Array, p: Array, h0: Array) -> Array:
     def step(h: Array, p_t: Array) -> tuple[Array, Array]:
-        h = _act(act, p_t + u * h)
+        h = _act(act, p_t + b + u * h)
         return h, h
 
     return jax.lax.scan(step, h0, p, unroll=unroll)[1]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def indrnn_recurrence(act: str, unroll: int, u: Array, p: Array, h0: Array) -> Array:
-    r"""All states ``h_t = sigma(p_t + u * h_{t-1})``, ``[T, B, H]``, of a projected input.
+def indrnn_recurrence(act: str, unroll: int, u: Array, b: Array, p: Array, h0: Array) -> Array:
+    r"""All states ``h_t = sigma(p_t + b + u * h_{t-1})``, ``[T, B, H]``, of a projected input.
 
-    Backward: ``dz_t = (g_t + dh_t) sigma'(h_t)``, ``dh_{t-1} = u * dz_t`` (element-wise);
-    ``du = sum_{t,b} h_{t-1} dz_t``, ``dp = dz`` after the loop.
+    Every operation in the step is element-wise, so the loop costs more than its
+    arithmetic; the passes over ``[T, B, H]`` arrays around it are what the backward pass
+    saves. The bias is added in the loop (no pass to add it before), and the backward loop
+    accumulates ``du`` and ``db`` per batch row next to the state cotangent:
+    ``dz_t = (g_t + dh_t) sigma'(h_t)``, ``dh_{t-1} = u * dz_t``,
+    ``du += h_{t-1} dz_t``, ``db += dz_t``, summed over the batch after the loop (no
+    shifted copy of the states, no reductions over ``[T, B, H]``); ``dp = dz``.
     """
-    return _indrnn_forward(act, unroll, u, p, h0)
+    return _indrnn_forward(act, unroll, u, b, p, h0)
 
 
-def _indrnn_fwd(act, unroll, u, p, h0):
-    hs = _indrnn_forward(act, unroll, u, p, h0)
+def _indrnn_fwd(act, unroll, u, b, p, h0):
+    hs = _indrnn_forward(act, unroll, u, b, p, h0)
     return hs, (u, hs, h0)
 
 
 def _indrnn_bwd(act, unroll, residuals, g_hs):
     u, hs, h0 = residuals
 
-    def step(dh: Array, inputs: tuple[Array, Array]) -> tuple[Array, Array]:
-        g_t, h_t = inputs
+    def step(carry, inputs):
+        dh, du, db = carry
+        t, g_t, h_t = inputs
+        before = jax.lax.dynamic_index_in_dim(hs, jnp.maximum(t - 1, 0), keepdims=False)
+        h_prev = jnp.where(t > 0, before, h0)
         dz = (dh + g_t) * _act_grad(act, h_t)
-        return u * dz, dz
+        return (u * dz, du + h_prev * dz, db + dz), dz
 
-    dh0, dz = jax.lax.scan(step, jnp.zeros_like(h0), (g_hs, hs), reverse=True, unroll=unroll)
-    batch_axes = tuple(range(dz.ndim - 1))
-    du = jnp.sum(_previous(h0, hs) * dz, axis=batch_axes)
-    return du, dz, dh0
+    zeros = jnp.zeros_like(h0)
+    steps = jnp.arange(hs.shape[0])
+    (dh0, du, db), dz = jax.lax.scan(
+        step, (zeros, zeros, zeros), (steps, g_hs, hs), reverse=True, unroll=unroll
+    )
+    batch_axes = tuple(range(h0.ndim - 1))
+    return du.sum(batch_axes), db.sum(batch_axes), dz, dh0
 
 
 indrnn_recurrence.defvjp(_indrnn_fwd, _indrnn_bwd)
@@ -326,7 +337,7 @@ def _indrnn(cell: IndRNNCell, params: Params, xs: Array, carry: Array, unroll: i
     w_i, b, u = params["i"]["kernel"], params["i"]["bias"], params[INDRNN_RECURRENT_NAME]
     dtype = _common_dtype(w_i, b, u, xs, carry)
     w_i, b, u, xs, carry = _cast((w_i, b, u, xs, carry), dtype)
-    hs = indrnn_recurrence(_activation_name(cell.activation_fn), unroll, u, xs @ w_i + b, carry)
+    hs = indrnn_recurrence(_activation_name(cell.activation_fn), unroll, u, b, xs @ w_i, carry)
     return hs[-1], hs
 
 

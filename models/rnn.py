@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Initializer
 
+from models.batch_norm import BatchNorm
 from models.cells import CELL_NAMES, IndRNNCell, make_cell
+from models.dropout import Dropout
 from models.fused import fused_scan_cell, supports_fused
 from models.scan_rnn import scan_cell, supports_hoisting
 
@@ -80,7 +82,8 @@ class RNNModel(nn.Module):
       batch_norm: batch norm on ``h_T`` before the head.
       layer_batch_norm: batch norm after every recurrent layer, over batch and time.
       dropout_rate: dropout after every recurrent layer in training (needs a ``"dropout"``
-        rng when ``> 0``).
+        rng when ``> 0``): ``models.dropout.Dropout``, whose masks cost a third of
+        ``nn.Dropout``'s on CPU.
       recurrent_init: ``"orthogonal"`` (Flax's default for its cells), ``"identity"``
         (IRNN; ``u = 1`` for IndRNN), an initializer, or ``None`` for the cell's default.
         For long sequences an orthogonal or identity ``W_h`` keeps the linearized
@@ -188,7 +191,7 @@ class RNNModel(nn.Module):
             if self.layer_batch_norm:
                 xs = _batch_norm(train, f"bn_{layer}")(xs)
             if self.dropout_rate > 0:
-                xs = nn.Dropout(self.dropout_rate, deterministic=not train)(xs)
+                xs = Dropout(self.dropout_rate, deterministic=not train)(xs)
         h_last = xs[-1]
         if self.batch_norm:
             h_last = _batch_norm(train, "bn_final")(h_last)
@@ -214,18 +217,20 @@ class Recurrence:
 
 MEASURED: dict[str, Recurrence] = {
     "cpu": Recurrence(
-        {"simple": "fused", "lstm": "flax", "gru": "flax", "indrnn": "flax"},
+        {"simple": "fused", "lstm": "flax", "gru": "flax", "indrnn": "fused"},
         1,
-        "benchmarks/perf_models.py on the 2-core Xeon under a load average of ~5 "
-        "(results/cpu/perf_models.txt, sections [3]-[4]): the fused recurrence and the Flax "
-        "cell tie on the vanilla-RNN gradient (fused 1.04x at T=100, 0.88x at T=400; per "
-        "step in section [4] fused <= flax at every T), so the vanilla cell takes the fused "
-        "path; for the LSTM, GRU and IndRNN with 2 inputs the per-step Flax cell was faster "
-        "(fused 0.33-0.80x, except IndRNN at T=100): on XLA:CPU the [T, B, H] arrays that "
-        "the hoisted projection, its cotangent and the stacked pre-activation cotangents add "
+        "benchmarks/perf_models.py on the 2-core Xeon (results/cpu/perf_models.txt and the "
+        "runs before it): the fused vanilla-RNN gradient is 1.27-1.32x Flax's at T=100 and "
+        "level with it at T=400 within run-to-run noise (0.85-1.14x in three runs), so the "
+        "vanilla cell takes the fused path. The deep IndRNN (6 layers, batch norm, dropout) "
+        "trains faster with the fused recurrence, which adds the bias and accumulates du "
+        "and db inside its loops: a HAR-2 step (T=128) and a Pixel-MNIST one (T=784: 824 "
+        "vs 1098 ms on one device, measured when this entry was written), though a lone "
+        "IndRNN layer at T=400 is 0.81x. For the LSTM and GRU with 2 inputs the per-step "
+        "Flax cell was faster (fused 0.60-0.92x): on XLA:CPU the [T, B, H] arrays that the "
+        "hoisted projection, its cotangent and the stacked pre-activation cotangents add "
         "cost more memory traffic than the small per-step products they replace. Unroll 1: "
-        "larger unrolls were no faster at T=400 (section [7]). Rerun on a quiet machine "
-        "before trusting the vanilla entry.",
+        "larger unrolls were no faster at T=400 (section [7]).",
     ),
     "gpu": Recurrence(
         dict.fromkeys(CELL_NAMES, "hoisted"),
@@ -302,8 +307,8 @@ def resolve_impl(impl: str, cell: nn.RNNCellBase, backend: str | None = None) ->
     return impl
 
 
-def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
+def _batch_norm(train: bool, name: str) -> BatchNorm:
+    return BatchNorm(
         use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
     )
 

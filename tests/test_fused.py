@@ -21,10 +21,11 @@ CELLS = {
     "gru": make_cell("gru", 5),
 }
 # (T, batch, unroll): T not divisible by the unroll, T = 1, divisible, unroll longer than
-# T. Every cell runs the first; the vanilla cell and the LSTM (two carries) run them all.
+# T. Every cell runs the first; the vanilla cell, the IndRNN (whose backward loop reads the
+# previous state by index) and the LSTM (two carries) run them all.
 SHAPES = [(7, 3, 3), (1, 1, 1), (8, 2, 4), (3, 2, 5)]
 CASES = [(name, *SHAPES[0]) for name in CELLS] + [
-    (name, *shape) for name in ("simple", "lstm") for shape in SHAPES[1:]
+    (name, *shape) for name in ("simple", "indrnn", "lstm") for shape in SHAPES[1:]
 ]
 
 
@@ -110,7 +111,7 @@ def test_relu_recurrences_match_flax_in_float64_where_units_switch_off():
         _assert_trees_close(grads, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["simple", "lstm"])
+@pytest.mark.parametrize("name", ["simple", "indrnn", "lstm"])
 def test_vmap_over_seeds_equals_one_seed_at_a_time(name):
     cell = CELLS[name]
     setups = [_setup(cell, 6, 2, seed=s) for s in range(3)]

@@ -3,6 +3,9 @@
 import argparse
 import math
 
+import jax
+import numpy as np
+
 from benchmarks import perf
 
 
@@ -42,8 +45,30 @@ def test_perf_models_reports_every_section_at_toy_size(capsys):
     assert writes["fused"] == [1, 1]
     assert sum(writes["flax"]) > sum(writes["fused"])
     epoch = rows["indrnn_epoch"]
-    assert epoch["steps"] == 3 and epoch["ratio"] > 0
+    assert epoch["steps"] == 3 and set(epoch["seconds"]) >= {"landed", "now, 1 device"}
+    assert all(r > 0 for r in epoch["speedup"].values())
     out = capsys.readouterr().out
-    assert set(rows["indrnn_breakdown"]) == {"full", "no dropout", "no dropout, no BN"}
+    breakdown = rows["indrnn_breakdown"]
+    assert set(breakdown) == {"full", "no dropout", "no dropout, no BN"}
+    assert all(set(r) == {"landed", "now"} for r in breakdown.values())
     assert [set(r["ms_by_unroll"]) for r in rows["unroll"]] == [{3}]
-    assert "Machine:" in out and "of peak" in out and "flax / fused" in out
+    assert "Machine:" in out and "of peak" in out and "landed / now" in out
+
+
+def test_the_landed_deep_indrnn_baseline_is_the_same_function_as_rnn_model():
+    """Section 5's baseline differs from the model the runner trains only in how it is
+    computed: the same parameter tree and, at evaluation, the same outputs."""
+    from benchmarks import perf_models
+
+    args = perf_models.parse_args(["--quick"])
+    args.har_depth = 2
+    x = jax.random.normal(jax.random.key(0), (3, args.har_length, 9))
+    landed = perf_models.deep_indrnn_model(args, "landed")
+    now = perf_models.deep_indrnn_model(args, "now")
+    variables = now.init(jax.random.key(1), x)
+    assert jax.tree.structure(landed.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    stats = jax.tree.map(lambda a: a + 0.3, variables["batch_stats"])  # not the identity
+    variables = {**variables, "batch_stats": stats}
+    np.testing.assert_allclose(
+        landed.apply(variables, x), now.apply(variables, x), rtol=1e-5, atol=1e-6
+    )
