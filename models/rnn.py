@@ -82,8 +82,8 @@ class RNNModel(nn.Module):
       batch_norm: batch norm on ``h_T`` before the head.
       layer_batch_norm: batch norm after every recurrent layer, over batch and time.
       dropout_rate: dropout after every recurrent layer in training (needs a ``"dropout"``
-        rng when ``> 0``): ``models.dropout.Dropout``, whose masks cost a third of
-        ``nn.Dropout``'s on CPU.
+        rng when ``> 0``): ``models.dropout.Dropout``, whose masks cost under a fifth
+        of ``nn.Dropout``'s on CPU.
       recurrent_init: ``"orthogonal"`` (Flax's default for its cells), ``"identity"``
         (IRNN; ``u = 1`` for IndRNN), an initializer, or ``None`` for the cell's default.
         For long sequences an orthogonal or identity ``W_h`` keeps the linearized
