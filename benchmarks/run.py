@@ -19,6 +19,10 @@ against the configuration's fields and types before anything runs. Each run writ
   resumes from the last readable one, a larger ``--steps`` / ``--epochs`` extends a
   finished run, ``--restart`` starts over.
 
+A run whose summary already records it finished with the same configuration (budget
+included) is not trained again: the command says so and moves on, so a loop over rows can
+be rerun after an interruption, on a fresh clone too (checkpoints are not committed).
+
 ``<task>`` is ``adding_T<length>`` for the adding task, and ``<run>`` is
 ``<method>[_K<K>_<flavour>][_<override>...]_<preset>_seed<seed>``. ``--seeds`` trains the
 seeds in one compiled program and writes the same per-seed files as separate runs.
@@ -127,6 +131,16 @@ def _checkpoint_meta(config: Config, plan: Plan, seeds: Sequence[int]) -> dict[s
     return {"config": settings, "plan": schedule}
 
 
+def _finished(config: Config, summary_path: Path) -> dict[str, Any] | None:
+    """The summary at ``summary_path`` if it records a finished run of exactly ``config``
+    (every field, the budget included), else ``None``."""
+    if not summary_path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text())
+    same = summary.get("config") == json.loads(json.dumps(dataclasses.asdict(config)))
+    return summary if same and summary.get("status", "finished") == "finished" else None
+
+
 def run_experiment(config: Config, out: Path, **options: Any) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes its curves, summary and checkpoints.
 
@@ -170,6 +184,17 @@ def run_seeds(
             raise ValueError(f"seeds in one program need one configuration, got {config}")
     if not one_program and len(configs_) > 1:
         raise ValueError("one_program=False runs one configuration")
+    files = [run_files(c, out) for c in configs_]
+    if not restart:
+        done = [_finished(c, f[0]) for c, f in zip(configs_, files, strict=True)]
+        if all(done):
+            for summary in done:
+                print(
+                    f"{first.task_dir} {summary['run']}: finished before ({summary['steps']} "
+                    "outer steps); not trained again (--restart trains it anew)",
+                    flush=True,
+                )
+            return done
     datas = [load_task_data(c, dataset) for c in configs_]
     plan = make_plan(first, datas[0])
     model = build_model(first, datas[0])
@@ -184,7 +209,6 @@ def run_seeds(
         warmup = dataclasses.replace(first, K=1, k1_steps=None)
         then = [(first.k1_steps, tx, plan.batches_per_step)]
         tx = build_optimizer(warmup, plan.updates_per_epoch, batch_axis_name=axis)
-    files = [run_files(c, out) for c in configs_]
     ckpt_dir = files[0][2] if not one_program else _group_checkpoints(configs_, out)
     if restart:
         shutil.rmtree(ckpt_dir, ignore_errors=True)

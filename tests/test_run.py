@@ -3,6 +3,7 @@ method) pair trains end to end on toy data, resumes exactly (from the previous c
 the latest is damaged), extends, stops loudly on divergence, trains seeds in one program, and
 bad input is refused before any file."""
 
+import dataclasses
 import json
 
 import jax
@@ -281,8 +282,8 @@ def test_no_readable_checkpoint_is_a_clear_error_with_the_fix(tmp_path):
     with (
         pytest.warns(UserWarning, match="unreadable"),
         pytest.raises(RuntimeError, match="no checkpoint .* is readable.*--restart"),
-    ):
-        run.run_experiment(config, tmp_path, progress=False)
+    ):  # extending the finished run needs its checkpoint
+        run.run_experiment(dataclasses.replace(config, steps=8), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize(("task", "budget"), [("adding", "steps"), ("har2", "epochs")])
@@ -346,3 +347,24 @@ def test_bad_k_switch_is_refused(kwargs, match):
     method = kwargs.pop("method")
     with pytest.raises(ValueError, match=match):
         toy_config("adding", method, **kwargs)
+
+
+def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, monkeypatch, capsys):
+    config = toy_config("adding", "fw", flavour="alg1", K=2)
+    first = run.run_experiment(config, tmp_path, progress=False)
+    summary_path, curves_path, _ = run.run_files(config, tmp_path)
+    files = summary_path.read_text(), curves_path.read_text()
+
+    def no_training(**kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(run, "train", no_training)
+    again = run.run_experiment(config, tmp_path, progress=False)
+    assert again == json.loads(json.dumps(first))
+    assert (summary_path.read_text(), curves_path.read_text()) == files
+    assert "finished before (4 outer steps); not trained again" in capsys.readouterr().out
+    # Another budget or setting is another run: it trains (here: extends, or starts).
+    with pytest.raises(AssertionError, match="trained again"):
+        run.run_experiment(dataclasses.replace(config, steps=8), tmp_path, progress=False)
+    with pytest.raises(AssertionError, match="trained again"):
+        run.run_experiment(config, tmp_path, progress=False, restart=True)
