@@ -127,7 +127,7 @@ class Dropout(nn.Module):
     @nn.compact
     def __call__(self, x: Array, deterministic: bool | None = None) -> Array:
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        drop_threshold(self.rate)
+        drop_threshold(self.rate)  # a rate outside [0, 1) is refused in evaluation too
         if deterministic or self.rate == 0.0:
             return x
         keep = keep_mask(self.make_rng(self.rng_collection), x.shape, self.rate)
