@@ -52,6 +52,7 @@ from benchmarks.machine import describe, machine
 from models import (
     RNNModel,
     clip_indrnn_recurrent,
+    deep_indrnn,
     default_impl,
     default_unroll,
     indrnn_recurrent_bound,
@@ -313,22 +314,17 @@ def deep_indrnn_model(
     dropout_rate: float = 0.1,
     layer_batch_norm: bool = True,
 ) -> nn.Module:
-    """``"landed"``: ``LandedDeepIndRNN``; ``"now"``: ``RNNModel(impl="auto")``, what the
-    runner trains (``models.deep_indrnn`` with these settings)."""
+    """``"landed"``: ``LandedDeepIndRNN``; ``"now"``: ``models.deep_indrnn`` (an
+    ``RNNModel`` with ``impl="auto"``), what the runner trains, with these settings."""
     bound = indrnn_recurrent_bound(2.0, args.har_length)
     if variant == "landed":
         return LandedDeepIndRNN(
             args.har_hidden, args.har_depth, bound, dropout_rate, layer_batch_norm
         )
-    return RNNModel(
-        args.har_hidden,
-        1,
-        cell="indrnn",
-        depth=args.har_depth,
-        layer_batch_norm=layer_batch_norm,
-        dropout_rate=dropout_rate,
-        recurrent_bound=bound,
+    model = deep_indrnn(
+        1, bound, depth=args.har_depth, hidden_size=args.har_hidden, dropout_rate=dropout_rate
     )
+    return model.clone(layer_batch_norm=layer_batch_norm)
 
 
 def indrnn_train_step(

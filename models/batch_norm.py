@@ -54,9 +54,7 @@ def batch_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Arr
       ``(y, mean, var)``: the normalized, scaled and shifted ``x``, and the batch mean and
       (biased, ``E[x^2] - E[x]^2`` as Flax computes it) variance for the running averages.
     """
-    mean, var = _stats(x)
-    y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
-    return y, mean, var
+    return _batch_norm_fwd(x, scale, bias, epsilon)[0]
 
 
 def _batch_norm_fwd(x, scale, bias, epsilon):

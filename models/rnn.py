@@ -223,14 +223,16 @@ MEASURED: dict[str, Recurrence] = {
         "runs before it): the fused vanilla-RNN gradient is 1.27-1.32x Flax's at T=100 and "
         "level with it at T=400 within run-to-run noise (0.85-1.14x in three runs), so the "
         "vanilla cell takes the fused path. The deep IndRNN (6 layers, batch norm, dropout) "
-        "trains faster with the fused recurrence, which adds the bias and accumulates du "
-        "and db inside its loops: a HAR-2 step (T=128) and a Pixel-MNIST one (T=784: 824 "
-        "vs 1098 ms on one device, measured when this entry was written), though a lone "
-        "IndRNN layer at T=400 is 0.81x. For the LSTM and GRU with 2 inputs the per-step "
-        "Flax cell was faster (fused 0.60-0.92x): on XLA:CPU the [T, B, H] arrays that the "
-        "hoisted projection, its cotangent and the stacked pre-activation cotangents add "
-        "cost more memory traffic than the small per-step products they replace. Unroll 1: "
-        "larger unrolls were no faster at T=400 (section [7]).",
+        "trains faster with the fused recurrence, which adds the bias and accumulates du and "
+        "db inside its loops, than with Flax's cell: 1.3x per step at T=128 (HAR-2) and T=784"
+        " (Pixel-MNIST) on one device in a probe whose script is not in the repository "
+        "(results/cpu/perf_models.txt section [6] times the whole step against the model as "
+        "it landed), though a lone IndRNN layer at T=400 is 0.81x (section [3]). For the LSTM"
+        " and GRU with 2 inputs the per-step Flax cell was faster (fused 0.60-0.92x): on "
+        "XLA:CPU the [T, B, H] arrays that the hoisted projection, its cotangent and the "
+        "stacked pre-activation cotangents add cost more memory traffic than the small "
+        "per-step products they replace. Unroll 1: larger unrolls were no faster at T=400 "
+        "(section [7]).",
     ),
     "gpu": Recurrence(
         dict.fromkeys(CELL_NAMES, "hoisted"),

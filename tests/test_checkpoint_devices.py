@@ -47,8 +47,8 @@ _WORKER = textwrap.dedent(
 
 def _run(devices: int, steps: int, folder) -> dict:
     code = _WORKER.format(devices=devices, steps=steps, folder=str(folder))
-    flags = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}  # tiny programs compile faster
-    return run_worker(code, flags, drop=("JAX_NUM_CPU_DEVICES",))
+    # The worker inherits the session's XLA flags (tests/conftest.py).
+    return run_worker(code, {}, drop=("JAX_NUM_CPU_DEVICES",))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ as JSON; the tests below assert on them.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -203,10 +204,9 @@ _WORKER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("distributed")
-    # LLVM's optimizations cost more than they save on these tiny programs.
-    flags = {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-    }
+    # The session's XLA flags (tests/conftest.py) and four host devices.
+    session = os.environ.get("XLA_FLAGS", "")
+    flags = {"XLA_FLAGS": f"{session} --xla_force_host_platform_device_count=4"}
     code = f"OUT = {str(out)!r}\n" + _WORKER
     result = run_worker(code, flags, drop=("JAX_NUM_CPU_DEVICES",))
     result["out"] = str(out)

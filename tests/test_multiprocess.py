@@ -93,9 +93,7 @@ def _start(
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
-        # LLVM's optimizations cost more than they save on these tiny programs.
-        "XLA_FLAGS": "--xla_backend_optimization_level=0",
-    }
+    }  # XLA_FLAGS: the session's (tests/conftest.py)
     env.pop("JAX_NUM_CPU_DEVICES", None)
     args = [str(process_id), str(num_processes), str(devices), f"localhost:{port}"]
     name = f"{num_processes}x{devices}_{process_id}"

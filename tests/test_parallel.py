@@ -7,6 +7,7 @@ tests below assert on them.
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import jax
@@ -105,10 +106,9 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_devices() -> dict:
-    # Tiny programs: XLA without LLVM optimizations compiles them faster.
-    flags = {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
-    }
+    # The session's XLA flags (tests/conftest.py) and two host devices.
+    session = os.environ.get("XLA_FLAGS", "")
+    flags = {"XLA_FLAGS": f"{session} --xla_force_host_platform_device_count=2"}
     return run_worker(_WORKER, flags, drop=("JAX_NUM_CPU_DEVICES",))
 
 

@@ -93,9 +93,8 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_device_runs() -> dict:
-    # Tiny programs: XLA without LLVM optimizations compiles them faster and runs them as fast.
-    flags = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    return run_worker(_WORKER, flags, drop=("JAX_NUM_CPU_DEVICES",))
+    # The worker inherits the session's XLA flags (tests/conftest.py).
+    return run_worker(_WORKER, {}, drop=("JAX_NUM_CPU_DEVICES",))
 
 
 @pytest.mark.parametrize("case", ["adding_fw", "adding_authors", "har2_fw"])
