@@ -133,12 +133,27 @@ def _checkpoint_meta(config: Config, plan: Plan, seeds: Sequence[int]) -> dict[s
 
 def _finished(config: Config, summary_path: Path) -> dict[str, Any] | None:
     """The summary at ``summary_path`` if it records a finished run of exactly ``config``
-    (every field, the budget included), else ``None``."""
+    (every field, the budget included), else ``None``.
+
+    A field added to :class:`Config` after the summary was written counts as its default
+    there (the run was trained as the default says); a field the summary has and ``Config``
+    no longer has makes it another run.
+    """
     if not summary_path.is_file():
         return None
     summary = json.loads(summary_path.read_text())
-    same = summary.get("config") == json.loads(json.dumps(dataclasses.asdict(config)))
+    recorded = dict(summary.get("config", {}))
+    current = _as_json(dataclasses.asdict(config))
+    for field in dataclasses.fields(Config):
+        if field.name not in recorded and field.default is not dataclasses.MISSING:
+            recorded[field.name] = _as_json(field.default)
+    same = recorded == current
     return summary if same and summary.get("status", "finished") == "finished" else None
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 def run_experiment(config: Config, out: Path, **options: Any) -> dict[str, Any]:

@@ -368,3 +368,31 @@ def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, monkeypa
         run.run_experiment(dataclasses.replace(config, steps=8), tmp_path, progress=False)
     with pytest.raises(AssertionError, match="trained again"):
         run.run_experiment(config, tmp_path, progress=False, restart=True)
+
+
+def test_a_summary_written_before_a_config_field_existed_counts_its_default(
+    tmp_path, monkeypatch
+):
+    config = toy_config("adding", "sgd")
+    run.run_experiment(config, tmp_path, progress=False)
+    summary_path = run.run_files(config, tmp_path)[0]
+    summary = json.loads(summary_path.read_text())
+    del summary["config"]["fw_mode"]  # as written before the field was added
+    summary_path.write_text(json.dumps(summary))
+
+    def no_training(**kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(run, "train", no_training)
+    run.run_experiment(config, tmp_path, progress=False)
+    # Not the default: another run, trained.
+    summary["config"]["fw_mode"] = "local"
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(AssertionError, match="trained again"):
+        run.run_experiment(config, tmp_path, progress=False)
+    # A field Config no longer has: another run.
+    del summary["config"]["fw_mode"]
+    summary["config"]["retired_field"] = 1
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(AssertionError, match="trained again"):
+        run.run_experiment(config, tmp_path, progress=False)
