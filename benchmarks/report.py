@@ -208,7 +208,15 @@ def _cost(run: dict[str, Any] | None) -> str:
 
 
 def _machine(run: dict[str, Any]) -> str:
-    return describe(run["machine"])
+    """The machine, or for a run resumed on another machine each one with its steps."""
+    stretches = run.get("trained_on")
+    if not stretches:
+        return describe(run["machine"])
+    return ", then ".join(
+        f"{describe(s['machine']) if s['machine'] else 'a machine not recorded'} "
+        f"(steps {s['from_step']}-{s['to_step']})"
+        for s in stretches
+    )
 
 
 def _machines(runs: list[dict[str, Any]]) -> str:

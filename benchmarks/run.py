@@ -241,7 +241,9 @@ def run_seeds(
         updates_per_step=plan.updates_per_step,
         grad_evals_per_step=plan.grad_evals_per_step,
         steps_per_call=steps_per_call,
-        checkpoints=Checkpoints(ckpt_dir, checkpoint_every_s, _checkpoint_meta(first, plan, seeds)),
+        checkpoints=Checkpoints(
+            ckpt_dir, checkpoint_every_s, _checkpoint_meta(first, plan, seeds), machine()
+        ),
         desc=f"{first.task_dir} {first.run_name}" + (f" seeds {seeds}" if one_program else ""),
         progress=progress,
         on_record=on_record,
@@ -342,6 +344,8 @@ def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, 
     )
     if result.skipped_updates is not None:
         summary["skipped_updates"] = result.skipped_updates
+    if [stretch["machine"] for stretch in result.trained_on] != [summary["machine"]]:
+        summary["trained_on"] = result.trained_on  # resumed on another machine
     return summary
 
 

@@ -243,6 +243,9 @@ class TrainResult:
     eval_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
     skipped_updates: int | None = None
+    trained_on: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Stretches of outer steps, ``{"machine", "from_step", "to_step"}``, the machine
+    ``Checkpoints.machine`` (``None``: not recorded, as in checkpoints written before it was)."""
 
     @property
     def final_train(self) -> float:
@@ -386,6 +389,10 @@ class Checkpoints:
     directory: Path
     every_s: float = 60.0
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    machine: dict[str, Any] | None = None
+    """What trains this stretch of the run (``benchmarks.machine.machine()``; not matched on
+    resume). Each checkpoint lists the stretches before it with their machines, so a run
+    resumed on another machine says where each of its steps ran (``TrainResult.trained_on``)."""
 
 
 def train(
@@ -649,10 +656,12 @@ def _train(
 
     manager = _manager(checkpoints)
     start, wall = 0, 0.0
+    earlier: list[dict[str, Any]] = []  # stretches trained before the checkpoint resumed
+    here = checkpoints.machine if checkpoints is not None else None
     history: list[list[dict[str, Any]]] = [[] for _ in seeds]
     evals_done = [0.0] * runs
     if manager is not None and manager.all_steps():
-        state, start, wall = _restore(manager, checkpoints, state)
+        state, start, wall, earlier = _restore(manager, checkpoints, state)
         if start > steps:
             raise ValueError(
                 f"the checkpoint in {checkpoints.directory} is at step {start}, beyond the "
@@ -760,7 +769,7 @@ def _train(
             if manager is not None and (
                 done == steps or time.perf_counter() - last_save >= checkpoints.every_s
             ):
-                _save(manager, checkpoints, state, done, wall)
+                _save(manager, checkpoints, state, done, wall, _stretches(earlier, here, start, done))
                 last_save = time.perf_counter()
             if on_record is not None:
                 for row in rows:
@@ -786,6 +795,7 @@ def _train(
             eval_curve=[(r["step"], r[metric]) for r in rows],
             records=rows,
             skipped_updates=_skipped(state.opt_state, r if vmapped else None),
+            trained_on=_stretches(earlier, here, start, steps),
         )
         for r, (rows, run_evals) in enumerate(zip(history, evals_done, strict=True))
     ]
@@ -949,21 +959,47 @@ def _manager(checkpoints: Checkpoints | None):
     )
 
 
-def _save(manager, checkpoints: Checkpoints, state: TrainState, step: int, wall: float) -> None:
+_UNMATCHED = ("step", "wall_time_s", "trained_on")
+"""What a checkpoint's meta records beyond ``Checkpoints.meta``: not matched on resume."""
+
+
+def _stretches(
+    earlier: list[dict[str, Any]], machine: dict[str, Any] | None, start: int, step: int
+) -> list[dict[str, Any]]:
+    """``earlier`` and the stretch from ``start`` to ``step`` on ``machine``, merged into the
+    last earlier stretch when that one ran on the same machine up to ``start``."""
+    machine = json.loads(json.dumps(machine))
+    if earlier and earlier[-1]["machine"] == machine and earlier[-1]["to_step"] == start:
+        return [*earlier[:-1], {**earlier[-1], "to_step": step}]
+    return [*earlier, {"machine": machine, "from_step": start, "to_step": step}]
+
+
+def _save(
+    manager,
+    checkpoints: Checkpoints,
+    state: TrainState,
+    step: int,
+    wall: float,
+    trained_on: list[dict[str, Any]],
+) -> None:
     import orbax.checkpoint as ocp
 
+    meta = {**checkpoints.meta, "step": step, "wall_time_s": wall, "trained_on": trained_on}
     manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({**checkpoints.meta, "step": step, "wall_time_s": wall}),
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
         ),
     )
 
 
-def _restore(manager, checkpoints: Checkpoints, state: TrainState) -> tuple[TrainState, int, float]:
+def _restore(
+    manager, checkpoints: Checkpoints, state: TrainState
+) -> tuple[TrainState, int, float, list[dict[str, Any]]]:
     """The newest readable checkpoint, as ``state`` is laid out (shapes, dtypes, shardings:
-    a run saved on N devices restores on M). An unreadable one is skipped with a warning."""
+    a run saved on N devices restores on M), with its step, wall time and stretches (one
+    on a machine not recorded where the checkpoint predates them). An unreadable one is
+    skipped with a warning."""
     import orbax.checkpoint as ocp
 
     target = jax.tree.map(
@@ -988,13 +1024,14 @@ def _restore(manager, checkpoints: Checkpoints, state: TrainState) -> tuple[Trai
             )
             continue
         meta = restored["meta"]
-        saved = {k: v for k, v in meta.items() if k not in ("step", "wall_time_s")}
+        saved = {k: v for k, v in meta.items() if k not in _UNMATCHED}
         if saved != expected:
             raise ValueError(
                 f"the checkpoint in {checkpoints.directory} was written by another "
                 f"configuration ({saved}); delete it or pass another folder"
             )
-        return restored["state"], step, float(meta["wall_time_s"])
+        unrecorded = [{"machine": None, "from_step": 0, "to_step": step}]
+        return restored["state"], step, float(meta["wall_time_s"]), meta.get("trained_on", unrecorded)
     raise CheckpointError(
         f"no checkpoint in {checkpoints.directory} is readable (steps {steps}): delete the "
         "folder, or rerun with --restart, to start the run over"

@@ -307,6 +307,29 @@ def test_extending_a_finished_run_equals_one_longer_run(task, budget, tmp_path):
         run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
 
 
+def test_a_run_resumed_on_another_machine_says_where_each_step_ran(tmp_path, monkeypatch):
+    from benchmarks import report
+    from benchmarks.machine import machine
+
+    here = machine()
+    other = {**here, "cpu": "Another CPU", "cores": 64}
+    monkeypatch.setattr(run, "machine", lambda: other)
+    run.run_experiment(toy_config("adding", "sgd", steps=4), tmp_path, progress=False)
+    # The same machine again: one stretch, nothing added to the summary.
+    same = run.run_experiment(toy_config("adding", "sgd", steps=6), tmp_path, progress=False)
+    assert "trained_on" not in same and same["machine"] == other
+    monkeypatch.setattr(run, "machine", lambda: here)
+    summary = run.run_experiment(toy_config("adding", "sgd", steps=8), tmp_path, progress=False)
+    assert summary["machine"] == here
+    assert summary["trained_on"] == [
+        {"machine": other, "from_step": 0, "to_step": 6},
+        {"machine": here, "from_step": 6, "to_step": 8},
+    ]
+    cell = report._machine(json.loads(json.dumps(summary)))
+    assert cell.startswith("Another CPU (64 cores)") and "(steps 0-6), then " in cell
+    assert cell.endswith("(steps 6-8)")
+
+
 @pytest.mark.parametrize(("task", "method"), [("adding", "fw"), ("noisy_har2", "fw_bn")])
 def test_seeds_in_one_program_equal_separate_runs(task, method, tmp_path):
     dataset = None if task == "adding" else toy_dataset(task)
