@@ -769,7 +769,8 @@ def _train(
             if manager is not None and (
                 done == steps or time.perf_counter() - last_save >= checkpoints.every_s
             ):
-                _save(manager, checkpoints, state, done, wall, _stretches(earlier, here, start, done))
+                stretches = _stretches(earlier, here, start, done)
+                _save(manager, checkpoints, state, done, wall, stretches)
                 last_save = time.perf_counter()
             if on_record is not None:
                 for row in rows:
@@ -987,9 +988,7 @@ def _save(
     meta = {**checkpoints.meta, "step": step, "wall_time_s": wall, "trained_on": trained_on}
     manager.save(
         step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-        ),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
     )
 
 
@@ -1031,7 +1030,8 @@ def _restore(
                 f"configuration ({saved}); delete it or pass another folder"
             )
         unrecorded = [{"machine": None, "from_step": 0, "to_step": step}]
-        return restored["state"], step, float(meta["wall_time_s"]), meta.get("trained_on", unrecorded)
+        earlier = meta.get("trained_on", unrecorded)
+        return restored["state"], step, float(meta["wall_time_s"]), earlier
     raise CheckpointError(
         f"no checkpoint in {checkpoints.directory} is readable (steps {steps}): delete the "
         "folder, or rerun with --restart, to start the run over"

@@ -330,6 +330,29 @@ def test_a_run_resumed_on_another_machine_says_where_each_step_ran(tmp_path, mon
     assert cell.endswith("(steps 6-8)")
 
 
+def test_a_checkpoint_from_before_machines_were_recorded_resumes_as_not_recorded(
+    tmp_path, monkeypatch
+):
+    import orbax.checkpoint as ocp
+
+    from benchmarks import report, train
+
+    def save_as_before(manager, checkpoints, state, step, wall, trained_on):
+        meta = {**checkpoints.meta, "step": step, "wall_time_s": wall}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        manager.save(step, args=args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "_save", save_as_before)
+        run.run_experiment(toy_config("adding", "sgd", steps=4), tmp_path, progress=False)
+    summary = run.run_experiment(toy_config("adding", "sgd", steps=8), tmp_path, progress=False)
+    assert summary["trained_on"] == [
+        {"machine": None, "from_step": 0, "to_step": 4},
+        {"machine": summary["machine"], "from_step": 4, "to_step": 8},
+    ]
+    assert report._machine(summary).startswith("a machine not recorded (steps 0-4), then ")
+
+
 @pytest.mark.parametrize(("task", "method"), [("adding", "fw"), ("noisy_har2", "fw_bn")])
 def test_seeds_in_one_program_equal_separate_runs(task, method, tmp_path):
     dataset = None if task == "adding" else toy_dataset(task)
@@ -393,9 +416,7 @@ def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, monkeypa
         run.run_experiment(config, tmp_path, progress=False, restart=True)
 
 
-def test_a_summary_written_before_a_config_field_existed_counts_its_default(
-    tmp_path, monkeypatch
-):
+def test_a_summary_written_before_a_config_field_existed_counts_its_default(tmp_path, monkeypatch):
     config = toy_config("adding", "sgd")
     run.run_experiment(config, tmp_path, progress=False)
     summary_path = run.run_files(config, tmp_path)[0]
