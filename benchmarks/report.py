@@ -213,14 +213,24 @@ def _machine(run: dict[str, Any]) -> str:
     if not stretches:
         return describe(run["machine"])
     return ", then ".join(
-        f"{describe(s['machine']) if s['machine'] else 'a machine not recorded'} "
-        f"(steps {s['from_step']}-{s['to_step']})"
+        f"{_describe_or_unrecorded(s['machine'])} (steps {s['from_step']}-{s['to_step']})"
         for s in stretches
     )
 
 
+def _describe_or_unrecorded(info: dict[str, Any] | str | None) -> str:
+    return describe(info) if info else "a machine not recorded"
+
+
 def _machines(runs: list[dict[str, Any]]) -> str:
-    seen = sorted({_machine(r) for r in runs})
+    """Every machine that trained one of ``runs``, once each."""
+    seen = sorted(
+        {
+            _describe_or_unrecorded(s["machine"])
+            for r in runs
+            for s in r.get("trained_on") or [{"machine": r["machine"]}]
+        }
+    )
     return "; ".join(seen) if seen else NOT_RUN
 
 

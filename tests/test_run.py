@@ -309,7 +309,7 @@ def test_extending_a_finished_run_equals_one_longer_run(task, budget, tmp_path):
 
 def test_a_run_resumed_on_another_machine_says_where_each_step_ran(tmp_path, monkeypatch):
     from benchmarks import report
-    from benchmarks.machine import machine
+    from benchmarks.machine import describe, machine
 
     here = machine()
     other = {**here, "cpu": "Another CPU", "cores": 64}
@@ -328,6 +328,8 @@ def test_a_run_resumed_on_another_machine_says_where_each_step_ran(tmp_path, mon
     cell = report._machine(json.loads(json.dumps(summary)))
     assert cell.startswith("Another CPU (64 cores)") and "(steps 0-6), then " in cell
     assert cell.endswith("(steps 6-8)")
+    # Headers and figure titles list each machine once, without the steps.
+    assert report._machines([summary, same]) == "; ".join(sorted({describe(here), describe(other)}))
 
 
 def test_a_checkpoint_from_before_machines_were_recorded_resumes_as_not_recorded(
