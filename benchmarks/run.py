@@ -14,10 +14,12 @@ against the configuration's fields and types before anything runs. Each run writ
 
 * ``<task>/<run>.jsonl``: the curves, one record per evaluation, written as measured;
 * ``<task>/<run>.json``: the configuration, the overrides, the machine, the final numbers and
-  their cost (``status``: ``finished``, or ``diverged`` with the step and loss);
+  their cost (``status``: ``finished``, or ``diverged`` with the step and loss); a run
+  resumed on another machine adds ``trained_on``, the stretches of steps and the machine
+  of each;
 * ``<task>/ckpt/<run>/``: orbax checkpoints (the last two); rerunning the same command
-  resumes from the last readable one, a larger ``--steps`` / ``--epochs`` extends a
-  finished run, ``--restart`` starts over.
+  resumes from the last readable one (on any machine and device count), a larger
+  ``--steps`` / ``--epochs`` extends a finished run, ``--restart`` starts over.
 
 A run whose summary already records it finished with the same configuration (budget
 included) is not trained again: the command says so and moves on, so a loop over rows can
