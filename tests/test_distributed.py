@@ -7,7 +7,6 @@ as JSON; the tests below assert on them.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 import fw_optax
 
-from worker import run_worker
+from worker import host_devices, run_worker
 
 RTOL = 1e-5  # float32 after 2 outer steps; the sums over the batch are split differently
 KS = (1, 3)
@@ -204,9 +203,7 @@ _WORKER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("distributed")
-    # The session's XLA flags (tests/conftest.py) and four host devices.
-    session = os.environ.get("XLA_FLAGS", "")
-    flags = {"XLA_FLAGS": f"{session} --xla_force_host_platform_device_count=4"}
+    flags = host_devices(4)
     code = f"OUT = {str(out)!r}\n" + _WORKER
     result = run_worker(code, flags, drop=("JAX_NUM_CPU_DEVICES",))
     result["out"] = str(out)

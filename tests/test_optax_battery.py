@@ -20,6 +20,8 @@ import pytest
 
 import fw_optax
 
+from worker import host_devices
+
 STEPS = 5000
 # δ_t → 0 as (1 - t/STEPS)^2: steps shrink onto the minimizer instead of orbiting it.
 DELTA = optax.polynomial_schedule(0.1, 0.0, power=2.0, transition_steps=STEPS)
@@ -239,7 +241,7 @@ MESH_SCRIPT = textwrap.dedent(
 
 
 def test_state_type_is_unchanged_under_an_explicit_8_device_mesh():
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = os.environ | host_devices(8)
     result = subprocess.run(
         [sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )

@@ -7,7 +7,6 @@ tests below assert on them.
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 import jax
@@ -18,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks import parallel
 
-from worker import run_worker
+from worker import host_devices, run_worker
 
 RTOL = 1e-5  # float32 after 2 outer steps; the sums over the batch are split differently
 
@@ -106,9 +105,7 @@ _WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_devices() -> dict:
-    # The session's XLA flags (tests/conftest.py) and two host devices.
-    session = os.environ.get("XLA_FLAGS", "")
-    flags = {"XLA_FLAGS": f"{session} --xla_force_host_platform_device_count=2"}
+    flags = host_devices(2)
     return run_worker(_WORKER, flags, drop=("JAX_NUM_CPU_DEVICES",))
 
 

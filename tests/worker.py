@@ -16,6 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def host_devices(count: int) -> dict[str, str]:
+    """The environment for a worker with ``count`` CPU devices, the session's XLA flags
+    (``tests/conftest.py``) kept."""
+    session = os.environ.get("XLA_FLAGS", "")
+    return {"XLA_FLAGS": f"{session} --xla_force_host_platform_device_count={count}".strip()}
+
+
 def run_worker(code: str, env: dict[str, str], *, drop: tuple[str, ...] = ()) -> dict:
     """Runs ``code`` from the repository root with ``env`` added and ``drop`` removed from
     this environment; returns the JSON of its ``RESULT`` line (the test fails with the
