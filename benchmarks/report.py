@@ -234,15 +234,27 @@ def _machines(runs: list[dict[str, Any]]) -> str:
     return "; ".join(seen) if seen else NOT_RUN
 
 
-def _budget(run: dict[str, Any]) -> str:
+def _budget(run: dict[str, Any], *, batch: bool = True) -> str:
     c = run["config"]
+    batch_text = f", batch {c['batch_size']}" * batch
     if run["task"] == "adding":
-        return f"{c['steps']} outer steps, batch {c['batch_size']}, test {c['test_size']}"
+        return f"{c['steps']} outer steps{batch_text}, test {c['test_size']}"
     sizes = run["data"].get("sizes", {})
     return (
-        f"{c['epochs']} epochs of {sizes.get('train', '?')} train examples, batch "
-        f"{c['batch_size']}, test {sizes.get('test', '?')}"
+        f"{c['epochs']} epochs of {sizes.get('train', '?')} train examples{batch_text}, "
+        f"test {sizes.get('test', '?')}"
     )
+
+
+def _budgets(runs: list[dict[str, Any]]) -> str:
+    """A table's budgets, each once; the batch size in them only where every run has it."""
+    if not runs:
+        return NOT_RUN
+    batches = sorted({r["config"]["batch_size"] for r in runs})
+    text = "; ".join(sorted({_budget(r, batch=len(batches) == 1) for r in runs}))
+    if len(batches) == 1:
+        return text
+    return f"{text}; batch {' or '.join(map(str, batches))} (each run's below)"
 
 
 def _fw_variants(method: str, K: int | None) -> list[tuple[str, int | None, str | None]]:
@@ -306,8 +318,7 @@ def table2(runs: list[dict[str, Any]], preset: str) -> list[str]:
     lines = [
         f"### Table 2: HAR-2 and Noisy-HAR-2, `{preset}` preset",
         "",
-        f"Machine: {_machines(har)}. Budget: {_budget(har[0]) if har else NOT_RUN} (batch "
-        "per run below).",
+        f"Machine: {_machines(har)}. Budget: {_budgets(har)}.",
         "Ours: final test accuracy %, mean ± standard deviation over the seeds that ran (n; "
         "best: the mean over seeds of each run's best evaluation, which the paper may report "
         "instead: it does not say), diverged seeds named. In spread (of the final accuracy): "
@@ -350,7 +361,7 @@ def table1(runs: list[dict[str, Any]], preset: str) -> list[str]:
     lines = [
         f"### Table 1: Pixel- and Permuted-MNIST, `{preset}` preset",
         "",
-        f"Machine: {_machines(mnist)}. Budget: {_budget(mnist[0]) if mnist else NOT_RUN}.",
+        f"Machine: {_machines(mnist)}. Budget: {_budgets(mnist)}.",
         "Paper: accuracy % (time). Ours: final test accuracy % (best in brackets). The paper's "
         "third column is cut off in the poster text after 'Our'; K=5 is the authors' other "
         "MNIST setting. Rows below the paper's columns are Fig. 3's methods.",
