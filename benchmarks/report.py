@@ -236,7 +236,7 @@ def _machines(runs: list[dict[str, Any]]) -> str:
 
 def _budget(run: dict[str, Any], *, batch: bool = True) -> str:
     c = run["config"]
-    batch_text = f", batch {c['batch_size']}" * batch
+    batch_text = f", batch {c['batch_size']}" if batch else ""
     if run["task"] == "adding":
         return f"{c['steps']} outer steps{batch_text}, test {c['test_size']}"
     sizes = run["data"].get("sizes", {})
