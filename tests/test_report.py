@@ -259,17 +259,17 @@ def test_the_adding_sweep_names_where_each_method_leaves_the_plateau(tmp_path):
 
 def test_table_budget_names_a_batch_size_only_when_every_run_has_it(tmp_path):
     folder = tmp_path / "results"
+
+    def budget_line() -> str:
+        lines = report.table2(report.load_results(folder), "cpu")
+        (line,) = [line for line in lines if "Budget" in line]
+        return line
+
     write_run(folder, get_config("har2", "sgd", "cpu"), accuracy=0.8)
-    (header,) = [
-        line for line in report.table2(report.load_results(folder), "cpu") if "Budget" in line
-    ]
-    assert "Budget: 5 epochs of 100 train examples, batch 128, test 20." in header
+    assert "Budget: 5 epochs of 100 train examples, batch 128, test 20." in budget_line()
     # FW K=10 (authors) trains with batch 32: the header no longer names one batch for all.
     write_run(folder, get_config("har2", "fw", "cpu", K=10, flavour="authors"), accuracy=0.8)
-    (header,) = [
-        line for line in report.table2(report.load_results(folder), "cpu") if "Budget" in line
-    ]
     assert (
         "Budget: 5 epochs of 100 train examples, test 20; batch 32 or 128 (each run's below)."
-        in header
+        in budget_line()
     )
