@@ -19,7 +19,9 @@ against the configuration's fields and types before anything runs. Each run writ
   of each;
 * ``<task>/ckpt/<run>/``: orbax checkpoints (the last two); rerunning the same command
   resumes from the last readable one (on any machine and device count), a larger
-  ``--steps`` / ``--epochs`` extends a finished run, ``--restart`` starts over.
+  ``--steps`` / ``--epochs`` extends a finished run, ``--restart`` starts over. A run sent
+  SIGTERM (a scheduler, ``timeout``) saves at its next evaluation point and the command
+  exits with status 143 without a summary; the same command continues it.
 
 A run whose summary already records it finished with the same configuration (budget
 included) is not trained again: the command says so and moves on, so a loop over rows can
@@ -40,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -64,7 +67,7 @@ from benchmarks.tasks import (
     load_task_data,
     make_objective,
 )
-from benchmarks.train import Checkpoints, Diverged, TrainResult, train, train_seeds
+from benchmarks.train import Checkpoints, Diverged, Stopped, TrainResult, train, train_seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +517,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs every configuration the command line names; exits with status 1 (after the
-    others ran) if any diverged."""
+    others ran) if any diverged, and with 143 (128 + SIGTERM) at once when SIGTERM stopped
+    one (its state saved)."""
     args, groups = parse_args(argv)
     parallel.start_cpu_devices(args.devices)
     summaries, diverged = [], []
@@ -533,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(f"DIVERGED {error}", file=sys.stderr, flush=True)
             diverged.append(str(error))
             continue
+        except Stopped as error:
+            print(f"STOPPED {group[0].task_dir} {group[0].run_name}: {error}", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
         for config, summary in zip(group, done, strict=True):
             final = summary["final"]
             metric = f"test_{summary['metric']}"

@@ -17,7 +17,9 @@ inside the jitted step (the adding task: step ``i`` reads ``fold_in(key(seed), i
 on the host by the shared ``batches`` iterator, whose mini-batches for one call are stacked
 and scanned over. The data position and every key are functions of the step, so a resumed
 run computes exactly what an uninterrupted one would, and a finished run asked for more steps
-continues where it stopped.
+continues where it stopped. A checkpointed run sent SIGTERM (a scheduler's preemption,
+``timeout``) saves at its next evaluation point and raises :class:`Stopped`, so none of the
+work since the last timed save is lost.
 
 Curves go to a JSON Lines file as they are measured. A non-finite training loss stops the run
 with :class:`Diverged` (naming the step and the loss) unless the optimizer skips non-finite
@@ -30,6 +32,9 @@ import dataclasses
 import itertools
 import json
 import math
+import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -149,6 +154,39 @@ class Diverged(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """No checkpoint in the folder can be read."""
+
+
+class Stopped(Exception):
+    """SIGTERM (from a job scheduler, ``timeout`` or ``kill``) stopped a checkpointed run at an
+    evaluation point, after saving that step: the same command continues from it."""
+
+    def __init__(self, step: int):
+        super().__init__(
+            f"stopped by SIGTERM at step {step}, which is saved: run the same command again "
+            "to continue"
+        )
+        self.step = step
+
+
+def _stop_on_sigterm(enabled: bool) -> tuple[threading.Event, Callable[[], None]]:
+    """While enabled (until the returned function is called), SIGTERM only sets the returned
+    event, which the loop honours at its next evaluation point by saving and stopping; a
+    second SIGTERM terminates at once. Python runs signal handlers in the main thread only,
+    so elsewhere SIGTERM keeps its usual effect."""
+    requested = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        return requested, lambda: None
+
+    def handler(signum, frame):
+        if requested.is_set():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        requested.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return requested, lambda: signal.signal(
+        signal.SIGTERM, signal.SIG_DFL if previous is None else previous
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,6 +465,7 @@ def train(
 
     Raises:
       Diverged: at the first non-finite training loss.
+      Stopped: SIGTERM during a run with ``checkpoints``, once the state is saved.
     """
     state, (result,) = _train(
         objective=objective,
@@ -739,7 +778,8 @@ def _train(
     )
     last_save = time.perf_counter()
     # A run stopped by an exception (a kill, a failing callback) still finishes writing its
-    # last checkpoint, so a resumed run never races a half-written one.
+    # last checkpoint, so a resumed run never races a half-written one; SIGTERM saves first.
+    stop_requested, restore_sigterm = _stop_on_sigterm(manager is not None)
     try:
         for interval in range(start, steps, eval_every):
             program = compiled_for(interval)
@@ -766,8 +806,9 @@ def _train(
                 if path is not None:
                     with path.open("a") as f:
                         f.write(json.dumps(row) + "\n")
+            stopping = stop_requested.is_set() and done < steps
             if manager is not None and (
-                done == steps or time.perf_counter() - last_save >= checkpoints.every_s
+                done == steps or stopping or time.perf_counter() - last_save >= checkpoints.every_s
             ):
                 stretches = _stretches(earlier, here, start, done)
                 _save(manager, checkpoints, state, done, wall, stretches)
@@ -778,7 +819,10 @@ def _train(
             bar.update(eval_every)
             shown = {metric: f"{np.mean([row[metric] for row in rows]):.4f}"}
             bar.set_postfix(loss=f"{np.mean(train_loss):.4f}", **shown)
+            if stopping:
+                raise Stopped(done)
     finally:
+        restore_sigterm()
         bar.close()
         if manager is not None:
             manager.wait_until_finished()

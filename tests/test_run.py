@@ -16,7 +16,7 @@ from benchmarks.configs import get_config
 from benchmarks.data import Dataset, add_gaussian_noise
 from benchmarks.methods import METHODS
 from benchmarks.tasks import TASKS
-from benchmarks.train import Diverged
+from benchmarks.train import Diverged, Stopped
 
 T, F = 8, 2
 _CACHE_OPTIONS = {
@@ -176,6 +176,22 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run.main(["--task", "har2", "--method", "sgd", "--out", str(tmp_path / "file")])
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_sigterm_exits_143_at_once_naming_the_run(monkeypatch, capsys):
+    calls = []
+
+    def stopped(group, *args, **kwargs):
+        calls.append(group[0].method)
+        raise Stopped(6)
+
+    monkeypatch.setattr(run, "run_seeds", stopped)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--task", "adding", "--method", "sgd", "adam", "--no-progress"])
+    assert exit_info.value.code == 143
+    assert calls == ["sgd"]  # the second run does not start
+    err = capsys.readouterr().err
+    assert "STOPPED adding_T100 sgd_cpu_seed0" in err and "at step 6" in err
 
 
 def test_method_all_expands_to_every_row_of_the_task():

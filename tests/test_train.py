@@ -1,6 +1,8 @@
 """The one training loop (benchmarks/train.py): it learns, writes curves, and resumes exactly."""
 
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from benchmarks.data import add_gaussian_noise
 from benchmarks.train import (
     Checkpoints,
     Objective,
+    Stopped,
     Stream,
     TrainState,
     _generated,
@@ -152,6 +155,30 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(stream, tmp_path):
     assert strip(result.records) == strip(whole_result.records)
     on_disk = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert strip(on_disk) == strip(whole_result.records)
+
+
+def test_sigterm_saves_the_next_evaluated_step_and_the_run_continues_exactly(tmp_path):
+    """No timed save is due (every_s is huge): the only checkpoint is the one SIGTERM asks for."""
+    tx = optax.adam(0.05)
+    whole, _, _ = _train(_host_stream(), tx)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_at_step_2(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    ckpt = Checkpoints(tmp_path / "ckpt", every_s=1e9, meta={"run": "t"})
+    curves = tmp_path / "t.jsonl"
+    with pytest.raises(Stopped, match="at step 4") as info:
+        _train(_host_stream(), tx, curves=curves, checkpoints=ckpt, on_record=terminate_at_step_2)
+    assert info.value.step == 4
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert sorted(int(p.name) for p in ckpt.directory.iterdir() if p.name.isdigit()) == [4]
+    assert [json.loads(line)["step"] for line in curves.read_text().splitlines()] == [0, 2, 4]
+    resumed, _, result = _train(_host_stream(), tx, curves=curves, checkpoints=ckpt)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [r["step"] for r in result.records] == [0, 2, 4, 6, 8]
 
 
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
