@@ -218,6 +218,30 @@ def _machine(run: dict[str, Any]) -> str:
     )
 
 
+def _wall_and_machines(runs: list[dict[str, Any]]) -> tuple[str, str]:
+    """The seeds' mean wall time and their machine; where seeds ran on different machines,
+    each machine's mean wall time and machine with the seeds it ran (no mean across them)."""
+    by_machine: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_machine.setdefault(_machine(run), []).append(run)
+    walls = {
+        m: statistics.mean(r.get("wall_time_s", 0.0) for r in rs) for m, rs in by_machine.items()
+    }
+    if len(by_machine) == 1:
+        ((machine, wall),) = walls.items()
+        return f"{wall:.0f}", machine
+    seeds = {m: _seeds_text(rs) for m, rs in by_machine.items()}
+    return (
+        "; ".join(f"{walls[m]:.0f} ({seeds[m]})" for m in by_machine),
+        "; ".join(f"{seeds[m]}: {m}" for m in by_machine),
+    )
+
+
+def _seeds_text(runs: list[dict[str, Any]]) -> str:
+    seeds = ",".join(str(r["config"]["seed"]) for r in runs)
+    return f"seeds {seeds}" if len(runs) > 1 else f"seed {seeds}"
+
+
 def _describe_or_unrecorded(info: dict[str, Any] | str | None) -> str:
     return describe(info) if info else "a machine not recorded"
 
@@ -472,14 +496,14 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
                 seeds = ",".join(str(r["config"]["seed"]) for r in same_budget)
                 finished = [x for x in same_budget if not _diverged(x)] or same_budget
                 r = finished[0]
-                wall = statistics.mean(x.get("wall_time_s", 0.0) for x in finished)
+                wall, where = _wall_and_machines(finished)
                 step = _leaves_plateau(same_budget)
                 if step is not None:
                     left.setdefault(label, []).append((length, step))
                 lines.append(
                     f"| {length} | {preset} | {label} | {text} | {seeds} | {r['steps']} | "
                     f"{r.get('grad_evals', 0):.0f} | {'–' if step is None else step} | "
-                    f"{wall:.0f} | {_machine(r)} |"
+                    f"{wall} | {where} |"
                 )
     lines += [
         "",

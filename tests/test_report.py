@@ -257,6 +257,19 @@ def test_the_adding_sweep_names_where_each_method_leaves_the_plateau(tmp_path):
     assert png.startswith(b"\x89PNG")
 
 
+def test_an_adding_row_whose_seeds_ran_on_two_machines_names_each_with_its_wall_time(tmp_path):
+    folder = tmp_path / "results"
+    gpu = {"cpu": "Host", "cores": 16, "backend": "gpu", "device": "Fixture GPU", "jax": "0"}
+    for seed, machine, wall in [(0, MACHINE, 700.0), (1, gpu, 110.0), (2, gpu, 120.0)]:
+        write_run(folder, get_config("adding", "sgd", "cpu", seed=seed), mse=0.16, machine=machine)
+        path = folder / "adding_T100" / f"sgd_cpu_seed{seed}.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"wall_time_s": wall}))
+    text = "\n".join(report.adding_table(report.load_results(folder)))
+    (row,) = [line for line in text.splitlines() if line.startswith("| 100 | cpu | sgd |")]
+    cpu, gpu_text = report.describe(MACHINE), report.describe(gpu)
+    assert f"| 700 (seed 0); 115 (seeds 1,2) | seed 0: {cpu}; seeds 1,2: {gpu_text} |" in row
+
+
 def test_table_budget_names_a_batch_size_only_when_every_run_has_it(tmp_path):
     folder = tmp_path / "results"
 
