@@ -529,6 +529,9 @@ def train_seeds(
     Returns:
       ``(state, results)``: the final :class:`TrainState` (leading seed axis) and one
       :class:`TrainResult` per seed.
+
+    Raises:
+      Diverged, Stopped: as :func:`train`.
     """
     seeds = tuple(seeds)
     if not seeds:
