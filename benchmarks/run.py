@@ -191,8 +191,8 @@ def run_seeds(
     :func:`benchmarks.train.train`'s (outer steps per jitted call; default one evaluation
     interval). ``devices``: how many of the local devices train data-parallel (``None``:
     all of them); truncated BPTT and batches that do not split evenly run on one device.
-    A run whose loss stops being finite writes a ``"diverged"`` summary, then
-    :class:`benchmarks.train.Diverged` is raised.
+    A run whose loss stops being finite writes a ``"diverged"`` summary (in one program the
+    other seeds train on and finish), then :class:`benchmarks.train.Diverged` is raised.
     Returns the summaries, in the order of ``configs_``.
     """
     first = configs_[0]
@@ -283,11 +283,13 @@ def run_seeds(
             results = [result]
     except Diverged as error:
         diverged, results = error, [None] * len(configs_)
-    summaries = []
+    summaries, failed = [], None
     for config, data, (summary_path, curves_path, _), result in zip(
         configs_, datas, files, results, strict=True
     ):
-        summary = _summary(config, data, plan, result, curves_path, mesh, diverged)
+        gone = diverged if result is None else result.diverged
+        failed = failed or gone
+        summary = _summary(config, data, plan, result, curves_path, mesh, gone)
         summary["process_time_s"] = time.perf_counter() - t0
         summary["steps_per_call"] = steps_per_call or plan.eval_every
         if one_program:
@@ -295,8 +297,8 @@ def run_seeds(
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(summary_path, json.dumps(summary, indent=1))
         summaries.append(summary)
-    if diverged is not None:
-        raise diverged
+    if failed is not None:
+        raise failed
     return summaries
 
 
@@ -325,8 +327,7 @@ def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, 
         ] if curves_path.is_file() else []  # fmt: skip
         summary.update(
             status="diverged",
-            diverged={"step": diverged.step, "loss": str(diverged.loss), "seed": diverged.seed,
-                      "message": str(diverged)},
+            diverged=diverged.as_dict(),
             final=records[-1] if records else None,
             steps=records[-1]["step"] if records else 0,
         )  # fmt: skip

@@ -151,6 +151,14 @@ class Diverged(RuntimeError):
         super().__init__(message)
         self.step, self.loss, self.seed = step, loss, seed
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "loss": str(self.loss), "seed": self.seed, "message": str(self)}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Diverged:
+        return cls(saved["message"], step=saved["step"], loss=float(saved["loss"]),
+                   seed=saved["seed"])  # fmt: skip
+
 
 class CheckpointError(RuntimeError):
     """No checkpoint in the folder can be read."""
@@ -284,6 +292,9 @@ class TrainResult:
     trained_on: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Stretches of outer steps, ``{"machine", "from_step", "to_step"}``, the machine
     ``Checkpoints.machine`` (``None``: not recorded, as in checkpoints written before it was)."""
+    diverged: Diverged | None = None
+    """Under :func:`train_seeds`, a seed whose loss stopped being finite: where and how. Its
+    ``steps`` and curves then end at its last finite evaluation; the other seeds go on."""
 
     @property
     def final_train(self) -> float:
@@ -702,8 +713,13 @@ def _train(
     here = checkpoints.machine if checkpoints is not None else None
     history: list[list[dict[str, Any]]] = [[] for _ in seeds]
     evals_done = [0.0] * runs
+    # Under train_seeds a seed whose loss stops being finite is frozen at its last finite
+    # evaluation (its state kept, its curves ended) while the others train on.
+    diverged: list[Diverged | None] = [None] * runs
     if manager is not None and manager.all_steps():
-        state, start, wall, earlier = _restore(manager, checkpoints, state)
+        state, start, wall, earlier, saved_diverged = _restore(manager, checkpoints, state)
+        if saved_diverged is not None:
+            diverged = [None if d is None else Diverged.from_dict(d) for d in saved_diverged]
         if start > steps:
             raise ValueError(
                 f"the checkpoint in {checkpoints.directory} is at step {start}, beyond the "
@@ -713,18 +729,22 @@ def _train(
         history = [[row for row in _read_records(c) if row["step"] <= start] for c in curves]
         evals_done = [
             rows[-1]["grad_evals"]
-            if rows and rows[-1]["step"] == start
+            if rows and (rows[-1]["step"] == start or gone is not None)
             else start * grad_evals_per_step
-            for rows in history
+            for rows, gone in zip(history, diverged, strict=True)
         ]
-    if not all(rows and rows[-1]["step"] == start for rows in history):
+    live = [gone is None for gone in diverged]
+    reached = [rows and rows[-1]["step"] == start for rows in history]
+    if not all(r for r, a in zip(reached, live, strict=True) if a):
         if start and any(path is not None for path in curves):
             warnings.warn(
                 f"the curves of the run resumed at step {start} do not reach it; they restart "
                 "there",
                 stacklevel=2,
             )
-        history = [[row] for row in record(start, [None] * runs, wall)]
+        first_rows = record(start, [None] * runs, wall)
+        history = [[row] if a else rows
+                   for row, rows, a in zip(first_rows, history, live, strict=True)]  # fmt: skip
     for path, rows in zip(curves, history, strict=True):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -785,6 +805,9 @@ def _train(
     stop_requested, restore_sigterm = _stop_on_sigterm(manager is not None)
     try:
         for interval in range(start, steps, eval_every):
+            if not any(live):
+                break
+            before = state
             program = compiled_for(interval)
             t0 = time.perf_counter()
             losses, evals = [], []
@@ -798,13 +821,26 @@ def _train(
             evals = np.asarray(jnp.concatenate(evals)).reshape(eval_every, runs)
             jax.block_until_ready(state)
             wall += time.perf_counter() - t0
-            _check_finite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped)
+            for r, error in _nonfinite(losses, state, interval, seeds, desc, skip_nonfinite,
+                                       vmapped).items():  # fmt: skip
+                if not vmapped:
+                    raise error
+                if live[r]:
+                    diverged[r], live[r] = error, False
+            if not any(live):
+                break
+            if not all(live):
+                state = place(_freeze(state, before, live))
             mean = np.nanmean if skip_nonfinite else np.mean  # skipped steps may have NaN losses
             train_loss = [float(x) for x in mean(losses, axis=0)]
-            evals_done = [a + float(b) for a, b in zip(evals_done, evals.sum(axis=0), strict=True)]
+            evals_done = [a + float(b) if a_live else a for a, b, a_live
+                          in zip(evals_done, evals.sum(axis=0), live, strict=True)]  # fmt: skip
             done = interval + eval_every
-            rows = record(done, train_loss, wall)
-            for path, run_rows, row in zip(curves, history, rows, strict=True):
+            every_row = record(done, train_loss, wall)
+            rows = [row for row, a in zip(every_row, live, strict=True) if a]
+            for path, run_rows, row, a in zip(curves, history, every_row, live, strict=True):
+                if not a:
+                    continue
                 run_rows.append(row)
                 if path is not None:
                     with path.open("a") as f:
@@ -814,14 +850,15 @@ def _train(
                 done == steps or stopping or time.perf_counter() - last_save >= checkpoints.every_s
             ):
                 stretches = _stretches(earlier, here, start, done)
-                _save(manager, checkpoints, state, done, wall, stretches)
+                _save(manager, checkpoints, state, done, wall, stretches, diverged)
                 last_save = time.perf_counter()
             if on_record is not None:
                 for row in rows:
                     on_record(row)
             bar.update(eval_every)
             shown = {metric: f"{np.mean([row[metric] for row in rows]):.4f}"}
-            bar.set_postfix(loss=f"{np.mean(train_loss):.4f}", **shown)
+            shown_loss = np.mean([x for x, a in zip(train_loss, live, strict=True) if a])
+            bar.set_postfix(loss=f"{shown_loss:.4f}", **shown)
             if stopping:
                 raise Stopped(done)
     finally:
@@ -831,47 +868,55 @@ def _train(
             manager.wait_until_finished()
             manager.close()
 
-    results = [
-        TrainResult(
-            steps=steps,
-            grad_evals=run_evals,
-            wall_time_s=wall,
-            compile_time_s=compile_time,
-            updates=steps * updates_per_step,
-            batches=_batches_done(phases, steps),
-            train_curve=[(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None],
-            eval_curve=[(r["step"], r[metric]) for r in rows],
-            records=rows,
-            skipped_updates=_skipped(state.opt_state, r if vmapped else None),
-            trained_on=_stretches(earlier, here, start, steps),
+    results = []
+    for r, (rows, run_evals, gone) in enumerate(zip(history, evals_done, diverged, strict=True)):
+        end = steps if gone is None else rows[-1]["step"]
+        results.append(
+            TrainResult(
+                steps=end,
+                grad_evals=run_evals,
+                wall_time_s=wall,
+                compile_time_s=compile_time,
+                updates=end * updates_per_step,
+                batches=_batches_done(phases, end),
+                train_curve=[
+                    (x["step"], x["train_loss"]) for x in rows if x["train_loss"] is not None
+                ],
+                eval_curve=[(x["step"], x[metric]) for x in rows],
+                records=rows,
+                skipped_updates=_skipped(state.opt_state, r if vmapped else None),
+                trained_on=_stretches(earlier, here, start, end),
+                diverged=gone,
+            )
         )
-        for r, (rows, run_evals) in enumerate(zip(history, evals_done, strict=True))
-    ]
     return state, results
 
 
-def _check_finite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped) -> None:
-    """Raises :class:`Diverged` at the first non-finite training loss, or, when the optimizer
-    skips non-finite updates, once the parameters themselves are no longer finite."""
+def _nonfinite(
+    losses, state, interval, seeds, desc, skip_nonfinite, vmapped
+) -> dict[int, Diverged]:
+    """The runs whose training went non-finite in this interval, each with its
+    :class:`Diverged`: at its first non-finite training loss, or, when the optimizer skips
+    non-finite updates, once its parameters themselves are no longer finite."""
     if skip_nonfinite:
-        finite = _params_finite(state.params, vmapped)
-        if not finite.all():
-            r = int(np.argmin(finite))
-            step = interval + losses.shape[0]
-            raise Diverged(
+        step = interval + losses.shape[0]
+        return {
+            int(r): Diverged(
                 f"{desc}: the parameters are no longer finite at outer step {step} (seed "
                 f"{seeds[r]}), although non-finite updates are skipped",
                 step=step,
                 loss=float("nan"),
                 seed=seeds[r],
             )
-        return
-    bad = np.argwhere(~np.isfinite(losses))
-    if len(bad):
-        i, r = bad[0]  # row-major: the earliest step first
+            for r in np.flatnonzero(~_params_finite(state.params, vmapped))
+        }
+    found: dict[int, Diverged] = {}
+    for i, r in np.argwhere(~np.isfinite(losses)):  # row-major: each run's earliest step first
+        if int(r) in found:
+            continue
         step = interval + int(i) + 1
         loss = float(losses[i, r])
-        raise Diverged(
+        found[int(r)] = Diverged(
             f"{desc}: the training loss is {loss} at outer step {step} (seed {seeds[r]}); the "
             "run stopped there. Lower the learning rate, clip the gradients, or skip such "
             "updates (--on-nonfinite skip)",
@@ -879,6 +924,20 @@ def _check_finite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped)
             loss=loss,
             seed=seeds[r],
         )
+    return found
+
+
+def _freeze(state: TrainState, before: TrainState, live: list[bool]) -> TrainState:
+    """``state`` for the live seeds, ``before`` (their last finite state) for the others."""
+    keep = np.asarray(live)
+
+    def pick(new, old):
+        return jnp.where(keep.reshape(-1, *(1,) * (np.ndim(new) - 1)), new, old)
+
+    fields = ("params", "model_state", "opt_state", "rng")
+    return state.replace(
+        **{f: jax.tree.map(pick, getattr(state, f), getattr(before, f)) for f in fields}
+    )
 
 
 def _check_phases(phases, steps: int, eval_every: int, generated: bool) -> None:
@@ -1007,7 +1066,7 @@ def _manager(checkpoints: Checkpoints | None):
     )
 
 
-_UNMATCHED = ("step", "wall_time_s", "trained_on")
+_UNMATCHED = ("step", "wall_time_s", "trained_on", "diverged")
 """What a checkpoint's meta records beyond ``Checkpoints.meta``: not matched on resume."""
 
 
@@ -1029,10 +1088,12 @@ def _save(
     step: int,
     wall: float,
     trained_on: list[dict[str, Any]],
+    diverged: list[Diverged | None],
 ) -> None:
     import orbax.checkpoint as ocp
 
     meta = {**checkpoints.meta, "step": step, "wall_time_s": wall, "trained_on": trained_on}
+    meta["diverged"] = [None if d is None else d.as_dict() for d in diverged]
     manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -1041,9 +1102,10 @@ def _save(
 
 def _restore(
     manager, checkpoints: Checkpoints, state: TrainState
-) -> tuple[TrainState, int, float, list[dict[str, Any]]]:
+) -> tuple[TrainState, int, float, list[dict[str, Any]], list[dict[str, Any] | None] | None]:
     """The newest readable checkpoint, as ``state`` is laid out (shapes, dtypes, shardings:
-    a run saved on N devices restores on M), with its step, wall time and stretches (one
+    a run saved on N devices restores on M), with its step, wall time, stretches and the
+    seeds that diverged (``None`` where the checkpoint predates their record; stretches: one
     on a machine not recorded where the checkpoint predates them). An unreadable one is
     skipped with a warning."""
     import orbax.checkpoint as ocp
@@ -1078,7 +1140,7 @@ def _restore(
             )
         unrecorded = [{"machine": None, "from_step": 0, "to_step": step}]
         earlier = meta.get("trained_on", unrecorded)
-        return restored["state"], step, float(meta["wall_time_s"]), earlier
+        return restored["state"], step, float(meta["wall_time_s"]), earlier, meta.get("diverged")
     raise CheckpointError(
         f"no checkpoint in {checkpoints.directory} is readable (steps {steps}): delete the "
         "folder, or rerun with --restart, to start the run over"

@@ -355,7 +355,7 @@ def test_a_checkpoint_from_before_machines_were_recorded_resumes_as_not_recorded
 
     from benchmarks import report, train
 
-    def save_as_before(manager, checkpoints, state, step, wall, trained_on):
+    def save_as_before(manager, checkpoints, state, step, wall, trained_on, diverged):
         meta = {**checkpoints.meta, "step": step, "wall_time_s": wall}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         manager.save(step, args=args)

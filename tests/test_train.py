@@ -1,5 +1,6 @@
 """The one training loop (benchmarks/train.py): it learns, writes curves, and resumes exactly."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from benchmarks.train import (
     make_step,
     make_steps_fn,
     train,
+    train_seeds,
 )
 
 W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
@@ -179,6 +181,55 @@ def test_sigterm_saves_the_next_evaluated_step_and_the_run_continues_exactly(tmp
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert [r["step"] for r in result.records] == [0, 2, 4, 6, 8]
+
+
+def _quartic() -> Objective:
+    """Least squares plus ``b**4``: from ``b = 0`` SGD settles, from ``b = 1e3`` it overflows."""
+    base = _regression()
+
+    def loss(params, state, batch, key):
+        value, state = base.loss(params, state, batch, key)
+        return value + params["b"] ** 4, state
+
+    return Objective(loss, base.evaluate, test=base.test)
+
+
+def _two_seeds(b1: float):
+    params = {"w": jnp.zeros((2, 3)), "b": jnp.array([0.0, b1])}
+    test = jax.tree.map(lambda x: jnp.stack([x, x]), _quartic().test)
+    return params, dataclasses.replace(_quartic(), test=test)
+
+
+def test_a_seed_that_diverges_stops_alone_and_the_others_finish_as_if_alone(tmp_path):
+    params, objective = _two_seeds(1e3)
+    curves = [tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"]
+    kwargs = dict(tx=optax.sgd(0.1), stream=_host_stream(), steps=8, eval_every=2)
+    _, (ok, gone) = train_seeds(objective=objective, params=params, seeds=(3, 4), curves=curves,
+                                progress=False, **kwargs)  # fmt: skip
+    assert ok.diverged is None and ok.steps == 8
+    # Its loss overflows at step 3 (b: 1e3, -4e8, 2.6e25): its run ends at evaluation 2.
+    assert gone.diverged is not None and (gone.diverged.seed, gone.diverged.step) == (4, 3)
+    assert gone.steps == 2 and [r["step"] for r in gone.records] == [0, 2]
+    assert [json.loads(x)["step"] for x in curves[1].read_text().splitlines()] == [0, 2]
+    # Seed 3 is what it would have been beside a seed that does not diverge.
+    _, (calm, _) = train_seeds(objective=objective, params=_two_seeds(0.0)[0], seeds=(3, 4),
+                               progress=False, **kwargs)  # fmt: skip
+    assert ok.records[-1]["test_loss"] == pytest.approx(calm.records[-1]["test_loss"], rel=1e-6)
+    assert ok.grad_evals == calm.grad_evals == 8
+
+
+def test_a_diverged_seed_stays_stopped_when_its_group_resumes(tmp_path):
+    params, objective = _two_seeds(1e3)
+    kwargs = dict(objective=objective, params=params, seeds=(3, 4), tx=optax.sgd(0.1),
+                  stream=_host_stream(), eval_every=2, progress=False)  # fmt: skip
+    curves = [tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"]
+    _, whole = train_seeds(steps=8, **kwargs)
+    ckpt = Checkpoints(tmp_path / "ckpt", every_s=0.0, meta={"run": "d"})
+    train_seeds(steps=4, curves=curves, checkpoints=ckpt, **kwargs)
+    _, resumed = train_seeds(steps=8, curves=curves, checkpoints=ckpt, **kwargs)
+    assert resumed[1].diverged is not None and resumed[1].diverged.step == whole[1].diverged.step
+    assert [r["step"] for r in resumed[1].records] == [0, 2]
+    assert resumed[0].records[-1]["test_loss"] == whole[0].records[-1]["test_loss"]
 
 
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
