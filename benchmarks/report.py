@@ -630,10 +630,15 @@ def comparison_figure(runs: list[dict[str, Any]], title: str) -> bytes:
 
 
 def _by_steps(runs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Runs of one method grouped by their budget in outer steps (e.g. an equal-compute run)."""
+    """Runs of one method grouped by their budget in outer steps (e.g. an equal-compute run):
+    the steps asked for, so a seed that diverged stays in its row."""
+
+    def budget(run: dict[str, Any]) -> int:
+        return run["config"].get("steps") or run["steps"]
+
     groups: dict[int, list[dict[str, Any]]] = {}
-    for run in sorted(runs, key=lambda r: (r["steps"], r["config"]["seed"])):
-        groups.setdefault(run["steps"], []).append(run)
+    for run in sorted(runs, key=lambda r: (budget(r), r["config"]["seed"])):
+        groups.setdefault(budget(run), []).append(run)
     return groups
 
 

@@ -193,6 +193,20 @@ def test_diverged_runs_show_as_such_in_table2_and_the_comparison(tmp_path):
     assert "| sgd | diverged at step 5 |" in table
 
 
+def test_an_adding_seed_that_diverged_stays_in_its_budgets_row(tmp_path):
+    folder = tmp_path / "results"
+
+    def config(seed):
+        return get_config("adding", "sgd", "cpu", seed=seed, steps=200)
+
+    for seed in (0, 2):
+        write_run(folder, config(seed), mse=0.1 + seed / 10, steps=200)
+    write_run(folder, config(1), steps=200, diverged_at=150)
+    text = "\n".join(report.adding_table(report.load_results(folder)))
+    (row,) = [line for line in text.splitlines() if line.startswith("| 100 | cpu | sgd |")]
+    assert "| 0.2000 ± 0.1414, diverged at step 150 | 0,1,2 | 200 |" in row
+
+
 def test_table2_gives_mean_std_n_and_whether_the_paper_is_within_our_spread(tmp_path):
     folder = tmp_path / "results"
     # SGD (paper 87.66 / 74.38): three HAR-2 seeds around it, one of them diverged on Noisy.
