@@ -22,8 +22,9 @@ continues where it stopped. A checkpointed run sent SIGTERM (a scheduler's preem
 work since the last timed save is lost.
 
 Curves go to a JSON Lines file as they are measured. A non-finite training loss stops the run
-with :class:`Diverged` (naming the step and the loss) unless the optimizer skips non-finite
-updates (``optax.apply_if_finite``), in which case only non-finite parameters stop it.
+with :class:`Diverged` (naming the step and the loss; under :func:`train_seeds` that seed alone
+stops, the others train on) unless the optimizer skips non-finite updates
+(``optax.apply_if_finite``), in which case only non-finite parameters stop it.
 """
 
 from __future__ import annotations
@@ -542,7 +543,8 @@ def train_seeds(
       :class:`TrainResult` per seed.
 
     Raises:
-      Diverged, Stopped: as :func:`train`.
+      Stopped: as :func:`train`. A seed whose loss stops being finite raises nothing: it
+        stops there (its result's ``diverged`` says where) and the others train on.
     """
     seeds = tuple(seeds)
     if not seeds:
@@ -735,7 +737,7 @@ def _train(
         ]
     live = [gone is None for gone in diverged]
     reached = [rows and rows[-1]["step"] == start for rows in history]
-    if not all(r for r, a in zip(reached, live, strict=True) if a):
+    if not all(got for got, alive in zip(reached, live, strict=True) if alive):
         if start and any(path is not None for path in curves):
             warnings.warn(
                 f"the curves of the run resumed at step {start} do not reach it; they restart "
@@ -743,8 +745,8 @@ def _train(
                 stacklevel=2,
             )
         first_rows = record(start, [None] * runs, wall)
-        history = [[row] if a else rows
-                   for row, rows, a in zip(first_rows, history, live, strict=True)]  # fmt: skip
+        history = [[row] if alive else rows
+                   for row, rows, alive in zip(first_rows, history, live, strict=True)]  # fmt: skip
     for path, rows in zip(curves, history, strict=True):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -833,13 +835,13 @@ def _train(
                 state = place(_freeze(state, before, live))
             mean = np.nanmean if skip_nonfinite else np.mean  # skipped steps may have NaN losses
             train_loss = [float(x) for x in mean(losses, axis=0)]
-            evals_done = [a + float(b) if a_live else a for a, b, a_live
+            evals_done = [so_far + float(more) if alive else so_far for so_far, more, alive
                           in zip(evals_done, evals.sum(axis=0), live, strict=True)]  # fmt: skip
             done = interval + eval_every
             every_row = record(done, train_loss, wall)
-            rows = [row for row, a in zip(every_row, live, strict=True) if a]
-            for path, run_rows, row, a in zip(curves, history, every_row, live, strict=True):
-                if not a:
+            rows = [row for row, alive in zip(every_row, live, strict=True) if alive]
+            for path, run_rows, row, alive in zip(curves, history, every_row, live, strict=True):
+                if not alive:
                     continue
                 run_rows.append(row)
                 if path is not None:
@@ -857,7 +859,7 @@ def _train(
                     on_record(row)
             bar.update(eval_every)
             shown = {metric: f"{np.mean([row[metric] for row in rows]):.4f}"}
-            shown_loss = np.mean([x for x, a in zip(train_loss, live, strict=True) if a])
+            shown_loss = np.mean([x for x, alive in zip(train_loss, live, strict=True) if alive])
             bar.set_postfix(loss=f"{shown_loss:.4f}", **shown)
             if stopping:
                 raise Stopped(done)
