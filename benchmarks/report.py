@@ -819,7 +819,7 @@ def figure_table2(runs: list[dict[str, Any]], preset: str = "paper") -> bytes:
     import matplotlib.pyplot as plt
 
     tasks = ("har2", "noisy_har2")
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), squeeze=False)
+    fig, axes = plt.subplots(len(TABLE2_FIGURE_ROWS), 2, figsize=(13, 8.5), squeeze=False)
     handles: dict[str, Any] = {}
     for row, (models, rows) in enumerate(TABLE2_FIGURE_ROWS.items()):
         for col, task in enumerate(tasks):
