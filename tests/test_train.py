@@ -200,7 +200,7 @@ def _two_seeds(b1: float):
     return params, dataclasses.replace(_quartic(), test=test)
 
 
-def test_a_seed_that_diverges_stops_alone_and_the_others_finish_as_if_alone(tmp_path):
+def test_a_seed_that_diverges_stops_alone_and_the_other_ends_as_beside_a_calm_seed(tmp_path):
     params, objective = _two_seeds(1e3)
     curves = [tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"]
     kwargs = dict(tx=optax.sgd(0.1), stream=_host_stream(), steps=8, eval_every=2)
