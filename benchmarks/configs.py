@@ -280,6 +280,11 @@ def validate(config: Config) -> None:
                 f"k1_steps switches Frank-Wolfe from K=1 to K={config.K}: it needs an FW "
                 f"method without TBPTT and K > 1, not {config.method!r} with K={config.K}"
             )
+        if "steps" not in get_task(config.task).presets[config.preset]:
+            raise ValueError(
+                f"k1_steps counts outer steps of a task with a budget in steps (adding); "
+                f"task {config.task!r} counts epochs, got k1_steps={config.k1_steps}"
+            )
         if config.steps is None or not 0 < config.k1_steps < config.steps:
             raise ValueError(
                 f"k1_steps must be in 1..steps-1 (steps={config.steps}), got {config.k1_steps}"

@@ -9,6 +9,7 @@ Reads every run summary ``<task>/<run>.json`` (and its curves ``.jsonl``) that
 * ``report.md``: Table 1 (MNIST), Table 2 (HAR-2, Noisy-HAR-2), the adding-task table, each
   with the paper's number beside ours, the machine and budget ours came from, and for every
   run its outer steps, gradient evaluations and wall time; rows not run say "not yet run";
+  then every run whose wall time includes a stall (a pause, see ``stalls``);
 * ``figures/fig2_adding.png``: test MSE against outer steps and against gradient
   evaluations, T in {100, 200, 400, 750} (the paper's Fig. 2);
 * ``figures/fig3_mnist.png``: training loss and test accuracy against epochs on Pixel- and
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks import configs
 from benchmarks.data.adding import PLATEAU_MSE
@@ -40,6 +42,11 @@ FIG3_METHODS = ("sgd", "adam", "tbptt", "fw", "tbptt_fw")
 NOT_RUN = "not yet run"
 SUMMARY_KEYS = {"task", "method", "run", "config", "final", "machine", "curves"}
 DIVERGED = "diverged"
+STALL_FACTOR = 10
+STALL_MIN_S = 60.0
+"""An interval between two evaluations is a stall when its wall time is over STALL_FACTOR
+times the usual one (the median interval of its stretch, below) and over STALL_MIN_S: a run
+paused by SIGSTOP, or waiting on a shared machine, whose pause its wall time counts."""
 SKIPPED_FOLDERS = ("ckpt", "main_job")
 """Not read: checkpoints, and the main job's output (``benchmarks.adding``, a demo whose runs
 would repeat the reproduction's seed 0 at a shorter budget)."""
@@ -118,7 +125,7 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
             continue
         run = load_run(path)
         if run is not None:
-            runs.append(run)
+            runs.append(run | {"file": path.relative_to(folder).as_posix()})
     return runs
 
 
@@ -188,6 +195,57 @@ def _diverged_text(run: dict[str, Any]) -> str:
     return f"{DIVERGED} at step {run['diverged']['step']}"
 
 
+class Stall(NamedTuple):
+    """An interval between evaluations that took far longer than its stretch's usual one."""
+
+    from_step: int
+    to_step: int
+    seconds: float
+    usual_s: float
+
+
+def stalls(run: dict[str, Any]) -> list[Stall]:
+    """The stalls in a run's curve. Intervals are compared with the median of those in the same
+    stretch: between machines (``trained_on``) and the K switch (``k1_steps``), where the pace
+    changes for a reason. Stretches of fewer than three intervals have no usual pace: none."""
+    records = [r for r in run["records"] if r.get("wall_time_s") is not None]
+    bounds = {0, run.get("steps", 0), run["config"].get("k1_steps") or 0}
+    for stretch in run.get("trained_on") or []:
+        bounds |= {stretch["from_step"], stretch["to_step"]}
+    intervals, step, wall = [], 0, 0.0
+    for record in records:
+        if record["step"] > step:
+            intervals.append((step, record["step"], record["wall_time_s"] - wall))
+        step, wall = record["step"], record["wall_time_s"]
+    found = []
+    edges = sorted(bounds)
+    for low, high in itertools.pairwise(edges):
+        mine = [i for i in intervals if low <= i[0] and i[1] <= high]
+        if len(mine) < 3:
+            continue
+        usual = statistics.median(seconds for *_, seconds in mine)
+        found += [Stall(*i, usual) for i in mine if i[2] > max(STALL_FACTOR * usual, STALL_MIN_S)]
+    return found
+
+
+def _without_stalls(run: dict[str, Any]) -> float:
+    """The run's wall time with each stall counted at its stretch's usual interval."""
+    return run["wall_time_s"] - sum(s.seconds - s.usual_s for s in stalls(run))
+
+
+def _without_stalls_note(runs: list[dict[str, Any]], unit: str = "") -> str:
+    """`` (≈N without stalls)``, N the mean over ``runs``, where any of them stalled."""
+    if not any(stalls(r) for r in runs):
+        return ""
+    return f" (≈{statistics.mean(_without_stalls(r) for r in runs):.0f}{unit} without stalls)"
+
+
+def _wall(runs: list[dict[str, Any]]) -> str:
+    """The mean wall time of ``runs`` in seconds, with the note above."""
+    mean = statistics.mean(r.get("wall_time_s", 0.0) for r in runs)
+    return f"{mean:.0f}{_without_stalls_note(runs)}"
+
+
 def _acc(run: dict[str, Any] | None) -> str:
     if run is None:
         return NOT_RUN
@@ -203,7 +261,7 @@ def _cost(run: dict[str, Any] | None) -> str:
     epoch = f", {epochs:.1f} epochs, {per_epoch:.2f} s/epoch" if per_epoch else ""
     return (
         f"batch {run['config']['batch_size']}, {run['steps']} steps, {run['grad_evals']:.0f} "
-        f"grads, {run['wall_time_s']:.0f} s{epoch}"
+        f"grads, {run['wall_time_s']:.0f} s{epoch}{_without_stalls_note([run], ' s')}"
     )
 
 
@@ -224,15 +282,13 @@ def _wall_and_machines(runs: list[dict[str, Any]]) -> tuple[str, str]:
     by_machine: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_machine.setdefault(_machine(run), []).append(run)
-    walls = {
-        m: statistics.mean(r.get("wall_time_s", 0.0) for r in rs) for m, rs in by_machine.items()
-    }
+    walls = {m: _wall(rs) for m, rs in by_machine.items()}
     if len(by_machine) == 1:
         ((machine, wall),) = walls.items()
-        return f"{wall:.0f}", machine
+        return wall, machine
     seeds = {m: _seeds_text(rs) for m, rs in by_machine.items()}
     return (
-        "; ".join(f"{walls[m]:.0f} ({seeds[m]})" for m in by_machine),
+        "; ".join(f"{walls[m]} ({seeds[m]})" for m in by_machine),
         "; ".join(f"{seeds[m]}: {m}" for m in by_machine),
     )
 
@@ -571,6 +627,38 @@ def adaptive_k_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def stalls_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown: every run whose curve has a stall, with its stalls and its wall time without
+    them (each counted at its stretch's usual interval instead)."""
+    lines = [
+        "### Stalls in the wall times",
+        "",
+        "Wall times are measured by each run's own clock, so they count any time a run was "
+        "paused (SIGSTOP) or kept waiting by a busy machine. A stall: an interval between two "
+        f"evaluations over {STALL_FACTOR}x the usual one (the median interval of its stretch: "
+        "one machine, one side of the K switch) and over "
+        f"{STALL_MIN_S:.0f} s. Where a run stalled, the tables above add (≈N without stalls): "
+        "its wall time with each stall counted at its usual interval, an estimate. A run "
+        "paused by SIGTERM instead saves and stops, and its clock resumes only when it is run "
+        "again: no stall.",
+        "",
+        "| run file | wall time (s) | stalls (steps: s) | usual interval (s) | "
+        "without stalls (s) | machine |",
+        "|---|---|---|---|---|---|",
+    ]
+    stalled = [(run, found) for run in runs if not _diverged(run) and (found := stalls(run))]
+    for run, found in stalled:
+        listed = ", ".join(f"{s.from_step}-{s.to_step}: {s.seconds:.0f}" for s in found)
+        usual = ", ".join(f"{u:.1f}" for u in sorted({s.usual_s for s in found}))
+        lines.append(
+            f"| {run.get('file', run['run'])} | {run['wall_time_s']:.0f} | {listed} | {usual} | "
+            f"{_without_stalls(run):.0f} | {_machine(run)} |"
+        )
+    if not stalled:
+        lines.append("| none | | | | | |")
+    return lines
+
+
 def run_label(run: dict[str, Any]) -> str:
     """``method [K=.. flavour] [overrides]``: a run's name without preset and seed."""
     c = run["config"]
@@ -902,6 +990,7 @@ def build(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         lines += table2(runs, preset) + [""]
     lines += adding_table(runs) + [""]
     lines += adaptive_k_table(runs) + [""]
+    lines += stalls_table(runs) + [""]
     return {
         "report.md": "\n".join(lines).encode(),
         "figures/fig2_adding.png": figure2(runs),

@@ -300,3 +300,55 @@ def test_table_budget_names_a_batch_size_only_when_every_run_has_it(tmp_path):
         "Budget: 5 epochs of 100 train examples, test 20; batch 32 or 128 (each run's below)."
         in budget_line()
     )
+
+
+def _timed_run(folder, walls, trained_on=None, **kwargs):
+    """A HAR-2 SGD run evaluated every 10 steps, ``walls`` its cumulative wall times."""
+    config = get_config("har2", "sgd", "cpu", **kwargs)
+    steps = 10 * len(walls)
+    write_run(folder, config, accuracy=0.8, steps=steps)
+    path = folder / config.task_dir / config.run_name
+    rows = [{"step": 10 * (i + 1), "grad_evals": 10.0 * (i + 1), "wall_time_s": wall,
+             "train_loss": 0.5, "test_loss": 0.5, "test_accuracy": 0.8}
+            for i, wall in enumerate(walls)]  # fmt: skip
+    path.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = json.loads(path.with_suffix(".json").read_text())
+    summary |= {"final": rows[-1], "wall_time_s": walls[-1]}
+    if trained_on is not None:
+        summary["trained_on"] = trained_on
+    path.with_suffix(".json").write_text(json.dumps(summary))
+    return report.load_run(path.with_suffix(".json"))
+
+
+def test_a_stall_in_a_curve_is_found_and_the_wall_time_without_it_estimated(tmp_path):
+    folder = tmp_path / "results"
+    # Intervals of 10 s, but 30-40 took 510 s (a pause): 500 s more than usual.
+    run = _timed_run(folder, [10.0, 20.0, 30.0, 540.0, 550.0, 560.0])
+    assert report.stalls(run) == [report.Stall(30, 40, 510.0, 10.0)]
+    text = "\n".join(report.table2(report.load_results(folder), "cpu"))
+    assert "60 steps, 60 grads, 560 s, 2.0 epochs, 6.25 s/epoch (≈60 s without stalls) |" in text
+    (row,) = [line for line in report.stalls_table(report.load_results(folder)) if "30-40" in line]
+    assert row.startswith("| har2/sgd_cpu_seed0.json | 560 | 30-40: 510 | 10.0 | 60 |")
+
+
+def test_slow_but_short_intervals_and_a_slower_machine_are_no_stalls(tmp_path):
+    folder = tmp_path / "results"
+    # 10x slower, but under a minute: no stall.
+    quick = _timed_run(folder, [1.0, 2.0, 3.0, 53.0, 54.0, 55.0], seed=0)
+    assert report.stalls(quick) == []
+    # A GPU for steps 0-40 at 1 s an interval, then a CPU at 100 s: each stretch has its own
+    # usual pace, so nothing stalls; in one stretch the CPU's intervals would.
+    machines = [{"machine": "gpu", "from_step": 0, "to_step": 40},
+                {"machine": "cpu", "from_step": 40, "to_step": 70}]  # fmt: skip
+    walls = [1.0, 2.0, 3.0, 4.0, 104.0, 204.0, 304.0]
+    assert report.stalls(_timed_run(folder, walls, trained_on=machines, seed=1)) == []
+    assert len(report.stalls(_timed_run(folder, walls, seed=2))) == 3
+    # Nor is the slower pace after the K switch (K=1 -> K=5 at step 40).
+    records = [{"step": 10 * (i + 1), "wall_time_s": wall} for i, wall in enumerate(walls)]
+    switch = {"records": records, "steps": 70, "config": {"k1_steps": 40}}
+    assert report.stalls(switch) == []
+    assert len(report.stalls(switch | {"config": {"k1_steps": None}})) == 3
+    lines = report.stalls_table(report.load_results(folder))
+    assert [line.split(" | ")[0] for line in lines if "har2/" in line] == [
+        "| har2/sgd_cpu_seed2.json"
+    ]

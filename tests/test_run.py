@@ -413,6 +413,11 @@ def test_bad_k_switch_is_refused(kwargs, match):
         toy_config("adding", method, **kwargs)
 
 
+def test_a_k_switch_on_a_task_counted_in_epochs_is_refused_by_name():
+    with pytest.raises(ValueError, match="task 'har2' counts epochs, got k1_steps=40"):
+        get_config("har2", "fw", "cpu", K=5, flavour="authors", k1_steps=40, steps=70)
+
+
 def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, monkeypatch, capsys):
     config = toy_config("adding", "fw", flavour="alg1", K=2)
     first = run.run_experiment(config, tmp_path, progress=False)
