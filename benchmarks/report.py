@@ -234,7 +234,9 @@ def _without_stalls(run: dict[str, Any]) -> float:
 
 
 def _without_stalls_note(runs: list[dict[str, Any]], unit: str = "") -> str:
-    """`` (≈N without stalls)``, N the mean over ``runs``, where any of them stalled."""
+    """`` (≈N without stalls)``, N the mean over ``runs``, where any of them stalled (runs
+    without a wall time, diverged ones, aside)."""
+    runs = [r for r in runs if "wall_time_s" in r]
     if not any(stalls(r) for r in runs):
         return ""
     return f" (≈{statistics.mean(_without_stalls(r) for r in runs):.0f}{unit} without stalls)"
