@@ -333,7 +333,7 @@ def test_a_stall_in_a_curve_is_found_and_the_wall_time_without_it_estimated(tmp_
 
 def test_slow_but_short_intervals_and_a_slower_machine_are_no_stalls(tmp_path):
     folder = tmp_path / "results"
-    # 10x slower, but under a minute: no stall.
+    # 50x slower than the others, but under a minute: no stall.
     quick = _timed_run(folder, [1.0, 2.0, 3.0, 53.0, 54.0, 55.0], seed=0)
     assert report.stalls(quick) == []
     # A GPU for steps 0-40 at 1 s an interval, then a CPU at 100 s: each stretch has its own
