@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 import statistics
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -739,7 +740,7 @@ def _series(run: dict[str, Any], x: str, y: str) -> tuple[list[float], list[floa
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # the legend whole
     return buffer.getvalue()
 
 
@@ -757,6 +758,7 @@ _PALETTE = {
     "fw K=10 authors": "tab:pink",
     "fw_bn K=1 authors": "gold",
     "tbptt_fw K=1 authors": "teal",
+    "tbptt_fw K=1 alg1": "magenta",
     "lstm_fw K=1 authors": "black",
     "indrnn": "navy",
     "indrnn_fw K=1 authors": "crimson",
@@ -794,8 +796,11 @@ def _collect_handles(ax, handles: dict[str, Any]) -> None:
         handles.setdefault(text.rsplit(" (n=", 1)[0], handle)
 
 
-def _finish(fig, handles: dict[str, Any], title: str) -> bytes:
-    """A figure with one legend outside the panels, on the right, as PNG bytes."""
+def _finish(
+    fig, handles: dict[str, Any], title: str, legend: str = "mean over seeds\n(band: min–max)"
+) -> bytes:
+    """A figure with one legend (titled ``legend``) outside the panels, on the right, as PNG
+    bytes."""
     import matplotlib.pyplot as plt
 
     fig.legend(
@@ -804,11 +809,13 @@ def _finish(fig, handles: dict[str, Any], title: str) -> bytes:
         loc="center left",
         bbox_to_anchor=(0.865, 0.5),
         fontsize=8,
-        title="mean over seeds\n(band: min–max)",
+        title=legend,
         title_fontsize=8,
     )
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.96))
+    # About 15 characters of 8-point text per inch: a long machine list wraps, not clips.
+    lines = textwrap.wrap(title, int(fig.get_figwidth() * 15))
+    fig.suptitle("\n".join(lines), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 1 - 0.02 * (len(lines) + 1)))
     data = _png(fig)
     plt.close(fig)
     return data
@@ -829,6 +836,32 @@ def _size(group: list[dict[str, Any]]) -> tuple[int, int]:
     return len([r for r in group if not _diverged(r)]), group[0]["steps"]
 
 
+def fig2_choice(runs: list[dict[str, Any]], length: int) -> dict[tuple, tuple[str, list]]:
+    """Fig. 2's runs at ``length``: per row drawn, ``(label, seeds at one budget)``, the
+    budget with the most seeds, then the longest."""
+    chosen: dict[tuple, tuple[str, list[dict[str, Any]]]] = {}
+    at_length = [r for r in runs if r["task"] == "adding" and r["config"]["length"] == length]
+    for preset in configs.PRESETS:
+        group = [r for r in at_length if r["config"]["preset"] == preset]
+        for row, label, same_budget in _adding_groups(group, length, preset):
+            if row not in FIG2_ROWS or not same_budget:
+                continue
+            old = chosen.get(row)
+            if old is None or _size(same_budget) > _size(old[1]):
+                chosen[row] = (label, same_budget)
+    return chosen
+
+
+def fig2_step_limit(chosen: dict[tuple, tuple[str, list]]) -> int | None:
+    """Where the outer-step axis of a Fig. 2 panel ends: at the FW runs' longest budget when
+    a baseline ran longer (the baselines at FW's gradient evaluations, 5x the steps), so
+    the FW curves keep the panel's width; the gradient-evaluation row below compares them at
+    equal cost. ``None``: every run fits."""
+    fw = [group[0]["steps"] for (method, *_), (_, group) in chosen.items() if method == "fw"]
+    longest = max((group[0]["steps"] for _, group in chosen.values()), default=0)
+    return max(fw) if fw and longest > max(fw) else None
+
+
 def figure2(runs: list[dict[str, Any]]) -> bytes:
     """One panel per T: test MSE (mean over seeds, band from the lowest to the highest seed)
     against outer steps (top) and gradient evaluations (bottom); per method the run with the
@@ -842,16 +875,7 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
     fig, axes = plt.subplots(2, len(ADDING_LENGTHS), figsize=(19, 7.5), squeeze=False, sharey=True)
     handles: dict[str, Any] = {}
     for col, length in enumerate(ADDING_LENGTHS):
-        chosen: dict[tuple, tuple[str, list[dict[str, Any]]]] = {}
-        for preset in configs.PRESETS:
-            group = [r for r in adding if r["config"]["length"] == length]
-            group = [r for r in group if r["config"]["preset"] == preset]
-            for row, label, same_budget in _adding_groups(group, length, preset):
-                if row not in FIG2_ROWS or not same_budget:
-                    continue
-                old = chosen.get(row)
-                if old is None or _size(same_budget) > _size(old[1]):
-                    chosen[row] = (label, same_budget)
+        chosen = fig2_choice(adding, length)
         for row_index, x in enumerate(("step", "grad_evals")):
             ax = axes[row_index][col]
             for label, group in chosen.values():
@@ -861,6 +885,8 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
             ax.set_yscale("log")
             ax.set_ylim(1e-3, 1.5)  # FW at T = 100 reaches MSE 1e-3 in 20000 steps
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+            if x == "step" and (limit := fig2_step_limit(chosen)) is not None:
+                ax.set_xlim(0, limit)
             ax.set_xlabel("outer step" if x == "step" else "gradient evaluations")
             if col == 0:
                 ax.set_ylabel("test MSE")
@@ -873,8 +899,9 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
     return _finish(
         fig,
         handles,
-        f"Adding task (paper Fig. 2); dashed: the plateau, dotted: MSE {LEFT_PLATEAU}. "
-        f"Machines: {_machines(adding)}",
+        f"Adding task (paper Fig. 2); dashed: the plateau, dotted: MSE {LEFT_PLATEAU}. Top "
+        "row: outer steps, up to FW's budget where a baseline ran longer; bottom row: gradient "
+        f"evaluations. Machines: {_machines(adding)}",
     )
 
 
@@ -933,24 +960,32 @@ def figure_table2(runs: list[dict[str, Any]], preset: str = "paper") -> bytes:
 
 
 def figure3(runs: list[dict[str, Any]]) -> bytes:
+    """Training loss and test accuracy against epochs, seed 0 of each method: one colour per
+    method (the other figures' colours), ``cpu`` runs dashed where the paper's preset ran."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = ("pixel_mnist", "permuted_mnist")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7), squeeze=False)
+    handles: dict[str, Any] = {}
     for col, task in enumerate(tasks):
         drawn = False
+        both = {r["config"]["preset"] for r in runs if r["task"] == task} >= {"cpu", "paper"}
         for preset in configs.PRESETS:
             for method in FIG3_METHODS:
                 for method_, K, flavour in _fw_variants(method, None):
                     found = _pick(runs, task=task, preset=preset, method=method_, K=K,
                                   flavour=flavour, seed=0)  # fmt: skip
                     for run in found[:1]:
-                        label = f"{_label(method_, K, flavour, run)} ({preset})"
-                        axes[0][col].plot(*_series(run, "epoch", "train_loss"), label=label)
-                        axes[1][col].plot(*_series(run, "epoch", "test_accuracy"), label=label)
+                        label = _label(method_, K, flavour, run)
+                        dashed = both and preset == "cpu"
+                        style = dict(color=_colour(label), ls="--" if dashed else "-")
+                        label = f"{label} ({preset})"
+                        axes[0][col].plot(*_series(run, "epoch", "train_loss"), **style)
+                        axes[1][col].plot(*_series(run, "epoch", "test_accuracy"), **style,
+                                          label=label)  # fmt: skip
                         drawn = True
         title = "Pixel-MNIST" if task == "pixel_mnist" else "Permuted-MNIST"
         axes[0][col].set_title(title + ("" if drawn else f": {NOT_RUN}"), fontsize=9)
@@ -958,14 +993,10 @@ def figure3(runs: list[dict[str, Any]]) -> bytes:
         axes[1][col].set_ylabel("test accuracy")
         for ax in axes[:, col]:
             ax.set_xlabel("epoch")
-        if drawn:
-            axes[1][col].legend(fontsize=6)
+        _collect_handles(axes[1][col], handles)
     mnist = [r for r in runs if r["task"] in tasks]
-    fig.suptitle(f"Pixel / Permuted MNIST (paper Fig. 3). Machine: {_machines(mnist)}", fontsize=8)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    title = f"Pixel / Permuted MNIST (paper Fig. 3). Machine: {_machines(mnist)}"
+    return _finish(fig, handles, title, legend="seed 0 (preset)")
 
 
 def build(runs: list[dict[str, Any]]) -> dict[str, bytes]:

@@ -352,3 +352,26 @@ def test_slow_but_short_intervals_and_a_slower_machine_are_no_stalls(tmp_path):
     assert [line.split(" | ")[0] for line in lines if "har2/" in line] == [
         "| har2/sgd_cpu_seed2.json"
     ]
+
+
+def test_fig2_ends_the_step_axis_at_fws_budget_when_baselines_ran_longer(tmp_path):
+    folder = tmp_path / "results"
+    fw = {"K": 5, "flavour": "authors"}
+    write_run(folder, get_config("adding", "fw", "cpu", steps=20000, **fw), mse=0.01, steps=20000)
+    write_run(folder, get_config("adding", "sgd", "cpu", steps=20000), mse=0.16, steps=20000)
+    runs = report.load_results(folder)
+    assert report.fig2_step_limit(report.fig2_choice(runs, 100)) is None  # every run fits
+    # SGD at FW K=5's gradient evaluations: 5x the steps, drawn instead of its 20000-step run.
+    write_run(folder / "equal", get_config("adding", "sgd", "cpu", steps=100000), mse=0.1,
+              steps=100000)  # fmt: skip
+    chosen = report.fig2_choice(report.load_results(folder), 100)
+    assert chosen[("sgd", None, None, None)][1][0]["steps"] == 100000
+    assert report.fig2_step_limit(chosen) == 20000
+    assert report.fig2_step_limit({k: v for k, v in chosen.items() if k[0] != "fw"}) is None
+
+
+def test_every_named_run_has_its_own_colour_in_every_figure():
+    colours = list(report._PALETTE.values())
+    assert len(set(colours)) == len(colours)
+    # A label without a palette entry gets the same colour every time (figures stay comparable).
+    assert report._colour("a new method K=3 alg1") == report._colour("a new method K=3 alg1")
