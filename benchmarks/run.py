@@ -19,7 +19,9 @@ against the configuration's fields and types before anything runs. Each run writ
   of each;
 * ``<task>/ckpt/<run>/``: orbax checkpoints (the last two); rerunning the same command
   resumes from the last readable one (on any machine and device count), a larger
-  ``--steps`` / ``--epochs`` extends a finished run, ``--restart`` starts over. A run sent
+  ``--steps`` / ``--epochs`` extends a finished run, ``--restart`` starts over,
+  ``--start-from FOLDER`` continues a run new to ``--out`` from its checkpoint in another
+  results folder (a longer budget kept apart from the shorter one). A run sent
   SIGTERM (a scheduler, ``timeout``) saves at its next evaluation point and the command
   exits with status 143 without a summary; the same command continues it.
 
@@ -182,6 +184,7 @@ def run_seeds(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     devices: int | None = 1,
     one_program: bool = True,
+    start_from: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Trains configurations that differ only in their seed, in one compiled program
     (``benchmarks.train.train_seeds``), and writes each seed's files as a separate run
@@ -193,8 +196,12 @@ def run_seeds(
     all of them); truncated BPTT and batches that do not split evenly run on one device.
     A run whose loss stops being finite writes a ``"diverged"`` summary (in one program the
     other seeds train on and finish), then :class:`benchmarks.train.Diverged` is raised.
+    ``start_from``: another results folder; a run with no checkpoint under ``out`` yet
+    continues from its checkpoint there (:func:`start_from_folder`).
     Returns the summaries, in the order of ``configs_``.
     """
+    if restart and start_from is not None:
+        raise ValueError("restart starts over; it cannot also start from another folder")
     first = configs_[0]
     seeds = [c.seed for c in configs_]
     if len(set(seeds)) != len(seeds):
@@ -232,8 +239,12 @@ def run_seeds(
     ckpt_dir = files[0][2] if not one_program else _group_checkpoints(configs_, out)
     if restart:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _origin(ckpt_dir).unlink(missing_ok=True)
         for _, curves, _ in files:
             curves.unlink(missing_ok=True)
+    if start_from is not None:
+        start_from_folder(Path(start_from), out, configs_, ckpt_dir)
+    origin = json.loads(_origin(ckpt_dir).read_text()) if _origin(ckpt_dir).is_file() else None
     options = dict(
         then=then,
         local_gradients=local,
@@ -294,12 +305,56 @@ def run_seeds(
         summary["steps_per_call"] = steps_per_call or plan.eval_every
         if one_program:
             summary["seeds_in_program"] = seeds
+        if origin is not None:
+            summary["started_from"] = origin
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(summary_path, json.dumps(summary, indent=1))
         summaries.append(summary)
     if failed is not None:
         raise failed
     return summaries
+
+
+def _origin(ckpt_dir: Path) -> Path:
+    """Where :func:`start_from_folder` notes what a checkpoint folder was copied from (beside
+    it: orbax owns the folder itself)."""
+    return ckpt_dir.with_name(ckpt_dir.name + ".started_from.json")
+
+
+def _checkpoint_steps(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def start_from_folder(source: Path, out: Path, configs_: Sequence[Config], ckpt_dir: Path) -> None:
+    """Gives runs with no checkpoint under ``out`` the checkpoints and curves of the same runs
+    under ``source``, so they continue from there: e.g. baselines at a larger budget (equal
+    gradient evaluations) in their own folder, from the runs of the smaller one. A longer
+    run continues the same schedule, so this equals training it from the start. The source
+    is noted beside the checkpoint folder and in the summaries (``started_from``). Where the
+    source holds no checkpoint of the runs (a fresh clone: checkpoints are not committed),
+    they train from the start, and say so.
+    """
+    if _checkpoint_steps(ckpt_dir):
+        return  # trained here before: its own checkpoint goes on
+    source_ckpt = source / ckpt_dir.relative_to(out)
+    steps = _checkpoint_steps(source_ckpt)
+    if not steps:
+        print(f"{configs_[0].task_dir} {ckpt_dir.name}: no checkpoint at {source_ckpt} to "
+              "start from; trains from step 0", flush=True)  # fmt: skip
+        return
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.copytree(source_ckpt, ckpt_dir)
+    for config in configs_:
+        curves, source_curves = run_files(config, out)[1], run_files(config, source)[1]
+        curves.unlink(missing_ok=True)
+        if source_curves.is_file():
+            shutil.copyfile(source_curves, curves)
+    origin = {"folder": str(source), "checkpoint_steps": steps}
+    _write_atomic(_origin(ckpt_dir), json.dumps(origin))
+    print(f"{configs_[0].task_dir} {ckpt_dir.name}: starts from {source_ckpt} (steps {steps})",
+          flush=True)  # fmt: skip
 
 
 def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, diverged):
@@ -501,6 +556,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument(
+        "--start-from",
+        dest="start_from",
+        type=Path,
+        metavar="FOLDER",
+        help="a run with no checkpoint under --out continues from its checkpoint and curves "
+        "in this results folder (e.g. a larger --steps in another folder)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -513,6 +576,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         parser.error(f"--devices must be >= 1, got {args.devices}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
+    if args.start_from is not None:
+        if args.restart:
+            parser.error("--restart starts over; drop --start-from or --restart")
+        if not args.start_from.is_dir():
+            parser.error(f"--start-from {args.start_from} is not a folder")
+        if args.start_from.resolve() == args.out.resolve():
+            parser.error(f"--start-from {args.start_from} is --out itself")
     return args, groups
 
 
@@ -533,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 steps_per_call=args.steps_per_call,
                 devices=args.devices,
                 one_program=args.seeds is not None,
+                start_from=args.start_from,
             )
         except Diverged as error:
             print(f"DIVERGED {error}", file=sys.stderr, flush=True)

@@ -159,6 +159,8 @@ def test_plan_counts_the_authors_k_batches_and_tbptt_updates():
         (["--task", "har2", "--method", "sgd", "--set", "K=2"], "use --K"),
         (["--task", "har2", "--method", "sgd", "--epochs", "2", "--set", "epochs=3"], "twice"),
         (["--task", "har2", "--method", "sgd", "--seeds", "1", "1"], "must be distinct"),
+        (["--task", "adding", "--method", "sgd", "--start-from", "/no/such"], "not a folder"),
+        (["--task", "adding", "--method", "sgd", "--start-from", ".", "--restart"], "drop"),
     ],
 )
 def test_bad_command_line_exits_with_a_clear_error_and_writes_nothing(
@@ -321,6 +323,35 @@ def test_extending_a_finished_run_equals_one_longer_run(task, budget, tmp_path):
     assert steps[0] == steps[1]
     with pytest.raises(ValueError, match="beyond the"):
         run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
+
+
+def test_a_longer_run_started_from_another_folder_equals_one_longer_run(tmp_path, capsys):
+    short = [toy_config("adding", "fw", flavour="alg1", steps=4, seed=s) for s in (0, 1)]
+    longer = [dataclasses.replace(c, steps=8) for c in short]
+    whole = run.run_seeds(longer, tmp_path / "whole", progress=False)
+    run.run_seeds(short, tmp_path / "short", progress=False)
+    # Nothing to start from (a fresh clone): it trains from step 0 and says so.
+    fresh = run.run_seeds(longer, tmp_path / "new", progress=False, start_from=tmp_path / "none")
+    assert "no checkpoint at" in capsys.readouterr().out
+    assert [r["final"]["test_loss"] for r in fresh] == [r["final"]["test_loss"] for r in whole]
+    assert "started_from" not in fresh[0]
+    started = run.run_seeds(longer, tmp_path / "long", progress=False,
+                            start_from=tmp_path / "short")  # fmt: skip
+    assert "starts from" in capsys.readouterr().out
+    for config, a, b in zip(longer, whole, started, strict=True):
+        for key in ("test_loss", "train_loss", "step", "grad_evals"):
+            assert a["final"][key] == b["final"][key]
+        assert b["started_from"]["folder"] == str(tmp_path / "short")
+        assert b["started_from"]["checkpoint_steps"][-1] == 4 and "started_from" not in a
+        curves = [run.run_files(config, tmp_path / out)[1] for out in ("whole", "long")]
+        for path in curves:  # the source's curves to step 4 carried over, then its own
+            assert [json.loads(r)["step"] for r in path.read_text().splitlines()] == [0, 2, 4, 6, 8]
+    # Extended again, it goes on from its own checkpoint (step 8), not the source's step 4.
+    again = [dataclasses.replace(c, steps=10) for c in short]
+    run.run_seeds(again, tmp_path / "long", progress=False, start_from=tmp_path / "short")
+    assert "starts from" not in capsys.readouterr().out
+    curves = run.run_files(again[0], tmp_path / "long")[1]
+    assert [json.loads(r)["step"] for r in curves.read_text().splitlines()] == [0, 2, 4, 6, 8, 10]
 
 
 def test_a_run_resumed_on_another_machine_says_where_each_step_ran(tmp_path, monkeypatch):
