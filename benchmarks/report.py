@@ -519,6 +519,15 @@ def _adding_groups(runs, length, preset):
     return out
 
 
+def _steps_cell(run: dict[str, Any]) -> str:
+    """Outer steps, and where a run started from another folder's checkpoint (the runner's
+    ``--start-from``), from which step of which folder."""
+    origin = run.get("started_from")
+    if not origin:
+        return str(run["steps"])
+    return f"{run['steps']} (steps 0-{origin['checkpoint_steps'][-1]}: {origin['folder']})"
+
+
 def adding_table(runs: list[dict[str, Any]]) -> list[str]:
     adding = [r for r in runs if r["task"] == "adding"]
     lines = [
@@ -560,7 +569,7 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
                 if step is not None:
                     left.setdefault(label, []).append((length, step))
                 lines.append(
-                    f"| {length} | {preset} | {label} | {text} | {seeds} | {r['steps']} | "
+                    f"| {length} | {preset} | {label} | {text} | {seeds} | {_steps_cell(r)} | "
                     f"{r.get('grad_evals', 0):.0f} | {'–' if step is None else step} | "
                     f"{wall} | {where} |"
                 )
@@ -886,7 +895,7 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
             ax.set_ylim(1e-3, 1.5)  # FW at T = 100 reaches MSE 1e-3 in 20000 steps
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
             if x == "step" and (limit := fig2_step_limit(chosen)) is not None:
-                ax.set_xlim(0, limit)
+                ax.set_xlim(-0.05 * limit, 1.05 * limit)  # matplotlib's own 5% margins
             ax.set_xlabel("outer step" if x == "step" else "gradient evaluations")
             if col == 0:
                 ax.set_ylabel("test MSE")

@@ -364,6 +364,12 @@ def test_fig2_ends_the_step_axis_at_fws_budget_when_baselines_ran_longer(tmp_pat
     # SGD at FW K=5's gradient evaluations: 5x the steps, drawn instead of its 20000-step run.
     write_run(folder / "equal", get_config("adding", "sgd", "cpu", steps=100000), mse=0.1,
               steps=100000)  # fmt: skip
+    path = folder / "equal" / "adding_T100" / "sgd_cpu_seed0.json"
+    origin = {"folder": "results/sweep", "checkpoint_steps": [19500, 20000]}
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"started_from": origin}))
+    text = "\n".join(report.adding_table(report.load_results(folder)))
+    assert "| 0 | 100000 (steps 0-20000: results/sweep) | 100000 |" in text
+    assert "| 0 | 20000 | 20000 |" in text  # the run it continued
     chosen = report.fig2_choice(report.load_results(folder), 100)
     assert chosen[("sgd", None, None, None)][1][0]["steps"] == 100000
     assert report.fig2_step_limit(chosen) == 20000
