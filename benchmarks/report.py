@@ -729,16 +729,17 @@ def comparison_figure(runs: list[dict[str, Any]], title: str) -> bytes:
     return data
 
 
+def _steps_asked(run: dict[str, Any]) -> int:
+    """A run's budget in outer steps: the steps asked for (a diverged run stopped earlier)."""
+    return run["config"].get("steps") or run["steps"]
+
+
 def _by_steps(runs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Runs of one method grouped by their budget in outer steps (e.g. an equal-compute run):
-    the steps asked for, so a seed that diverged stays in its row."""
-
-    def budget(run: dict[str, Any]) -> int:
-        return run["config"].get("steps") or run["steps"]
-
+    """Runs of one method grouped by their budget in outer steps (e.g. an equal-compute run),
+    so a seed that diverged stays in its row."""
     groups: dict[int, list[dict[str, Any]]] = {}
-    for run in sorted(runs, key=lambda r: (budget(r), r["config"]["seed"])):
-        groups.setdefault(budget(run), []).append(run)
+    for run in sorted(runs, key=lambda r: (_steps_asked(r), r["config"]["seed"])):
+        groups.setdefault(_steps_asked(run), []).append(run)
     return groups
 
 
@@ -842,7 +843,9 @@ def _draw(ax, group, x, y, label) -> None:
 
 
 def _size(group: list[dict[str, Any]]) -> tuple[int, int]:
-    return len([r for r in group if not _diverged(r)]), group[0]["steps"]
+    """``(seeds, steps)`` of a group of seeds at one budget: every seed that ran counts, a
+    diverged one too, so one diverging seed does not hand the panel to a shorter budget."""
+    return len(group), _steps_asked(group[0])
 
 
 def fig2_choice(runs: list[dict[str, Any]], length: int) -> dict[tuple, tuple[str, list]]:
@@ -866,8 +869,8 @@ def fig2_step_limit(chosen: dict[tuple, tuple[str, list]]) -> int | None:
     a baseline ran longer (the baselines at FW's gradient evaluations, 5x the steps), so
     the FW curves keep the panel's width; the gradient-evaluation row below compares them at
     equal cost. ``None``: every run fits."""
-    fw = [group[0]["steps"] for (method, *_), (_, group) in chosen.items() if method == "fw"]
-    longest = max((group[0]["steps"] for _, group in chosen.values()), default=0)
+    fw = [_steps_asked(group[0]) for (method, *_), (_, group) in chosen.items() if method == "fw"]
+    longest = max((_steps_asked(group[0]) for _, group in chosen.values()), default=0)
     return max(fw) if fw and longest > max(fw) else None
 
 
@@ -900,7 +903,7 @@ def figure2(runs: list[dict[str, Any]]) -> bytes:
             if col == 0:
                 ax.set_ylabel("test MSE")
             _collect_handles(ax, handles)
-        steps = sorted({g[0]["steps"] for _, g in chosen.values()})
+        steps = sorted({_steps_asked(g[0]) for _, g in chosen.values()})
         budget = f": {NOT_RUN}"
         if steps:
             budget = f", {steps[0]}" + (f"–{steps[-1]}" if len(steps) > 1 else "") + " steps"

@@ -376,6 +376,25 @@ def test_fig2_ends_the_step_axis_at_fws_budget_when_baselines_ran_longer(tmp_pat
     assert report.fig2_step_limit({k: v for k, v in chosen.items() if k[0] != "fw"}) is None
 
 
+def test_fig2_draws_the_longest_budget_even_where_one_of_its_seeds_diverged(tmp_path):
+    folder = tmp_path / "results"
+    for steps, out in ((2000, folder), (100000, folder / "equal")):
+        for seed in (0, 1, 2):
+            config = get_config("adding", "sgd", "cpu", steps=steps, seed=seed)
+            diverged_at = 14844 if (steps, seed) == (100000, 1) else None
+            write_run(out, config, mse=0.1, steps=steps, diverged_at=diverged_at)
+    chosen = report.fig2_choice(report.load_results(folder), 100)
+    label, group = chosen[("sgd", None, None, None)]
+    assert [r["config"]["steps"] for r in group] == [100000] * 3
+    # The mean is drawn over the two seeds that finished.
+    assert report._mean_band(group, "step", "test_loss")[0] == [0, 50000, 100000]
+    # A longer budget with fewer seeds still gives way to the one with all three.
+    write_run(folder / "long", get_config("adding", "sgd", "cpu", steps=200000), mse=0.1,
+              steps=200000)  # fmt: skip
+    chosen = report.fig2_choice(report.load_results(folder), 100)
+    assert chosen[("sgd", None, None, None)][1][0]["config"]["steps"] == 100000
+
+
 def test_every_named_run_has_its_own_colour_in_every_figure():
     colours = list(report._PALETTE.values())
     assert len(set(colours)) == len(colours)
