@@ -384,7 +384,7 @@ def test_fig2_draws_the_longest_budget_even_where_one_of_its_seeds_diverged(tmp_
             diverged_at = 14844 if (steps, seed) == (100000, 1) else None
             write_run(out, config, mse=0.1, steps=steps, diverged_at=diverged_at)
     chosen = report.fig2_choice(report.load_results(folder), 100)
-    label, group = chosen[("sgd", None, None, None)]
+    _, group = chosen[("sgd", None, None, None)]
     assert [r["config"]["steps"] for r in group] == [100000] * 3
     # The mean is drawn over the two seeds that finished.
     assert report._mean_band(group, "step", "test_loss")[0] == [0, 50000, 100000]
