@@ -492,17 +492,29 @@ def _adding_label(method, K, flavour, k1_steps, run=None) -> str:
     return label.replace("K=", f"K=1→{K} at {k1_steps}, K=", 1) if k1_steps else label
 
 
-def _leaves_plateau(group: list[dict[str, Any]]) -> int | None:
-    """The first evaluated step at which the seeds' mean test MSE is below LEFT_PLATEAU."""
+def _mean_mse(group: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """``[(step, the finished seeds' mean test MSE)]`` at the steps every finished seed
+    evaluated."""
     finished = [r for r in group if not _diverged(r)]
     if not finished:
-        return None
+        return []
     curves = [dict(zip(*_series(r, "step", "test_loss"), strict=True)) for r in finished]
     steps = sorted(set.intersection(*(set(c) for c in curves)))
-    for step in steps:
-        if statistics.mean(c[step] for c in curves) < LEFT_PLATEAU:
-            return step
-    return None
+    return [(step, statistics.mean(c[step] for c in curves)) for step in steps]
+
+
+def _leaves_plateau(group: list[dict[str, Any]]) -> int | None:
+    """The first evaluated step at which the seeds' mean test MSE is below LEFT_PLATEAU."""
+    return next((step for step, mse in _mean_mse(group) if mse < LEFT_PLATEAU), None)
+
+
+def _stays_off_plateau(group: list[dict[str, Any]]) -> int | None:
+    """The first evaluated step from which the seeds' mean test MSE stays below LEFT_PLATEAU
+    at every later evaluation; None where the last evaluation is not below it."""
+    since = None
+    for step, mse in _mean_mse(group):
+        since = (since if since is not None else step) if mse < LEFT_PLATEAU else None
+    return since
 
 
 def _adding_groups(runs, length, preset):
@@ -535,25 +547,27 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
         "",
         f"Machine: {_machines(adding)}. Predicting 1 gives MSE {PLATEAU_MSE:.3f} (the plateau). "
         "Mean ± std over seeds where several ran (seeds listed). Leaves the plateau: the "
-        f"first evaluated step at which the seeds' mean test MSE is below {LEFT_PLATEAU}. "
+        f"first evaluated step at which the seeds' mean test MSE is below {LEFT_PLATEAU}; "
+        "stays off it: the first from which that mean is below it at every later evaluation "
+        "(– where the last is not: the run left the plateau and came back). "
         "The paper gives no numbers for Fig. 2, only curves.",
         "",
         "| T | preset | run | test MSE | seeds | steps | grad evals | leaves the plateau at "
-        "step | wall time (s) | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "step | stays off it from step | wall time (s) | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    left: dict[str, list[tuple[int, int]]] = {}
+    left: dict[str, list[tuple[int, int, int | None]]] = {}
     for length in ADDING_LENGTHS:
         for preset in configs.PRESETS:
             group = [r for r in adding if r["config"]["length"] == length]
             group = [r for r in group if r["config"]["preset"] == preset]
             if not group:
                 if preset == "paper" or length == 750:
-                    lines.append(f"| {length} | {preset} | all | {NOT_RUN} | | | | | | |")
+                    lines.append(f"| {length} | {preset} | all | {NOT_RUN} |" + " |" * 7)
                 continue
             for _, label, same_budget in _adding_groups(group, length, preset):
                 if not same_budget:
-                    lines.append(f"| {length} | {preset} | {label} | {NOT_RUN} | | | | | | |")
+                    lines.append(f"| {length} | {preset} | {label} | {NOT_RUN} |" + " |" * 7)
                     continue
                 mse = [r["final"]["test_loss"] for r in same_budget if not _diverged(r)]
                 text = f"{mse[0]:.4f}" if mse else ""
@@ -565,29 +579,30 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
                 finished = [x for x in same_budget if not _diverged(x)] or same_budget
                 r = finished[0]
                 wall, where = _wall_and_machines(finished)
-                step = _leaves_plateau(same_budget)
+                step, stays = _leaves_plateau(same_budget), _stays_off_plateau(same_budget)
                 if step is not None:
-                    left.setdefault(label, []).append((length, step))
+                    left.setdefault(label, []).append((length, step, stays))
                 lines.append(
                     f"| {length} | {preset} | {label} | {text} | {seeds} | {_steps_cell(r)} | "
                     f"{r.get('grad_evals', 0):.0f} | {'–' if step is None else step} | "
-                    f"{wall} | {where} |"
+                    f"{'–' if stays is None else stays} | {wall} | {where} |"
                 )
     lines += [
         "",
         "Per method, the longest sequence at which it left the plateau (any preset, budget "
-        "or seed count above), and the step at which it did:",
+        "or seed count above), the step at which it did, and the step from which it stayed "
+        "off it:",
         "",
-        "| run | longest T that left the plateau | at step |",
-        "|---|---|---|",
+        "| run | longest T that left the plateau | at step | stays off it from step |",
+        "|---|---|---|---|",
     ]
     labels = dict.fromkeys(_adding_label(m, K, f, k1) for m, K, f, k1 in ADDING_ROWS)
     for label in labels:
         if label in left:
-            length, step = max(left[label], key=lambda x: (x[0], -x[1]))
-            lines.append(f"| {label} | {length} | {step} |")
+            length, step, stays = max(left[label], key=lambda x: (x[0], -x[1]))
+            lines.append(f"| {label} | {length} | {step} | {'–' if stays is None else stays} |")
         else:
-            lines.append(f"| {label} | none of those run | – |")
+            lines.append(f"| {label} | none of those run | – | – |")
     return lines
 
 

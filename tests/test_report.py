@@ -117,7 +117,7 @@ def test_report_has_every_table_row_the_paper_numbers_and_ours(results):
     assert "| 100 | cpu | fw K=5 authors | 0.0125 | 0 | 10 | 50 |" in adding
     assert "| 100 | cpu | adam | 0.0250 | 0 | 10000 | 10000 |" in adding
     assert "| 750 | cpu | all | not yet run |" in adding
-    gpu = "| 750 | paper | fw K=5 alg1 | 0.0312 | 0 | 200 | 1000 | 0 | 12 | x86_64, gpu"
+    gpu = "| 750 | paper | fw K=5 alg1 | 0.0312 | 0 | 200 | 1000 | 0 | 0 | 12 | x86_64, gpu"
     assert gpu in adding
     assert "| 750 | paper | sgd | 0.1719 |" in adding
     assert "| 750 | paper | sgd_clip | diverged at step 150 |" in adding
@@ -258,15 +258,30 @@ def test_the_adding_sweep_names_where_each_method_leaves_the_plateau(tmp_path):
     _adding_run(folder, "fw", 200, 0, [1.0, 0.17, 0.17, 0.17], K=5, flavour="authors")
     _adding_run(folder, "sgd", 100, 0, [1.0, 0.17, 0.05, 0.17])
     _adding_run(folder, "sgd", 100, 1, [1.0, 0.17, 0.30, 0.17])
+    # Adam leaves at 5000, comes back, and stays off from 15000; SGD + clipping leaves at 5000
+    # and ends back on the plateau.
+    _adding_run(folder, "adam", 100, 0, [1.0, 0.05, 0.2, 0.05, 0.04])
+    _adding_run(folder, "sgd_clip", 100, 0, [1.0, 0.05, 0.05, 0.2])
     text = "\n".join(report.adding_table(report.load_results(folder)))
     protocol_row = "| 100 | cpu | fw K=1→5 at 10000, K=5 authors | 0.0150 ± 0.0071 | 0,1 | 15000 |"
     assert protocol_row in text
-    assert "| fw K=1→5 at 10000, K=5 authors | 200 | 15000 |" in text
-    assert "| fw K=5 authors | 100 | 5000 |" in text
-    assert "| sgd | none of those run | – |" in text
+    assert "| fw K=1→5 at 10000, K=5 authors | 200 | 15000 | 15000 |" in text
+    assert "| fw K=5 authors | 100 | 5000 | 5000 |" in text
+    assert "| sgd | none of those run | – | – |" in text
+    assert "| adam | 100 | 5000 | 15000 |" in text
+    assert "| sgd_clip | 100 | 5000 | – |" in text
+
+    def row(label: str) -> list[str]:
+        (line,) = [x for x in text.splitlines() if x.startswith(f"| 100 | cpu | {label} |")]
+        return [cell.strip() for cell in line.split("|")][1:-1]
+
+    # Leaves the plateau at, stays off it from:
+    assert row("fw K=1→5 at 10000, K=5 authors")[7:9] == ["10000", "10000"]
+    assert row("adam")[7:9] == ["5000", "15000"]
+    assert row("sgd_clip")[7:9] == ["5000", "–"]
+    assert row("sgd")[7:9] == ["–", "–"]
     # The protocol's runs are their own row, not fw K=5 authors' seeds.
-    (row,) = [line for line in text.splitlines() if line.startswith("| 100 | cpu | fw K=5 authors")]
-    assert "| 0.0400 | 0 |" in row
+    assert row("fw K=5 authors")[3:5] == ["0.0400", "0"]
     png = report.figure2(report.load_results(folder))
     assert png.startswith(b"\x89PNG")
 
