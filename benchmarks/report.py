@@ -517,6 +517,10 @@ def _stays_off_plateau(group: list[dict[str, Any]]) -> int | None:
     return since
 
 
+def _step_text(step: int | None) -> str:
+    return "–" if step is None else str(step)
+
+
 def _adding_groups(runs, length, preset):
     """``[(row, label, group of seeds at one budget)]`` of the adding rows at ``length``."""
     out = []
@@ -584,8 +588,8 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
                     left.setdefault(label, []).append((length, step, stays))
                 lines.append(
                     f"| {length} | {preset} | {label} | {text} | {seeds} | {_steps_cell(r)} | "
-                    f"{r.get('grad_evals', 0):.0f} | {'–' if step is None else step} | "
-                    f"{'–' if stays is None else stays} | {wall} | {where} |"
+                    f"{r.get('grad_evals', 0):.0f} | {_step_text(step)} | {_step_text(stays)} | "
+                    f"{wall} | {where} |"
                 )
     lines += [
         "",
@@ -600,7 +604,7 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
     for label in labels:
         if label in left:
             length, step, stays = max(left[label], key=lambda x: (x[0], -x[1]))
-            lines.append(f"| {label} | {length} | {step} | {'–' if stays is None else stays} |")
+            lines.append(f"| {label} | {length} | {step} | {_step_text(stays)} |")
         else:
             lines.append(f"| {label} | none of those run | – | – |")
     return lines
