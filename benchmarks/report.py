@@ -503,18 +503,18 @@ def _mean_mse(group: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(step, statistics.mean(c[step] for c in curves)) for step in steps]
 
 
-def _leaves_plateau(group: list[dict[str, Any]]) -> int | None:
-    """The first evaluated step at which the seeds' mean test MSE is below LEFT_PLATEAU."""
-    return next((step for step, mse in _mean_mse(group) if mse < LEFT_PLATEAU), None)
-
-
-def _stays_off_plateau(group: list[dict[str, Any]]) -> int | None:
-    """The first evaluated step from which the seeds' mean test MSE stays below LEFT_PLATEAU
-    at every later evaluation; None where the last evaluation is not below it."""
-    since = None
-    for step, mse in _mean_mse(group):
-        since = (since if since is not None else step) if mse < LEFT_PLATEAU else None
-    return since
+def _plateau_exit(group: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """The first evaluated step at which the seeds' mean test MSE is below LEFT_PLATEAU, and
+    the first from which it stays below at every later evaluation (None where the last
+    evaluation is not below it)."""
+    below = [(step, mse < LEFT_PLATEAU) for step, mse in _mean_mse(group)]
+    leaves = next((step for step, off in below if off), None)
+    stays = None
+    for step, off in reversed(below):
+        if not off:
+            break
+        stays = step
+    return leaves, stays
 
 
 def _step_text(step: int | None) -> str:
@@ -583,7 +583,7 @@ def adding_table(runs: list[dict[str, Any]]) -> list[str]:
                 finished = [x for x in same_budget if not _diverged(x)] or same_budget
                 r = finished[0]
                 wall, where = _wall_and_machines(finished)
-                step, stays = _leaves_plateau(same_budget), _stays_off_plateau(same_budget)
+                step, stays = _plateau_exit(same_budget)
                 if step is not None:
                     left.setdefault(label, []).append((length, step, stays))
                 lines.append(
