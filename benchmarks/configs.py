@@ -252,6 +252,8 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {name}={value!r}")
+    if config.seed < 0:
+        raise ValueError(f"seed must be >= 0, got seed={config.seed!r}")
     for name in ("lr", "delta", "clip", "grad_clamp", "lr_decay_factor", "indrnn_gamma", "gap_tol"):
         value = getattr(config, name)
         if value is not None and not (value > 0 and math.isfinite(value)):  # rejects NaN

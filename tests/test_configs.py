@@ -100,6 +100,7 @@ def test_paper_tables_have_every_row():
         (("har2", "fw", "cpu"), {"epochs": 0}, "epochs must be >= 1, got epochs=0"),
         (("har2", "fw", "cpu"), {"epochs": 1.5}, "epochs must be int | None, got epochs=1.5"),
         (("har2", "fw", "cpu"), {"hiden": 3}, "unknown config field"),
+        (("har2", "sgd", "cpu"), {"seed": -1}, "seed must be >= 0, got seed=-1"),
         (("har2", "sgd", "cpu"), {"lr": float("nan")}, "lr must be a finite number > 0"),
         (("har2", "sgd", "cpu"), {"dropout": 1.0}, "dropout must be in"),
         (("har2", "sgd", "cpu"), {"cell": "rnn"}, "unknown cell 'rnn'"),

@@ -159,6 +159,8 @@ def test_plan_counts_the_authors_k_batches_and_tbptt_updates():
         (["--task", "har2", "--method", "sgd", "--set", "K=2"], "use --K"),
         (["--task", "har2", "--method", "sgd", "--epochs", "2", "--set", "epochs=3"], "twice"),
         (["--task", "har2", "--method", "sgd", "--seeds", "1", "1"], "must be distinct"),
+        (["--task", "har2", "--method", "sgd", "--seed", "-1"], "seed must be >= 0"),
+        (["--task", "har2", "--method", "sgd", "--seeds", "0", "-2"], "seed must be >= 0"),
         (["--task", "adding", "--method", "sgd", "--start-from", "/no/such"], "not a folder"),
         (["--task", "adding", "--method", "sgd", "--start-from", ".", "--restart"], "drop"),
     ],
