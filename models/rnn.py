@@ -8,6 +8,7 @@ deep IndRNN) or on the final hidden state ("RNN + BN"), and a linear head on ``h
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,37 +21,47 @@ from models.batch_norm import BatchNorm
 from models.cells import CELL_NAMES, IndRNNCell, make_cell
 from models.dropout import Dropout
 from models.fused import fused_scan_cell, supports_fused
+from models.pallas import pallas_scan_cell, supports_pallas
 from models.scan_rnn import scan_cell, supports_hoisting
 
 Array = jax.Array
 Carry = Any
-IMPLS: tuple[str, ...] = ("auto", "fused", "hoisted", "flax")
+IMPLS: tuple[str, ...] = ("auto", "pallas", "fused", "hoisted", "flax")
 
 # PyTorch's BatchNorm1d defaults (momentum 0.1 = Flax 0.9, eps 1e-5), as the authors ran.
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 
 
+_SCANS: dict[str, Callable[..., tuple[Carry, Array]]] = {
+    "pallas": pallas_scan_cell,
+    "fused": fused_scan_cell,
+    "hoisted": scan_cell,
+}
+
+
 class HoistedRNN(nn.Module):
     """A Flax cell run with its input projection hoisted out of the time loop.
 
-    ``fused=True`` runs ``models.fused.fused_scan_cell`` (custom VJP: the backward loop
+    ``impl="fused"`` runs ``models.fused.fused_scan_cell`` (custom VJP: the backward loop
     carries only the state cotangent, weight gradients are one matmul after it);
-    ``fused=False`` runs ``models.scan_rnn.scan_cell`` and lets autodiff differentiate the
-    scan. The cell is a child module named ``cell``, so the parameters are created by the
-    cell itself and the tree equals ``nn.RNN(cell)``'s: the three are interchangeable.
+    ``"pallas"`` runs ``models.pallas.pallas_scan_cell`` (the same split, each direction's
+    time loop as one persistent kernel); ``"hoisted"`` runs ``models.scan_rnn.scan_cell``
+    and lets autodiff differentiate the scan. The cell is a child module named ``cell``, so
+    the parameters are created by the cell itself and the tree equals ``nn.RNN(cell)``'s:
+    all are interchangeable.
     """
 
     cell: nn.RNNCellBase
     unroll: int = 1
-    fused: bool = False
+    impl: str = "hoisted"
 
     @nn.compact
     def __call__(self, xs: Array, initial_carry: Carry) -> tuple[Carry, Array]:
         """Inputs ``[T, B, F]`` and a carry; returns ``(carry_T, outputs [T, B, H])``."""
         if self.is_initializing():
             self.cell(initial_carry, xs[0])
-        run = fused_scan_cell if self.fused else scan_cell
+        run = _SCANS[self.impl]
         return run(self.cell, self.cell.variables["params"], xs, initial_carry, unroll=self.unroll)
 
 
@@ -91,11 +102,14 @@ class RNNModel(nn.Module):
       activation_fn: overrides the cell's nonlinearity (e.g. ``nn.relu`` for an IRNN).
       recurrent_bound: IndRNN only: ``u ~ U(0, bound)`` at init; keep it during training
         with ``models.clip_indrnn_recurrent``.
-      impl: ``"fused"`` (``models.fused``: input projection of all steps as one matmul
+      impl: ``"pallas"`` (``models.pallas``: ``"fused"``'s split, with each direction's time
+        loop as one persistent kernel; vanilla and IndRNN cells up to 256 units),
+        ``"fused"`` (``models.fused``: input projection of all steps as one matmul
         before the scan, a custom backward pass whose loop does only the sequential part),
         ``"hoisted"`` (the same projection, autodiff through ``scan_cell``), ``"flax"``
         (``nn.RNN`` over the cell, as landed), or ``"auto"``: the measured fastest on the
-        default backend (``default_impl``), ``"flax"`` for a cell without that fast path.
+        default backend at the nearest measured sequence length (``MEASURED``) that runs
+        this cell, ``"flax"`` for a cell without a fast path.
         Same parameters, same function.
       unroll: time steps per scan iteration; ``None`` picks ``default_unroll()``.
     """
@@ -178,9 +192,9 @@ class RNNModel(nn.Module):
         final_carries = []
         for layer, carry in enumerate(carries):
             cell = make_cell(self.cell, self.hidden_size, **self._cell_options())
-            impl = resolve_impl(self.impl, cell)
-            if impl in ("fused", "hoisted"):
-                rnn = HoistedRNN(cell, unroll=unroll, fused=impl == "fused", name=f"rnn_{layer}")
+            impl = resolve_impl(self.impl, cell, seq_len=xs.shape[0])
+            if impl in _SCANS:
+                rnn = HoistedRNN(cell, unroll=unroll, impl=impl, name=f"rnn_{layer}")
                 carry, xs = rnn(xs, carry)
             else:
                 rnn = nn.RNN(
@@ -201,52 +215,79 @@ class RNNModel(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Recurrence:
-    """The measured way to run each cell on one backend.
+    """What ``benchmarks.perf_models --table`` measured on one backend, and what it decides.
 
     Attributes:
-      impl: cell name (``CELL_NAMES``) -> implementation (``"fused"``, ``"hoisted"`` or
-        ``"flax"``), the fastest gradient measured for that cell.
-      unroll: time steps per scan iteration.
-      source: where the numbers come from.
+      ms: cell name (``CELL_NAMES``) -> sequence length T -> implementation -> milliseconds
+        of one gradient (``perf_models`` section 3: batch 50, hidden 128, 2 inputs).
+      unroll: the fastest scan unroll of the fused vanilla-RNN gradient (section 7).
+      source: the results file the numbers come from.
     """
 
-    impl: Mapping[str, str]
+    ms: Mapping[str, Mapping[int, Mapping[str, float]]]
     unroll: int
     source: str
+
+    def ranking(self, cell: str, seq_len: int | None = None) -> list[str]:
+        """Implementations for ``cell``, fastest first, at the measured length nearest to
+        ``seq_len`` on a log scale (``None``: the longest measured)."""
+        lengths = self.ms[cell]
+        if seq_len is None:
+            nearest = max(lengths)
+        else:
+            nearest = min(lengths, key=lambda t: (abs(math.log(t / max(seq_len, 1))), t))
+        times = lengths[nearest]
+        return sorted(times, key=times.__getitem__)
 
 
 MEASURED: dict[str, Recurrence] = {
     "cpu": Recurrence(
-        {"simple": "fused", "lstm": "flax", "gru": "flax", "indrnn": "fused"},
+        {
+            "simple": {
+                100: {"flax": 11.20, "hoisted": 12.28, "fused": 8.84},
+                400: {"flax": 44.82, "hoisted": 69.97, "fused": 52.93},
+            },
+            "lstm": {
+                100: {"flax": 40.68, "hoisted": 68.87, "fused": 67.90},
+                400: {"flax": 193.95, "hoisted": 280.24, "fused": 274.14},
+            },
+            "gru": {
+                100: {"flax": 36.13, "hoisted": 52.43, "fused": 39.28},
+                400: {"flax": 161.16, "hoisted": 223.37, "fused": 208.45},
+            },
+            "indrnn": {
+                100: {"flax": 4.50, "hoisted": 5.81, "fused": 4.07},
+                400: {"flax": 14.35, "hoisted": 36.67, "fused": 17.78},
+            },
+        },
         1,
-        "benchmarks/perf_models.py on the 2-core Xeon (results/cpu/perf_models.txt and the "
-        "runs before it): the fused vanilla-RNN gradient is 1.27-1.32x Flax's at T=100 and "
-        "level with it at T=400 within run-to-run noise (0.85-1.14x in three runs), so the "
-        "vanilla cell takes the fused path. The deep IndRNN (6 layers, batch norm, dropout) "
-        "trains faster with the fused recurrence, which adds the bias and accumulates du and "
-        "db inside its loops, than with Flax's cell: 1.3x per step at T=128 (HAR-2) and T=784"
-        " (Pixel-MNIST) on one device in a probe whose script is not in the repository "
-        "(results/cpu/perf_models.txt section [6] times the whole step against the model as "
-        "it landed), though a lone IndRNN layer at T=400 is 0.81x (section [3]). For the LSTM"
-        " and GRU with 2 inputs the per-step Flax cell was faster (fused 0.60-0.92x): on "
-        "XLA:CPU the [T, B, H] arrays that the hoisted projection, its cotangent and the "
-        "stacked pre-activation cotangents add cost more memory traffic than the small "
-        "per-step products they replace. Unroll 1: larger unrolls were no faster at T=400 "
-        "(section [7]).",
+        "results/cpu/perf_models.txt",
     ),
     "gpu": Recurrence(
-        dict.fromkeys(CELL_NAMES, "hoisted"),
+        {
+            "simple": {
+                100: {"flax": 1.55, "hoisted": 1.08, "fused": 0.92},
+                400: {"flax": 5.24, "hoisted": 4.02, "fused": 3.03},
+            },
+            "lstm": {
+                100: {"flax": 2.39, "hoisted": 2.03, "fused": 1.64},
+                400: {"flax": 7.62, "hoisted": 6.25, "fused": 5.23},
+            },
+            "gru": {
+                100: {"flax": 2.85, "hoisted": 1.87, "fused": 1.38},
+                400: {"flax": 9.94, "hoisted": 6.76, "fused": 4.36},
+            },
+            "indrnn": {
+                100: {"flax": 1.14, "hoisted": 0.79, "fused": 0.93},
+                400: {"flax": 3.52, "hoisted": 1.48, "fused": 2.06},
+            },
+        },
         8,
-        "an H200 (perf_models of commit 3b1eb99): the hoisted projection was 1.1-2.3x faster "
-        "than the Flax cell for the vanilla RNN, LSTM and IndRNN, unroll 8 about 2x faster "
-        "than 1. The fused backward has not been measured on a GPU yet.",
-    ),
-    "tpu": Recurrence(
-        dict.fromkeys(CELL_NAMES, "hoisted"),
-        8,
-        "not measured on a TPU: the GPU choice, the nearest measured accelerator.",
+        "results/gpu_h200/perf_models_4c3e4b0.txt",
     ),
 }
+# Not measured on a TPU: it gets the nearest measured accelerator's choice.
+MEASURED["tpu"] = MEASURED["gpu"]
 
 _CELL_NAMES_BY_TYPE: dict[type, str] = {
     nn.SimpleCell: "simple",
@@ -262,48 +303,55 @@ def _recurrence(backend: str | None = None) -> Recurrence:
     return MEASURED.get(backend, MEASURED["gpu"])
 
 
-def default_impl(cell: str = "simple", backend: str | None = None) -> str:
+def default_impl(
+    cell: str = "simple", backend: str | None = None, seq_len: int | None = None
+) -> str:
     """The implementation ``impl="auto"`` picks for ``cell`` (a ``CELL_NAMES`` entry) on
-    ``backend`` (default: JAX's default), read from ``MEASURED``.
+    ``backend`` (default: JAX's default) at sequence length ``seq_len``: the fastest in
+    ``MEASURED`` at the nearest measured length (``None``: the longest).
 
-    An unknown backend gets the GPU choice.
+    An unknown backend gets the GPU's numbers.
     """
     if cell not in CELL_NAMES:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELL_NAMES}")
-    return _recurrence(backend).impl[cell]
+    return _recurrence(backend).ranking(cell, seq_len)[0]
 
 
 def default_unroll(backend: str | None = None) -> int:
     """Scan steps per iteration for ``backend`` (default: JAX's default), from ``MEASURED``.
 
-    1 on CPU, 8 on GPU/TPU. Training code should pass ``unroll=None`` to ``RNNModel`` (or
-    call this function) rather than hard-code a number, so each backend gets its own.
+    Training code should pass ``unroll=None`` to ``RNNModel`` (or call this function) rather
+    than hard-code a number, so each backend gets its own.
     """
     return _recurrence(backend).unroll
 
 
 _SUPPORTS: dict[str, Callable[[nn.RNNCellBase], bool]] = {
+    "pallas": supports_pallas,
     "fused": supports_fused,
     "hoisted": supports_hoisting,
     "flax": lambda cell: True,
 }
 
 
-def resolve_impl(impl: str, cell: nn.RNNCellBase, backend: str | None = None) -> str:
-    """The implementation that runs ``cell``: ``impl`` itself, or for ``"auto"`` the
-    backend's measured choice for the cell's type when it has that fast path, else
-    ``"flax"`` (``nn.RNN`` runs any cell, a user's own included).
+def resolve_impl(
+    impl: str, cell: nn.RNNCellBase, backend: str | None = None, seq_len: int | None = None
+) -> str:
+    """The implementation that runs ``cell``: ``impl`` itself, or for ``"auto"`` the fastest
+    one measured for the cell's type on ``backend`` near ``seq_len`` that has a path for this
+    cell (a hidden size over the Pallas kernels' limit, say), else ``"flax"`` (``nn.RNN``
+    runs any cell, a user's own included).
 
     Raises:
-      ValueError: for an unknown ``impl``, or an explicit ``"fused"`` / ``"hoisted"`` that
-        has no recurrence for this cell.
+      ValueError: for an unknown ``impl``, or an explicit one that has no recurrence for
+        this cell.
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
     if impl == "auto":
         name = _CELL_NAMES_BY_TYPE.get(type(cell))
-        choice = "flax" if name is None else default_impl(name, backend)
-        return choice if _SUPPORTS[choice](cell) else "flax"
+        ranking = [] if name is None else _recurrence(backend).ranking(name, seq_len)
+        return next((choice for choice in ranking if _SUPPORTS[choice](cell)), "flax")
     if not _SUPPORTS[impl](cell):
         raise ValueError(f"impl {impl!r} has no recurrence for cell {cell!r}; use 'auto' or 'flax'")
     return impl

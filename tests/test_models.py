@@ -112,22 +112,53 @@ BACKENDS = ["cpu", "gpu", "tpu"]
 )
 def test_auto_falls_back_to_flax_rnn_for_cells_without_a_fast_path(cell, backend):
     assert resolve_impl("auto", cell, backend) == "flax"
-    for impl in ("fused", "hoisted"):
+    for impl in ("pallas", "fused", "hoisted"):
         with pytest.raises(ValueError, match=f"impl '{impl}' has no recurrence for cell"):
             resolve_impl(impl, cell, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_auto_picks_the_measured_choice_for_cells_with_a_fast_path(backend):
+def test_auto_picks_the_fastest_measured_impl_at_the_nearest_length(backend):
     choice = models_rnn.MEASURED[backend]
     assert models_rnn.default_unroll(backend) == choice.unroll >= 1
-    assert set(choice.impl) == set(CELL_NAMES)
+    assert set(choice.ms) == set(CELL_NAMES)
     for name in CELL_NAMES:
-        assert models_rnn.default_impl(name, backend) == choice.impl[name] != "auto"
-        assert resolve_impl("auto", make_cell(name, H), backend) == choice.impl[name]
+        for seq_len, times in choice.ms[name].items():
+            fastest = min(times, key=times.__getitem__)
+            # Lengths nearer this one than any other measured length pick its fastest.
+            for t in (seq_len, seq_len + 1, max(1, seq_len - 1)):
+                assert models_rnn.default_impl(name, backend, seq_len=t) == fastest
+                cell = make_cell(name, H)
+                assert resolve_impl("auto", cell, backend, seq_len=t) == fastest
         assert resolve_impl("flax", make_cell(name, H), backend) == "flax"
     with pytest.raises(ValueError, match="'elman'"):
         models_rnn.default_impl("elman", backend)
+
+
+def test_measured_ranking_switches_between_lengths_at_their_geometric_mean():
+    table = models_rnn.Recurrence(
+        {"simple": {100: {"fused": 1.0, "flax": 2.0}, 400: {"fused": 9.0, "flax": 8.0}}},
+        1,
+        "test",
+    )
+    assert table.ranking("simple", 199) == ["fused", "flax"]
+    assert table.ranking("simple", 201) == ["flax", "fused"]
+    assert table.ranking("simple") == ["flax", "fused"]  # no length: the longest measured
+
+
+def test_auto_skips_a_measured_winner_that_cannot_run_the_cell(monkeypatch):
+    table = models_rnn.Recurrence(
+        {name: {100: {"pallas": 1.0, "fused": 2.0, "flax": 3.0}} for name in CELL_NAMES},
+        1,
+        "test",
+    )
+    monkeypatch.setitem(models_rnn.MEASURED, "gpu", table)
+    assert resolve_impl("auto", make_cell("simple", H), "gpu") == "pallas"
+    # Over the kernels' hidden-size limit, and a cell the kernels do not cover: fused next.
+    assert resolve_impl("auto", make_cell("simple", 512), "gpu") == "fused"
+    assert resolve_impl("auto", make_cell("lstm", H), "gpu") == "fused"
+    with pytest.raises(ValueError, match="impl 'pallas' has no recurrence"):
+        resolve_impl("pallas", make_cell("simple", 512), "gpu")
 
 
 def test_auto_model_with_a_cell_lacking_the_fast_path_runs_nn_rnn():
