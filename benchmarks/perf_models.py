@@ -62,7 +62,19 @@ from models import (
 from models.cells import IndRNNCell
 
 IMPLS: tuple[str, ...] = ("flax", "hoisted", "fused")
+# The persistent kernels: timed where Pallas compiles them (a GPU); elsewhere they run through
+# Pallas' interpreter, which ``--quick`` exercises but nothing times.
+PALLAS = "pallas"
 CELLS: tuple[str, ...] = ("simple", "lstm", "gru", "indrnn")
+SECTIONS: tuple[str, ...] = (
+    "precision",
+    "flop_rate",
+    "cells",
+    "anatomy",
+    "indrnn_epoch",
+    "indrnn_breakdown",
+    "unroll",
+)
 
 
 def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -119,7 +131,7 @@ def flop_rate_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -
     peak_fn, peak_flops = matmul_peak(args.peak_size)
     fns: dict[str, Callable[[], Any]] = {"peak": peak_fn}
     for seq_len in args.lengths:
-        for impl in IMPLS:
+        for impl in args.impls:
             fns[f"{impl}/{seq_len}"] = rnn_gradient(
                 "simple", impl, seq_len, batch=args.batch, hidden=args.hidden
             )
@@ -137,7 +149,7 @@ def flop_rate_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -
     rows = []
     for seq_len in args.lengths:
         flops = recurrent_flops(seq_len, args.batch, args.hidden)
-        for impl in IMPLS:
+        for impl in args.impls:
             seconds = times[f"{impl}/{seq_len}"]
             row = {
                 "seq_len": seq_len,
@@ -156,41 +168,112 @@ def flop_rate_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -
     return rows
 
 
+def _runs(cell: str, impl: str) -> bool:
+    return impl != PALLAS or cell in PALLAS_CELLS
+
+
+PALLAS_CELLS = ("simple", "indrnn")
+
+
 def cell_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
-    """Section 3: each cell's gradient time with each impl, and flax / fused."""
+    """Section 3: each cell's gradient time with each impl that runs it, and flax / fused."""
     fns = {
         f"{cell}/{seq_len}/{impl}": rnn_gradient(
             cell, impl, seq_len, batch=args.batch, hidden=args.hidden
         )
         for cell in args.cells
         for seq_len in args.lengths
-        for impl in IMPLS
+        for impl in args.impls
+        if _runs(cell, impl)
     }
     times = round_robin(fns, args.repeats)
     print_fn(f"\n[3] gradient of each cell, ms (batch {args.batch}, hidden {args.hidden})")
     print_fn(
         f"{'cell':<8}{'T':>5}"
-        + "".join(f"{i:>10}" for i in IMPLS)
+        + "".join(f"{i:>10}" for i in args.impls)
         + f"{'flax/fused':>12}{'fastest':>9}"
     )
     rows = []
     for cell in args.cells:
         for seq_len in args.lengths:
-            ms = {impl: 1e3 * times[f"{cell}/{seq_len}/{impl}"] for impl in IMPLS}
-            fastest = min(IMPLS, key=ms.__getitem__)
+            ms = {
+                impl: 1e3 * times[f"{cell}/{seq_len}/{impl}"]
+                for impl in args.impls
+                if _runs(cell, impl)
+            }
+            fastest = min(ms, key=ms.__getitem__)
             rows.append(
-                {
-                    "cell": cell,
-                    "seq_len": seq_len,
-                    "fastest": fastest,
-                    **{f"{i}_ms": ms[i] for i in IMPLS},
-                }
+                {"cell": cell, "seq_len": seq_len, "fastest": fastest}
+                | {f"{i}_ms": t for i, t in ms.items()}
             )
             print_fn(
                 f"{cell:<8}{seq_len:>5}"
-                + "".join(f"{ms[i]:>10.2f}" for i in IMPLS)
+                + "".join(f"{ms[i]:>10.2f}" if i in ms else f"{'-':>10}" for i in args.impls)
                 + f"{ms['flax'] / ms['fused']:>11.2f}x{fastest:>9}"
             )
+    return rows
+
+
+def measured_table(rows: dict[str, Any], source: str) -> str:
+    """``models.rnn.MEASURED``'s entry for this backend, from sections 3 and 7, as Python."""
+    ms: dict[str, dict[int, dict[str, float]]] = {}
+    for row in rows["cells"]:
+        times = {k[:-3]: round(v, 3) for k, v in row.items() if k.endswith("_ms")}
+        ms.setdefault(row["cell"], {})[row["seq_len"]] = times
+    unroll = min(
+        {u for r in rows["unroll"] for u in r["ms_by_unroll"]},
+        key=lambda u: sum(r["ms_by_unroll"][u] for r in rows["unroll"]),
+    )
+    cells = "".join(
+        f"            {cell!r}: {{\n"
+        + "".join(f"                {t}: {times!r},\n" for t, times in by_length.items())
+        + "            },\n"
+        for cell, by_length in ms.items()
+    )
+    return (
+        f"\n[table] models.rnn.MEASURED[{jax.default_backend()!r}]:\n"
+        f"    Recurrence(\n        {{\n{cells}        }},\n        {unroll},\n"
+        f"        {source!r},\n    )"
+    )
+
+
+def precision_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
+    """Section 0: what a float32 product gives under each ``jax.default_matmul_precision``,
+    XLA's matmul and the Pallas forward kernel, against float64 on the host."""
+    import numpy as np
+
+    from models import pallas
+
+    key_a, key_b, key_p = jax.random.split(jax.random.key(5), 3)
+    a = jax.random.normal(key_a, (args.batch, args.hidden))
+    w = jax.random.normal(key_b, (args.hidden, args.hidden)) / args.hidden**0.5
+    p = jax.random.normal(key_p, (args.lengths[0], args.batch, args.hidden))
+    h0 = jnp.zeros((args.batch, args.hidden))
+    a64, w64, p64 = (np.asarray(v, np.float64) for v in (a, w, p))
+    hs64, h = [], np.zeros((args.batch, args.hidden))
+    for p_t in p64:
+        h = np.tanh(p_t + h @ w64)
+        hs64.append(h)
+    hs64 = np.stack(hs64)
+
+    def relative(x, ref):
+        return float(np.linalg.norm(np.asarray(x, np.float64) - ref) / np.linalg.norm(ref))
+
+    print_fn(
+        f"\n[0] float32 precision: relative error against float64 of a [{args.batch}, "
+        f"{args.hidden}] x [{args.hidden}, {args.hidden}] matmul (XLA) and of the Pallas "
+        f"vanilla-RNN forward (T={args.lengths[0]})"
+    )
+    rows = []
+    for setting in (None, "tensorfloat32", "float32"):
+        with jax.default_matmul_precision(setting):
+            xla = relative(jax.jit(jnp.matmul)(a, w), a64 @ w64)
+            kernel = relative(
+                jax.jit(pallas.elman_recurrence, static_argnums=0)("tanh", w, p, h0), hs64
+            )
+        name = setting or "default"
+        rows.append({"setting": name, "xla_matmul": xla, "pallas_forward": kernel})
+        print_fn(f"  {name:<14} XLA matmul {xla:.1e}   Pallas forward {kernel:.1e}")
     return rows
 
 
@@ -222,7 +305,7 @@ def anatomy_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> 
             "simple", impl, seq_len, batch=args.batch, hidden=args.hidden
         )
         for seq_len in args.anatomy_lengths
-        for impl in IMPLS
+        for impl in args.impls
     }
     times = round_robin(fns, args.repeats)
     print_fn(
@@ -237,7 +320,7 @@ def anatomy_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> 
     rows = []
     # A length no other axis has, so the HLO's [T, ...] shapes are the stacked arrays.
     seq_len = next(t for t in args.anatomy_lengths if t not in (args.batch, args.hidden))
-    for impl in IMPLS:
+    for impl in args.impls:
         hlo = fns[f"{impl}/{seq_len}"].func.as_text()
         writes = stacked_writes_per_step(hlo, seq_len)
         us = {t: 1e6 * times[f"{impl}/{t}"] / t for t in args.anatomy_lengths}
@@ -315,7 +398,8 @@ def deep_indrnn_model(
     layer_batch_norm: bool = True,
 ) -> nn.Module:
     """``"landed"``: ``LandedDeepIndRNN``; ``"now"``: ``models.deep_indrnn`` (an
-    ``RNNModel`` with ``impl="auto"``), what the runner trains, with these settings."""
+    ``RNNModel`` with ``impl="auto"``), what the runner trains, with these settings; any
+    other name is an ``RNNModel`` impl run in that model (``"pallas"``)."""
     bound = indrnn_recurrent_bound(2.0, args.har_length)
     if variant == "landed":
         return LandedDeepIndRNN(
@@ -324,7 +408,8 @@ def deep_indrnn_model(
     model = deep_indrnn(
         1, bound, depth=args.har_depth, hidden_size=args.har_hidden, dropout_rate=dropout_rate
     )
-    return model.clone(layer_batch_norm=layer_batch_norm)
+    impl = "auto" if variant == "now" else variant
+    return model.clone(layer_batch_norm=layer_batch_norm, impl=impl)
 
 
 def indrnn_train_step(
@@ -390,6 +475,8 @@ def indrnn_train_step(
 def _epoch_variants(args: argparse.Namespace) -> dict[str, tuple[str, Mesh | None]]:
     """Section 5's rows: name -> (model variant, mesh or one device)."""
     variants = {"landed": ("landed", None), "now, 1 device": ("now", None)}
+    if PALLAS in args.impls:
+        variants["pallas, 1 device"] = (PALLAS, None)
     devices = jax.local_devices()
     if len(devices) > 1 and args.har_batch % len(devices) == 0:
         variants[f"now, {len(devices)} devices"] = ("now", parallel.data_mesh(devices))
@@ -455,22 +542,35 @@ def indrnn_step_breakdown(args: argparse.Namespace, print_fn: Callable[[str], No
 
 
 def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every section in order; returns their rows."""
+    """The chosen sections in order (all by default); returns their rows."""
     print_fn(f"Machine: {describe(machine())}")
     print_fn("Load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print_fn(
-        "impl='auto' picks, on this backend: "
-        + ", ".join(f"{cell} {default_impl(cell)!r}" for cell in CELLS)
-        + f"; unroll {default_unroll()}. Timings: medians of {args.repeats} round-robin repeats"
+        "impl='auto' picks, on this backend at T="
+        + "/".join(map(str, args.lengths))
+        + ": "
+        + ", ".join(
+            f"{cell} " + "/".join(default_impl(cell, seq_len=t) for t in args.lengths)
+            for cell in CELLS
+        )
+        + f"; unroll {default_unroll()}. Matmul precision: {args.precision or 'default'}. "
+        f"Timings: medians of {args.repeats} round-robin repeats"
     )
-    rows = {
-        "flop_rate": flop_rate_table(args, print_fn),
-        "cells": cell_table(args, print_fn),
-        "anatomy": anatomy_table(args, print_fn),
-        "indrnn_epoch": indrnn_epoch(args, print_fn),
-        "indrnn_breakdown": indrnn_step_breakdown(args, print_fn),
-        "unroll": unroll_table(args, print_fn),
+    sections = {
+        "precision": precision_table,
+        "flop_rate": flop_rate_table,
+        "cells": cell_table,
+        "anatomy": anatomy_table,
+        "indrnn_epoch": indrnn_epoch,
+        "indrnn_breakdown": indrnn_step_breakdown,
+        "unroll": unroll_table,
     }
+    rows = {}
+    with jax.default_matmul_precision(args.precision):
+        for name in args.sections:
+            rows[name] = sections[name](args, print_fn)
+    if args.table:
+        print_fn(measured_table(rows, args.out or "(not written to a file)"))
     print_fn("Load average at end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return rows
 
@@ -480,12 +580,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="toy sizes: the smoke test")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", help="also write the printed report to this file")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        help="run only these sections (default: all but precision, which needs a GPU to say "
+        "anything; --table: cells and unroll)",
+    )
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print models.rnn.MEASURED's entry for this backend from sections 3 and 7",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["tensorfloat32", "float32"],
+        default=None,
+        help="jax.default_matmul_precision for every section (default: JAX's default)",
+    )
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", default=None, help="T of sections 2, 3 and 7"
+    )
     args = parser.parse_args(argv)
+    gpu = jax.default_backend() == "gpu"
     full = {
         "peak_size": 1024,
         "lengths": (100, 400),
         "cells": CELLS,
-        "unrolls": (1, 2, 4, 8),
+        "unrolls": (1, 2, 4, 8, 16, 32) if gpu else (1, 2, 4, 8),
         "anatomy_lengths": (50, 100, 200, 400, 800),
         "batch": 50,
         "hidden": 128,
@@ -499,7 +622,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     quick = {
         "peak_size": 64,
         "lengths": (4,),
-        "cells": ("lstm",),
+        "cells": ("lstm", "indrnn"),
         "unrolls": (3,),
         "anatomy_lengths": (4,),
         "batch": 3,
@@ -512,8 +635,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "har_breakdown_steps": 1,
         "repeats": 1,
     }
+    lengths = args.lengths
     for name, value in (quick if args.quick else full).items():
         setattr(args, name, value)
+    if lengths is not None:
+        if min(lengths) < 1:
+            parser.error(f"--lengths must be >= 1, got {lengths}")
+        args.lengths = tuple(lengths)
+    args.impls = IMPLS + ((PALLAS,) if gpu or args.quick else ())
+    if args.sections is None:
+        args.sections = ("cells", "unroll") if args.table else SECTIONS[1:]
     return args
 
 

@@ -33,13 +33,19 @@ def test_fw_suite_reports_all_ratios(capsys):
 def test_perf_models_reports_every_section_at_toy_size(capsys):
     from benchmarks import perf_models
 
-    rows = perf_models.run(perf_models.parse_args(["--quick"]))
+    args = perf_models.parse_args(["--quick", "--table"])
+    args.sections = perf_models.SECTIONS  # --table alone runs sections 3 and 7
+    rows = perf_models.run(args)
     flop_rows = rows["flop_rate"]
-    assert {r["impl"] for r in flop_rows} == set(perf_models.IMPLS)
+    # Off a GPU the persistent kernels run interpreted: --quick covers them, nothing times them.
+    assert {r["impl"] for r in flop_rows} == set(perf_models.IMPLS) | {"pallas"}
     for r in flop_rows:
         assert r["flops"] == 3 * 2 * 3 * 8**2 * r["seq_len"]
         assert 0 < r["fraction_of_peak"] and math.isfinite(r["gflops_per_s"])
-    assert [r["cell"] for r in rows["cells"]] == ["lstm"]
+    assert [r["cell"] for r in rows["cells"]] == ["lstm", "indrnn"]
+    assert "pallas_ms" not in rows["cells"][0] and rows["cells"][1]["pallas_ms"] > 0
+    assert [r["setting"] for r in rows["precision"]] == ["default", "tensorfloat32", "float32"]
+    assert all(0 < r["pallas_forward"] < 1e-5 for r in rows["precision"])  # float32 on a CPU
     writes = {r["impl"]: r["stacked_writes_per_loop"] for r in rows["anatomy"]}
     # The fused recurrence stores one state per step forward and one cotangent backward.
     assert writes["fused"] == [1, 1]
@@ -53,6 +59,15 @@ def test_perf_models_reports_every_section_at_toy_size(capsys):
     assert all(set(r) == {"landed", "now"} for r in breakdown.values())
     assert [set(r["ms_by_unroll"]) for r in rows["unroll"]] == [{3}]
     assert "Machine:" in out and "of peak" in out and "landed / now" in out
+    assert "pallas, 1 device" in epoch["seconds"]
+    # The printed MEASURED entry is Python that rebuilds the section-3 numbers and choices.
+    from models.rnn import Recurrence
+
+    literal = out[out.index("Recurrence(") : out.index("Load average at end")]
+    table = eval(literal, {"Recurrence": Recurrence})
+    assert table.unroll == 3
+    for row in rows["cells"]:
+        assert table.ranking(row["cell"], row["seq_len"])[0] == row["fastest"]
 
 
 def test_the_landed_deep_indrnn_baseline_is_the_same_function_as_rnn_model():
