@@ -68,6 +68,7 @@ PALLAS = "pallas"
 CELLS: tuple[str, ...] = ("simple", "lstm", "gru", "indrnn")
 SECTIONS: tuple[str, ...] = (
     "precision",
+    "launch",
     "flop_rate",
     "cells",
     "anatomy",
@@ -235,6 +236,36 @@ def measured_table(rows: dict[str, Any], source: str) -> str:
         f"    Recurrence(\n        {{\n{cells}        }},\n        {unroll},\n"
         f"        {source!r},\n    )"
     )
+
+
+def launch_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
+    """Section 0b: the Pallas vanilla-RNN and IndRNN gradients under each launch setting
+    (batch rows and warps per program), microseconds per time step."""
+    from models import pallas
+
+    fns = {}
+    for block_rows in args.launch_rows:
+        for num_warps in args.launch_warps:
+            with pallas.launch(block_rows=block_rows, num_warps=num_warps):
+                for cell in PALLAS_CELLS:
+                    for seq_len in args.lengths:
+                        fns[cell, seq_len, block_rows, num_warps] = rnn_gradient(
+                            cell, PALLAS, seq_len, batch=args.batch, hidden=args.hidden
+                        )
+    times = round_robin(fns, args.repeats)
+    print_fn(
+        f"\n[0b] Pallas gradient, us per time step, by launch (batch {args.batch}, hidden "
+        f"{args.hidden}); default {pallas.Launch()}"
+    )
+    columns = [(cell, t) for cell in PALLAS_CELLS for t in args.lengths]
+    print_fn(f"{'rows':>5}{'warps':>6}" + "".join(f"{f'{c} T={t}':>16}" for c, t in columns))
+    rows = []
+    for block_rows in args.launch_rows:
+        for num_warps in args.launch_warps:
+            us = {(c, t): 1e6 * times[c, t, block_rows, num_warps] / t for c, t in columns}
+            rows.append({"block_rows": block_rows, "num_warps": num_warps, "us_per_step": us})
+            print_fn(f"{block_rows:>5}{num_warps:>6}" + "".join(f"{us[k]:>16.2f}" for k in columns))
+    return rows
 
 
 def precision_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
@@ -558,6 +589,7 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> di
     )
     sections = {
         "precision": precision_table,
+        "launch": launch_table,
         "flop_rate": flop_rate_table,
         "cells": cell_table,
         "anatomy": anatomy_table,
@@ -585,8 +617,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=SECTIONS,
         default=None,
-        help="run only these sections (default: all but precision, which needs a GPU to say "
-        "anything; --table: cells and unroll)",
+        help="run only these sections (default: all but precision and launch, which say "
+        "something only on a GPU; --table: cells and unroll)",
     )
     parser.add_argument(
         "--table",
@@ -618,6 +650,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "har_depth": 6,
         "har_hidden": 128,
         "har_breakdown_steps": 10,
+        "launch_rows": (16, 32),
+        "launch_warps": (1, 2, 4, 8),
     }
     quick = {
         "peak_size": 64,
@@ -634,6 +668,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "har_hidden": 8,
         "har_breakdown_steps": 1,
         "repeats": 1,
+        "launch_rows": (16,),
+        "launch_warps": (4,),
     }
     lengths = args.lengths
     for name, value in (quick if args.quick else full).items():
@@ -644,7 +680,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.lengths = tuple(lengths)
     args.impls = IMPLS + ((PALLAS,) if gpu or args.quick else ())
     if args.sections is None:
-        args.sections = ("cells", "unroll") if args.table else SECTIONS[1:]
+        args.sections = ("cells", "unroll") if args.table else SECTIONS[2:]
     return args
 
 

@@ -125,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--gradient", action="store_true", help="the RNN gradient alone, S calls vs one vmap"
     )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=sorted({case[0] for case in CASES.values()}),
+        default=None,
+        help="only the cases of these tasks (default all)",
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.repeats < 1:
@@ -152,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from benchmarks.configs import get_config
 
     cases = QUICK if args.quick else CASES
+    if args.tasks is not None:
+        cases = {name: case for name, case in cases.items() if case[0] in args.tasks}
     repeats = 1 if args.quick else args.repeats
     rows = []
     for name, (task, method, keys, settings) in cases.items():

@@ -4,7 +4,7 @@ r"""Persistent recurrences: the whole time loop of a layer as one Pallas kernel 
 launches and a trip through the while loop, about 6.6 µs at hidden 128, batch 50 on an H200
 for 1.6 MFLOP of work. Here, as in cuDNN's persistent algorithm (Diamos et al., "Persistent
 RNNs: Stashing Recurrent Weights On-Chip", ICML 2016), one launch runs all T steps: a grid
-over blocks of ``BLOCK_ROWS`` batch rows (rows are independent, so the blocks never
+over blocks of ``Launch.block_rows`` batch rows (rows are independent, so the blocks never
 synchronize), each program loading the recurrent weights once and keeping the state on chip
 from one step to the next. Each step's input is loaded one step ahead, so the load does not
 wait behind the step's product.
@@ -18,7 +18,7 @@ The contract is ``models.fused``'s, and these functions are drop-ins for its rec
   pre-activation cotangents ``dz [T, B, H]`` (IndRNN: also per-row ``du``, ``db``);
 * after it, in XLA: ``dW_h = H_{prev}^T dz`` as one matmul, and autodiff of the projection.
 
-Sizes need not fit the kernel: the batch is padded to a multiple of ``BLOCK_ROWS`` and the
+Sizes need not fit the kernel: the batch is padded to a multiple of ``Launch.block_rows`` and the
 hidden size to a power of two (at least 16, Triton's smallest dot), with zeros that the
 padded weights keep out of the real units; the caller never sees the padding. The hidden
 size is at most ``MAX_HIDDEN``: each program holds ``W_h`` on chip.
@@ -35,7 +35,9 @@ Pallas' interpreter, and XLA computes their products at the caller's precision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -56,11 +58,38 @@ from models.fused import (
 
 Array = jax.Array
 
-BLOCK_ROWS = 16  # batch rows per program; 32 and 64 were slower in the H200 probe
 MAX_HIDDEN = 256  # W_h of a padded hidden size above this does not stay on chip
 _MIN_TILE = 16  # Triton's smallest dot dimension
 # Config values of ``jax_default_matmul_precision`` that ask for float32 accuracy.
 _FLOAT32_SETTINGS = {"float32", "highest", "high", "tensorfloat32_3x", "bfloat16_3x"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How the kernels are launched: batch rows per program and warps per program."""
+
+    block_rows: int = 16  # 32 and 64 rows were slower in the forward-only H200 probe
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("block_rows", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 1, got {value}")
+
+
+_launch = Launch()
+
+
+@contextlib.contextmanager
+def launch(**settings: int) -> Iterator[Launch]:
+    """Kernels traced inside this block use these ``Launch`` settings (to measure them)."""
+    global _launch
+    previous, _launch = _launch, dataclasses.replace(_launch, **settings)
+    try:
+        yield _launch
+    finally:
+        _launch = previous
 
 
 def _interpret() -> bool:
@@ -116,7 +145,7 @@ def _call(kernel, grid_rows: int, in_specs, out_specs, out_shape):
     if not _interpret():
         from jax.experimental.pallas import triton as plgpu
 
-        compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=1)
+        compiler_params = plgpu.CompilerParams(num_warps=_launch.num_warps, num_stages=1)
     return pl.pallas_call(
         kernel,
         grid=(grid_rows,),
@@ -134,8 +163,8 @@ def _whole(shape: tuple[int, ...]) -> pl.BlockSpec:
 
 
 def _rows(shape: tuple[int, ...]) -> pl.BlockSpec:
-    """Program i sees batch rows ``[i * BLOCK_ROWS, (i + 1) * BLOCK_ROWS)`` of ``[..., B, H]``."""
-    block = (*shape[:-2], BLOCK_ROWS, shape[-1])
+    """Program i sees the i-th block of ``Launch.block_rows`` batch rows of ``[..., B, H]``."""
+    block = (*shape[:-2], _launch.block_rows, shape[-1])
     lead = len(shape) - 2
     return pl.BlockSpec(block, lambda i: (*(0,) * lead, i, 0))
 
@@ -146,7 +175,7 @@ def _sequence(shape: tuple[int, int, int], dtype: Any) -> jax.ShapeDtypeStruct:
 
 def _padded(p: Array) -> tuple[int, int, int]:
     seq_len, batch, hidden = p.shape
-    return seq_len, -(-batch // BLOCK_ROWS) * BLOCK_ROWS, padded_hidden(hidden)
+    return seq_len, -(-batch // _launch.block_rows) * _launch.block_rows, padded_hidden(hidden)
 
 
 def _check(p: Array, h0: Array) -> None:
@@ -202,7 +231,7 @@ def _elman_hs(act: str, w_h: Array, p: Array, h0: Array) -> Array:
     kernel = partial(_elman_forward_kernel, act, _dot_precision(p.dtype))
     return _call(
         kernel,
-        rows // BLOCK_ROWS,
+        rows // _launch.block_rows,
         [_whole((hidden, hidden)), _rows((seq_len, rows, hidden)), _rows((rows, hidden))],
         _rows((seq_len, rows, hidden)),
         _sequence((seq_len, rows, hidden), p.dtype),
@@ -234,7 +263,7 @@ def _elman_bwd(act, residuals, g_hs):
     kernel = partial(_elman_backward_kernel, act, _dot_precision(g_hs.dtype))
     dz, dh0 = _call(
         kernel,
-        rows // BLOCK_ROWS,
+        rows // _launch.block_rows,
         [_whole((padded, padded)), _rows(hs_padded.shape), _rows(hs_padded.shape)],
         [_rows(hs_padded.shape), _rows((rows, padded))],
         [_sequence(hs_padded.shape, g_hs.dtype), jax.ShapeDtypeStruct((rows, padded), h0.dtype)],
@@ -291,7 +320,7 @@ def _indrnn_hs(act: str, u: Array, b: Array, p: Array, h0: Array) -> Array:
     seq_len, rows, hidden = _padded(p)
     return _call(
         partial(_indrnn_forward_kernel, act),
-        rows // BLOCK_ROWS,
+        rows // _launch.block_rows,
         [
             _whole((1, hidden)),
             _whole((1, hidden)),
@@ -333,7 +362,7 @@ def _indrnn_bwd(act, residuals, g_hs):
     _, rows, padded = hs_padded.shape
     dz, dh0, dub = _call(
         partial(_indrnn_backward_kernel, act),
-        rows // BLOCK_ROWS,
+        rows // _launch.block_rows,
         [
             _whole((1, padded)),
             _rows(hs_padded.shape),

@@ -205,6 +205,18 @@ def test_kernels_cover_vanilla_and_indrnn_cells_up_to_the_hidden_limit():
     ]
 
 
+def test_launch_settings_apply_inside_the_block_and_are_checked():
+    cell = CELLS["simple"]
+    params, xs, carry = _setup(cell, 3, 20)
+    with kernels.launch(block_rows=32, num_warps=2) as settings:
+        assert settings == kernels.Launch(32, 2)
+        wide = jax.jit(lambda *a: pallas_scan_cell(cell, *a))(params, xs, carry)
+    assert kernels._launch == kernels.Launch(16, 4)  # restored on leaving
+    _assert_trees_close(wide, pallas_scan_cell(cell, params, xs, carry))
+    with pytest.raises(ValueError, match="block_rows must be a power of two >= 1, got 24"):
+        kernels.Launch(block_rows=24)
+
+
 def test_bad_inputs_raise_errors_naming_them():
     cell = CELLS["simple"]
     params, xs, carry = _setup(cell, 4, 3)

@@ -60,6 +60,9 @@ def test_perf_models_reports_every_section_at_toy_size(capsys):
     assert [set(r["ms_by_unroll"]) for r in rows["unroll"]] == [{3}]
     assert "Machine:" in out and "of peak" in out and "landed / now" in out
     assert "pallas, 1 device" in epoch["seconds"]
+    (launch,) = rows["launch"]
+    assert (launch["block_rows"], launch["num_warps"]) == (16, 4)
+    assert all(us > 0 for us in launch["us_per_step"].values())
     # The printed MEASURED entry is Python that rebuilds the section-3 numbers and choices.
     from models.rnn import Recurrence
 

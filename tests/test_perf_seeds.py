@@ -18,3 +18,7 @@ def test_gradient_mode_times_both_ways_for_each_recurrence():
     assert [r["impl"] for r in rows] == ["fused", "flax"]
     assert all(r["apart_ms"] > 0 and r["together_ms"] > 0 for r in rows)
     assert all(r["speedup"] == r["apart_ms"] / r["together_ms"] for r in rows)
+
+
+def test_tasks_filter_keeps_only_that_tasks_cases():
+    assert perf_seeds.main(["--quick", "--seeds", "2", "--tasks", "har2"]) == []

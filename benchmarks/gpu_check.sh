@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The GPU measurements of the persistent recurrences, in one run of at most 8 minutes:
+#   1. tests/test_pallas.py on the GPU, the kernels compiled (not interpreted);
+#   2. perf_models: precision, FLOP rate, every cell's gradient, microseconds per time step
+#      (T = 100, 400, 784), the deep-IndRNN HAR-2 epoch, scan unrolls, and MEASURED's entry;
+#      then the vanilla and IndRNN gradients again at full float32;
+#   3. compare_torch --device cuda: FW K=5 outer steps against torch eager (cuDNN) and torch
+#      in a CUDA graph, TF32 at T = 100, 400, 784 (B=50, H=128) and T=400 (B=256, H=512),
+#      float32 at T=400;
+#   4. perf_seeds on the adding cases (seeds in one program against separate runs).
+# Each step has its own time limit; a step that fails or overruns is reported and the others
+# still run. The exit status is 0 only if every step passed.
+#
+# Usage, from the repository root, on a machine with jax[cuda], torch (CUDA), flax, optax:
+#   bash benchmarks/gpu_check.sh [OUT_DIR]          # default results/gpu_h200
+#   GPU_CHECK_STEPS="tests perf" bash benchmarks/gpu_check.sh OUT   # some steps only
+#   GPU_CHECK_TOY=1 bash benchmarks/gpu_check.sh OUT   # toy sizes, runs on a CPU (the test)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-results/gpu_h200}
+mkdir -p "$out"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false # torch shares the GPU
+py=${PYTHON:-python3}
+toy=${GPU_CHECK_TOY:-0}
+steps=${GPU_CHECK_STEPS:-tests perf compare seeds}
+failed=()
+
+# step NAME LIMIT_S OUTFILE COMMAND...: runs COMMAND under a time limit, appending to OUTFILE.
+step() {
+    local name=$1 limit=$2 file=$3
+    shift 3
+    echo "== $name (limit ${limit} s): $*" | tee -a "$file"
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$file"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$file"
+    [ "$rc" -eq 0 ] || failed+=("$name")
+}
+
+wants() { [[ " $steps " == *" $1 "* ]]; }
+
+{
+    date -u +"%Y-%m-%d %H:%M UTC"
+    git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"
+    nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+    "$py" -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__,
+"optax", optax.__version__, jax.devices())'
+    "$py" -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+if [ "$toy" = 1 ]; then
+    device=$("$py" -c 'import jax; print("cuda" if jax.default_backend() == "gpu" else "cpu")')
+    pytest_args=(-k "bad_inputs or cover")
+    perf=(--quick)
+    perf32=(--quick --sections anatomy)
+    compare=(--quick --device "$device" --impls auto pallas)
+    compare_large=(--quick --device "$device" --impls auto)
+    compare32=(--quick --device "$device" --precision float32 --impls pallas)
+    seeds=(--quick --seeds 2)
+    limits=(300 300 300 300 300)
+else
+    pytest_args=()
+    perf=(--repeats 5 --table --sections precision flop_rate cells anatomy indrnn_epoch unroll)
+    perf32=(--repeats 5 --precision float32 --sections cells anatomy)
+    compare=(--device cuda --precision tf32 --impls auto fused pallas --lengths 100 400 784
+        --repeats 5)
+    compare_large=(--device cuda --precision tf32 --impls auto fused --lengths 400
+        --batch 256 --hidden 512 --repeats 5)
+    compare32=(--device cuda --precision float32 --impls fused pallas --lengths 400
+        --repeats 5)
+    seeds=(--tasks adding --repeats 1)
+    # tests, perf_models, perf_models float32, compare_torch (three), perf_seeds
+    limits=(75 170 50 110 50 60)
+fi
+
+if wants tests; then
+    step tests "${limits[0]}" "$out/test_pallas.log" \
+        "$py" -m pytest tests/test_pallas.py -q -o addopts="" -p no:cacheprovider \
+        "${pytest_args[@]}"
+fi
+if wants perf; then
+    # perf_models writes its own file (MEASURED's entry names it); this log only in stdout.
+    step perf_models "${limits[1]}" /dev/null \
+        "$py" -m benchmarks.perf_models "${perf[@]}" --out "$out/perf_models.txt"
+    step perf_models_float32 "${limits[2]}" /dev/null \
+        "$py" -m benchmarks.perf_models "${perf32[@]}" --out "$out/perf_models_float32.txt"
+fi
+if wants compare; then
+    step compare_torch "${limits[3]}" "$out/compare_torch.txt" \
+        "$py" -m benchmarks.compare_torch "${compare[@]}"
+    step compare_torch_large "${limits[4]}" "$out/compare_torch.txt" \
+        "$py" -m benchmarks.compare_torch "${compare_large[@]}"
+    step compare_torch_float32 "${limits[4]}" "$out/compare_torch.txt" \
+        "$py" -m benchmarks.compare_torch "${compare32[@]}"
+fi
+if wants seeds; then
+    step perf_seeds "${limits[5]:-${limits[4]}}" "$out/perf_seeds.txt" \
+        "$py" -m benchmarks.perf_seeds "${seeds[@]}"
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "gpu_check: FAILED steps: ${failed[*]} (outputs in $out)"
+    exit 1
+fi
+echo "gpu_check: every step passed (outputs in $out)"
