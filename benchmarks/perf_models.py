@@ -634,6 +634,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lengths", type=int, nargs="+", default=None, help="T of sections 2, 3 and 7"
     )
+    parser.add_argument(
+        "--launch-warps", type=int, nargs="+", default=None, help="section 0b's warps"
+    )
     args = parser.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
     full = {
@@ -641,7 +644,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "lengths": (100, 400),
         "cells": CELLS,
         "unrolls": (1, 2, 4, 8, 16, 32) if gpu else (1, 2, 4, 8),
-        "anatomy_lengths": (50, 100, 200, 400, 800),
+        "anatomy_lengths": (100, 400, 784) if gpu else (50, 100, 200, 400, 800),
         "batch": 50,
         "hidden": 128,
         "har_windows": 7415,
@@ -671,13 +674,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "launch_rows": (16,),
         "launch_warps": (4,),
     }
-    lengths = args.lengths
+    lengths, warps = args.lengths, args.launch_warps
     for name, value in (quick if args.quick else full).items():
         setattr(args, name, value)
     if lengths is not None:
         if min(lengths) < 1:
             parser.error(f"--lengths must be >= 1, got {lengths}")
         args.lengths = tuple(lengths)
+    if warps is not None:
+        args.launch_warps = tuple(warps)
     args.impls = IMPLS + ((PALLAS,) if gpu or args.quick else ())
     if args.sections is None:
         args.sections = ("cells", "unroll") if args.table else SECTIONS[2:]
