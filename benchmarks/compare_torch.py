@@ -4,6 +4,8 @@
     python -m benchmarks.compare_torch           # check, then time T=100 and T=400
     python -m benchmarks.compare_torch --quick   # smoke run: tiny T, one repeat
     python -m benchmarks.compare_torch --compile --lengths 100   # add a torch.compile set-up
+    python -m benchmarks.compare_torch --device cuda --precision tf32 --impls fused pallas \
+        --lengths 100 400 784 --out results/gpu/compare_torch.txt    # on a GPU, both sides
 
 The model is the adding task's: a tanh RNN (hidden 128, 2 inputs, batch 50) with a linear head
 on ``h_T`` and the MSE loss; fw-optax runs ``models.RNNModel(cell="simple")``, torch runs
@@ -23,20 +25,38 @@ Two optimizers, K = 5 inner steps, hyper-parameters from ``benchmarks.configs``:
 First, in float64, both sides take one outer step from the same weights: the relative
 differences of the direction ``Δ_K``, of the step ``ω_1 - ω_0`` and of ``ω_1`` (largest over
 the parameter tensors) must be below 1e-6, or nothing is timed. Then every contender (fw-optax
-and each torch set-up: threads 1 and 2, flush-denormal on and off) runs a few outer steps in
-turn, round after round, so that a busy spell of a shared machine slows them alike; the median
-time per outer step is reported, with the ratio of the fastest torch set-up to the fastest
-fw-optax set-up. fw-optax runs as the runner trains: on one device, and, where the host has
-several CPU devices (one per core, ``benchmarks.parallel``), with each batch split over them.
+and each torch set-up) runs a few outer steps in turn, round after round, so that a busy spell
+of a shared machine slows them alike; the median time per outer step is reported, with the
+ratio of the fastest torch set-up to the fastest fw-optax contender and to each of them.
+``--impls`` names the ``models.RNNModel`` implementations to time, each its own contender
+``fw-optax[IMPL]`` (by default ``auto``, on the CPU named plain ``fw-optax``).
 
-Each torch set-up runs in a process of its own whose settings are made before torch starts a
-thread (flush-denormal is per thread; OpenMP's workers copy it when they start), as a torch user
-sets them at start-up. On a loaded machine a torch set-up with more threads than free cores can
-take seconds per step; one whose median is over 3x the fastest torch set-up's is dropped after
-the round that shows it. ``torch.compile`` is only timed with ``--compile``: dynamo leaves
-``nn.RNN`` in eager mode unless ``torch._dynamo.config.allow_rnn`` is set, and then it unrolls
-all T steps (on the 2-core CPU: minutes of compilation at T=100, see
+On the CPU (``--device cpu``, the default) the torch set-ups are threads 1 and 2 with
+flush-denormal on and off, and fw-optax runs as the runner trains: on one device, and, where
+the host has several CPU devices (one per core, ``benchmarks.parallel``), with each batch split
+over them. Each torch set-up runs in a process of its own whose settings are made before torch
+starts a thread (flush-denormal is per thread; OpenMP's workers copy it when they start), as a
+torch user sets them at start-up. On a loaded machine a torch set-up with more threads than free
+cores can take seconds per step; one whose median is over 3x the fastest torch set-up's is
+dropped after the round that shows it. ``torch.compile`` is only timed with ``--compile``:
+dynamo leaves ``nn.RNN`` in eager mode unless ``torch._dynamo.config.allow_rnn`` is set, and
+then it unrolls all T steps (on the 2-core CPU: minutes of compilation at T=100, see
 ``results/cpu/compare_torch_compile.txt``).
+
+On a GPU (``--device cuda``; JAX must run on the GPU, which torch then shares) fw-optax runs on
+that one device, and torch, each set-up again in a process of its own, in two set-ups a
+speed-minded PyTorch user would pick:
+
+* ``torch cuda eager``: model and optimizer on the GPU, the RNN run by cuDNN;
+* ``torch cuda graph``: the whole outer step (the K forward and backward passes, the
+  Frank-Wolfe combination, the optimizer's update) captured once as a ``torch.cuda.CUDAGraph``
+  after a warm-up on a side stream, then replayed, each step's batches first copied into the
+  graph's input tensors. A set-up that cannot be captured is reported in one line, not timed.
+
+``--precision`` sets both sides' float32 matmuls: ``float32`` (torch's
+``backends.cuda.matmul.allow_tf32`` and ``backends.cudnn.allow_tf32`` off; JAX traced under
+``jax.default_matmul_precision("float32")``) or ``tf32`` (both flags on; JAX under
+``"tensorfloat32"``). A CPU has no TF32. ``--out`` also writes the printed lines to a file.
 """
 
 from __future__ import annotations
@@ -48,6 +68,7 @@ import functools
 import itertools
 import multiprocessing
 import os
+import pathlib
 import statistics
 import sys
 import time
@@ -80,6 +101,8 @@ Params = Any
 TOLERANCE = 1e-6
 TARGET = 2.0
 INPUTS = 2
+# --precision -> the jax.default_matmul_precision the fw-optax steps are traced under.
+JAX_PRECISION = {"float32": "float32", "tf32": "tensorfloat32"}
 
 # (Flax parameter path, torch parameter name, transpose): Flax computes x @ W, torch W x.
 _LAYOUT: tuple[tuple[tuple[str, ...], str, bool], ...] = (
@@ -149,8 +172,9 @@ def make_batches(problem: Problem, count: int, seed: int = 0) -> tuple[np.ndarra
     return np.array(x), np.array(y)
 
 
-def flax_model(problem: Problem) -> RNNModel:
-    return RNNModel(hidden_size=problem.hidden, output_size=1, cell="simple")
+def flax_model(problem: Problem, impl: str = "auto") -> RNNModel:
+    """The fw-optax side's model; ``impl`` is ``RNNModel``'s (which checks it)."""
+    return RNNModel(hidden_size=problem.hidden, output_size=1, cell="simple", impl=impl)
 
 
 def init_params(problem: Problem, seed: int = 0) -> Params:
@@ -195,16 +219,20 @@ def _loss_fn(model: RNNModel) -> Callable[[Params, Any], jax.Array]:
 
 @functools.cache
 def jax_step(
-    problem: Problem, variant: Variant, mesh: jax.sharding.Mesh | None = None
+    problem: Problem,
+    variant: Variant,
+    mesh: jax.sharding.Mesh | None = None,
+    impl: str = "auto",
 ) -> Callable[..., tuple[Params, Any, jax.Array]]:
     """``step(params, opt_state, x, y) -> (params, opt_state, loss)``, jitted.
 
     One outer step of the project's training loop (``benchmarks.train.make_step``) on the
-    step's stacked mini-batches ``x [batches_per_step, B, T, 2]``, ``y [batches_per_step, B, 1]``.
-    With a ``mesh``, each mini-batch is split over its devices and every gradient averaged
-    over them (``benchmarks.parallel``), as the runner trains on CPU.
+    step's stacked mini-batches ``x [batches_per_step, B, T, 2]``, ``y [batches_per_step, B, 1]``,
+    with the model's recurrence run by ``impl``. With a ``mesh``, each mini-batch is split over
+    its devices and every gradient averaged over them (``benchmarks.parallel``), as the runner
+    trains on CPU.
     """
-    loss = _loss_fn(flax_model(problem))
+    loss = _loss_fn(flax_model(problem, impl))
     if mesh is not None:
         loss = parallel.data_parallel_loss(loss, mesh.axis_names[0])
     objective = Objective(
@@ -359,12 +387,18 @@ class FrankWolfe:
         return loss
 
 
-def torch_optimizer(model: TorchRNN, variant: Variant) -> FrankWolfe:
+def torch_optimizer(model: TorchRNN, variant: Variant, *, capturable: bool = False) -> FrankWolfe:
+    """``variant``'s optimizer over ``model``'s trained parameters.
+
+    ``capturable``: Adam keeps its step count on the GPU and computes its bias corrections
+    there, so that a CUDA graph can replay the update (the default reads the count on the host;
+    torch's Adam refuses to be captured without it). SGD has no host state to move.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if variant.outer == "sgd":
         outer = torch.optim.SGD(params, lr=variant.eta, foreach=True)
     else:
-        outer = torch.optim.Adam(params, lr=variant.eta, foreach=True)
+        outer = torch.optim.Adam(params, lr=variant.eta, foreach=True, capturable=capturable)
     # fw_optax holds δ in float32; round it the same way so the float64 check compares like with
     # like.
     delta = float(np.float32(variant.delta))
@@ -389,6 +423,59 @@ def torch_step(
         return loss
 
     return optimizer.step(closure)
+
+
+WARMUP = 3  # eager steps before a capture, as in PyTorch's whole-network capture example
+
+
+def cuda_graph(step: Callable[[], Any], warmup: int = WARMUP) -> Callable[[], None]:
+    """``step()`` captured once as a ``torch.cuda.CUDAGraph``; returns the graph's replay.
+
+    PyTorch's recipe (CUDA semantics, "whole-network capture"): ``warmup`` eager calls on a
+    side stream create what the capture must find in place (the optimizer's state, the cuDNN
+    and cuBLAS workspaces of that stream), then one call on the same stream is recorded.
+    Recording runs nothing; one replay follows, synchronized, so that a graph that cannot run
+    fails here too. When this returns, ``step`` has run ``warmup + 1`` times. A replay reads
+    and writes the same memory as the capture: the caller refills inputs in place, and the
+    step updates parameters in place and must not synchronize with the host (no ``.item()``,
+    no branch on a tensor's value).
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph.replay
+
+
+def static_steps(
+    step: Callable[[torch.Tensor, torch.Tensor], Any],
+    xs: Sequence[torch.Tensor],
+    ys: Sequence[torch.Tensor],
+    capture: Callable[[Callable[[], Any]], Callable[[], Any]] = cuda_graph,
+) -> Callable[[int], None]:
+    """Outer steps replayed from one capture: returns ``run(i)``, one step on ``xs[i], ys[i]``.
+
+    ``step(x, y)`` is captured (``capture``, by default ``cuda_graph``) on static inputs shaped
+    like ``xs[0], ys[0]`` (a step's stacked mini-batches, all ``batches_per_step`` of them);
+    ``run(i)`` copies ``xs[i], ys[i]`` into them and replays. ``capture=lambda f: f`` runs the
+    same path eagerly, which is how the CPU tests check it.
+    """
+    static_x, static_y = xs[0].clone(), ys[0].clone()
+    replay = capture(lambda: step(static_x, static_y))
+
+    def run(i: int) -> None:
+        static_x.copy_(xs[i])
+        static_y.copy_(ys[i])
+        replay()
+
+    return run
 
 
 # --------------------------------------------------------------------------- the float64 check
@@ -472,28 +559,75 @@ def check_first_step(
 
 @dataclasses.dataclass(frozen=True)
 class TorchSetup:
-    """Process-wide torch settings for one contender: intra-op threads, flushing denormal
-    numbers to zero, and ``torch.compile`` of the model."""
+    """Process-wide torch settings for one contender.
 
-    threads: int
-    flush_denormal: bool
+    Attributes:
+      threads: intra-op threads (CPU; ``None``: torch's default).
+      flush_denormal: flush denormal numbers to zero (CPU).
+      compile: ``torch.compile`` the model (CPU).
+      device: ``"cpu"`` or ``"cuda"``.
+      graph: replay the whole outer step from a CUDA graph (``static_steps``).
+      precision: ``"float32"`` or ``"tf32"``, torch's TF32 switches on a GPU.
+    """
+
+    threads: int | None = None
+    flush_denormal: bool = False
     compile: bool = False
+    device: str = "cpu"
+    graph: bool = False
+    precision: str = "float32"
 
     @property
     def name(self) -> str:
+        if self.device == "cuda":
+            return "torch cuda graph" if self.graph else "torch cuda eager"
         flush = "on" if self.flush_denormal else "off"
         return f"torch {self.threads} thr, flush {flush}" + (", compile" if self.compile else "")
 
     def apply(self) -> None:
         """Call before any torch work: flush-denormal is per thread, and OpenMP's worker
-        threads copy the setting of the thread that starts them."""
+        threads copy the setting of the thread that starts them.
+
+        Raises:
+          RuntimeError: a CUDA set-up where torch sees no CUDA device.
+        """
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    f"torch {torch.__version__} sees no CUDA device "
+                    f"(torch.version.cuda: {torch.version.cuda})"
+                )
+            tf32 = self.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            return
         torch.set_flush_denormal(self.flush_denormal)
-        torch.set_num_threads(self.threads)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+    def describe(self) -> str:
+        """Where this set-up runs, for the report's header."""
+        if self.device == "cuda":
+            tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            return (
+                f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, "
+                f"cuDNN {torch.backends.cudnn.version()}, TF32 matmul/cuDNN {tf32[0]}/{tf32[1]}"
+            )
+        return f"CPU, {torch.get_num_threads()} threads"
 
 
-def torch_setups(threads: Sequence[int] = (1, 2), compile_: bool = False) -> list[TorchSetup]:
-    """Every thread count with flush-denormal off and on; ``compile_`` adds a compiled model
-    with the most threads and flush-denormal on."""
+def torch_setups(
+    threads: Sequence[int] = (1, 2),
+    compile_: bool = False,
+    *,
+    device: str = "cpu",
+    precision: str = "float32",
+) -> list[TorchSetup]:
+    """On the CPU, every thread count with flush-denormal off and on; ``compile_`` adds a
+    compiled model with the most threads and flush-denormal on. On a GPU, eager and
+    CUDA-graph replay."""
+    if device == "cuda":
+        return [TorchSetup(device="cuda", graph=g, precision=precision) for g in (False, True)]
     setups = [TorchSetup(t, f) for t, f in itertools.product(sorted(threads), (False, True))]
     if compile_:
         setups.append(TorchSetup(max(threads), True, compile=True))
@@ -503,10 +637,24 @@ def torch_setups(threads: Sequence[int] = (1, 2), compile_: bool = False) -> lis
 Runner = Callable[[int], None]  # runner(steps): that many outer steps, finished on return
 
 
-def jax_runner(problem: Problem, variant: Variant, params0: Params, x, y, mesh=None) -> Runner:
+def jax_runner(
+    problem: Problem,
+    variant: Variant,
+    params0: Params,
+    x,
+    y,
+    mesh=None,
+    *,
+    impl: str = "auto",
+    precision: str = "float32",
+) -> Runner:
     """Outer steps of fw-optax from ``params0`` on the pooled batches, one jitted call each
-    (split over ``mesh``'s devices when given)."""
-    step = jax_step(problem, variant, mesh)
+    (split over ``mesh``'s devices when given), the recurrence run by ``impl``.
+
+    Every call runs under ``jax.default_matmul_precision`` for ``precision``: the setting is
+    read when the step is traced, at its first call, and is part of jit's cache key.
+    """
+    step = jax_step(problem, variant, mesh, impl)
     state = [params0, jax_tx(variant).init(params0)]
     per_step = variant.batches_per_step
 
@@ -520,18 +668,21 @@ def jax_runner(problem: Problem, variant: Variant, params0: Params, x, y, mesh=N
     order = itertools.cycle(range(len(xs)))
 
     def run(steps: int) -> None:
-        for _ in range(steps):
-            i = next(order)
-            state[0], state[1], loss = step(state[0], state[1], xs[i], ys[i])
+        with jax.default_matmul_precision(JAX_PRECISION[precision]):
+            for _ in range(steps):
+                i = next(order)
+                state[0], state[1], loss = step(state[0], state[1], xs[i], ys[i])
         jax.block_until_ready(loss)
 
     return run
 
 
 def torch_runner(setup: TorchSetup, variant: Variant, params0: Params, x, y) -> Runner:
-    """Outer steps of the torch side from ``params0`` (Flax layout) on the pooled batches."""
-    model = torch_model(params0)
-    optimizer = torch_optimizer(model, variant)
+    """Outer steps of the torch side from ``params0`` (Flax layout) on the pooled batches,
+    each step's batches already on ``setup.device``. A CUDA-graph set-up captures here."""
+    device = torch.device(setup.device)
+    model = torch_model(params0).to(device)
+    optimizer = torch_optimizer(model, variant, capturable=setup.graph)
     forward = model
     if setup.compile:
         import torch._dynamo as dynamo
@@ -540,33 +691,54 @@ def torch_runner(setup: TorchSetup, variant: Variant, params0: Params, x, y) -> 
         dynamo.config.allow_rnn = True
         forward = torch.compile(model)
     per_step = variant.batches_per_step
-    xs = [torch.from_numpy(x[i : i + per_step]) for i in range(0, len(x), per_step)]
-    ys = [torch.from_numpy(y[i : i + per_step]) for i in range(0, len(y), per_step)]
+    xs = [torch.from_numpy(x[i : i + per_step]).to(device) for i in range(0, len(x), per_step)]
+    ys = [torch.from_numpy(y[i : i + per_step]).to(device) for i in range(0, len(y), per_step)]
     order = itertools.cycle(range(len(xs)))
+    if setup.graph:
+        step = static_steps(functools.partial(torch_step, forward, optimizer), xs, ys)
+    else:
+
+        def step(i: int) -> None:
+            torch_step(forward, optimizer, xs[i], ys[i])
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            i = next(order)
-            torch_step(forward, optimizer, xs[i], ys[i])
+            step(next(order))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return run
 
 
 def _serve(conn: Connection, setup: TorchSetup) -> None:
-    """The loop of a torch set-up's process: ``("load", args)`` builds a ``torch_runner``,
-    ``("run", steps)`` runs it, ``None`` ends; each answer is ``None`` or an error message."""
-    setup.apply()
+    """The loop of a torch set-up's process: ``("describe", None)`` says where it runs,
+    ``("load", args)`` builds a ``torch_runner``, ``("run", steps)`` runs it, ``None`` ends.
+    Each answer is ``(error message or None, value)``; a set-up that cannot be applied (no
+    CUDA device) answers every command with that error."""
+    # This process computes nothing with JAX: should anything start a JAX backend here, it must
+    # not be the GPU's, whose memory JAX would claim.
+    jax.config.update("jax_platforms", "cpu")
+    try:
+        setup.apply()
+        failure = None
+    except Exception as error:
+        failure = error
     run = None
     while (message := conn.recv()) is not None:
         command, payload = message
         try:
-            if command == "load":
+            if failure is not None:
+                raise failure
+            value = None
+            if command == "describe":
+                value = setup.describe()
+            elif command == "load":
                 run = torch_runner(setup, *payload)
             else:
                 run(payload)
-            conn.send(None)
+            conn.send((None, value))
         except Exception as error:  # handed to the parent, which raises it
-            conn.send(f"{type(error).__name__}: {error}")
+            conn.send((f"{type(error).__name__}: {error}", None))
 
 
 class TorchProcess:
@@ -584,14 +756,19 @@ class TorchProcess:
         self._process.start()
         child.close()
 
-    def _call(self, command: str, payload: Any) -> None:
-        self._conn.send((command, payload))
+    def _call(self, command: str, payload: Any = None) -> Any:
         try:
-            error = self._conn.recv()
-        except EOFError:
+            self._conn.send((command, payload))
+            error, value = self._conn.recv()
+        except (EOFError, OSError):
             raise RuntimeError(f"{self.setup.name}: its process died") from None
         if error is not None:
             raise RuntimeError(f"{self.setup.name}: {error}")
+        return value
+
+    def describe(self) -> str:
+        """Where the set-up runs (``TorchSetup.describe``, asked in its process)."""
+        return self._call("describe")
 
     def load(self, variant: Variant, params0: Params, x: np.ndarray, y: np.ndarray) -> None:
         """Starts a new run from ``params0`` on the batch pool ``x, y``."""
@@ -630,12 +807,14 @@ def torch_processes(setups: Sequence[TorchSetup]) -> Iterator[list[TorchProcess]
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Seconds per outer step of each contender: every round's time and the first (compiling)
-    step; ``dropped[name]`` is the round after which a set-up stopped being timed."""
+    step; ``dropped[name]`` is the round after which a set-up stopped being timed, and
+    ``failed[name]`` why a set-up could not be loaded (a CUDA graph that cannot be captured)."""
 
     times: dict[str, list[float]]
     warmup: dict[str, float]
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)
     steps: int = 1
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -684,6 +863,14 @@ def time_interleaved(
 JAX_NAME = "fw-optax"
 
 
+def jax_name(impl: str, impls: Sequence[str], device: str = "cpu") -> str:
+    """The contender timing ``impl``: ``fw-optax[IMPL]``, or plain ``fw-optax`` for the CPU's
+    default (``auto`` alone), the name earlier CPU results carry."""
+    if device == "cpu" and list(impls) == ["auto"]:
+        return JAX_NAME
+    return f"{JAX_NAME}[{impl}]"
+
+
 def benchmark(
     problem: Problem,
     variant: Variant,
@@ -692,20 +879,44 @@ def benchmark(
     repeats: int,
     steps: int,
     seed: int = 0,
+    impls: Sequence[str] = ("auto",),
+    device: str = "cpu",
+    precision: str = "float32",
 ) -> Timing:
-    """Times fw-optax and every torch set-up on the same weights and batches."""
+    """Times fw-optax (one contender per ``impls`` entry) and every torch set-up on the same
+    weights and batches.
+
+    On the CPU each fw-optax contender also runs split over the host's CPU devices, and a torch
+    set-up far slower than the fastest is dropped (``time_interleaved``); on a GPU every
+    contender is timed every round. A CUDA-graph set-up that fails to load is left out, with
+    the reason in ``Timing.failed``.
+    """
     params0 = init_params(problem, seed)
     x, y = make_batches(problem, max(steps, 2) * variant.batches_per_step, seed + 1)
-    runners: dict[str, Runner] = {JAX_NAME: jax_runner(problem, variant, params0, x, y)}
-    mesh = parallel.training_mesh(None, problem.batch)
-    if mesh is not None:
-        name = f"{JAX_NAME} {mesh.size} devices"
-        runners[name] = jax_runner(problem, variant, params0, x, y, mesh)
+    mesh = parallel.training_mesh(None, problem.batch) if device == "cpu" else None
+    runners: dict[str, Runner] = {}
+    for impl in impls:
+        name = jax_name(impl, impls, device)
+        options = {"impl": impl, "precision": precision}
+        runners[name] = jax_runner(problem, variant, params0, x, y, **options)
+        if mesh is not None:
+            runners[f"{name} {mesh.size} devices"] = jax_runner(
+                problem, variant, params0, x, y, mesh, **options
+            )
     jax_names = tuple(runners)
+    failed = {}
     for worker in workers:
-        worker.load(variant, params0, x, y)
+        try:
+            worker.load(variant, params0, x, y)
+        except RuntimeError as error:
+            if not worker.setup.graph:
+                raise
+            failed[worker.setup.name] = str(error).splitlines()[0]  # CUDA errors add advice
+            continue
         runners[worker.setup.name] = worker
-    return time_interleaved(runners, repeats=repeats, steps=steps, keep=jax_names)
+    keep = tuple(runners) if device == "cuda" else jax_names
+    timing = time_interleaved(runners, repeats=repeats, steps=steps, keep=keep)
+    return dataclasses.replace(timing, failed=failed)
 
 
 def report(
@@ -714,7 +925,8 @@ def report(
     timing: Timing,
     print_fn: Callable[[str], None] = print,
 ) -> float:
-    """Prints one table; returns the fastest torch set-up's time / fw-optax's time."""
+    """Prints one table; returns the fastest torch set-up's time / the fastest fw-optax
+    contender's time (and prints that ratio for every fw-optax contender)."""
     jax_names = [n for n in timing.times if n.startswith(JAX_NAME)]
     jax_best = min(jax_names, key=timing.median)
     jax_time = timing.median(jax_best)
@@ -722,7 +934,7 @@ def report(
     fastest = min(torch_names, key=timing.median)
     print_fn(
         f"\n{variant.name}, T={problem.length}: ms per outer step (K={variant.K}), median of "
-        f"{len(timing.times[JAX_NAME])} rounds of {timing.steps} steps [min-max]; first step "
+        f"{len(timing.times[jax_best])} rounds of {timing.steps} steps [min-max]; first step "
         "(compile) in s"
     )
     for name, t in timing.times.items():
@@ -733,6 +945,14 @@ def report(
             f"  {name:30s} {timing.median(name) * 1e3:8.1f}  [{min(t) * 1e3:.1f}-"
             f"{max(t) * 1e3:.1f}]  first {timing.warmup[name]:.1f}{note}"
         )
+    for name, reason in timing.failed.items():
+        print_fn(f"  {name:30s} not timed, it failed to load: {reason}")
+    if len(jax_names) > 1:
+        for name in jax_names:
+            print_fn(
+                f"  fastest torch ({fastest}) / {name} = "
+                f"{timing.median(fastest) / timing.median(name):.2f}x"
+            )
     ratio = timing.median(fastest) / jax_time
     verdict = "met" if ratio >= TARGET else "NOT met"
     print_fn(
@@ -765,18 +985,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="outer steps per contender per round (default 300 // T, at least 1)",
     )
     parser.add_argument(
-        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try"
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where both sides run; cuda needs JAX on a GPU and a CUDA build of torch",
+    )
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        default=["auto"],
+        metavar="IMPL",
+        help="models.RNNModel implementations timed on the fw-optax side, each a contender",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=sorted(JAX_PRECISION),
+        default="float32",
+        help="float32 matmuls as float32 or as TF32 (cuda only), on both sides",
+    )
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try (cpu)"
     )
     parser.add_argument("--check-length", type=int, default=None, help="T of the float64 check")
     parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile (compiles for minutes)"
+        "--compile", action="store_true", help="also time torch.compile (cpu; compiles for minutes)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: T=10, one round")
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=None, help="also write the printed lines to this file"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.repeats, args.steps = [10], 1, 1
     if args.variants is None:
         args.variants = ["alg1", "authors"]
+    args.impls = list(dict.fromkeys(args.impls))
     for name in ("K", "hidden", "batch", "repeats", "steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -784,44 +1027,113 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if min(args.lengths + [args.check_length or 2]) < 2:
         parser.error(f"sequence lengths must be >= 2 (the adding task), got {args.lengths}")
+    for impl in args.impls:
+        try:
+            flax_model(Problem(2, args.batch, args.hidden), impl)  # RNNModel checks the name
+        except ValueError as error:
+            parser.error(f"--impls: {error}")
+    if args.device == "cpu" and args.precision == "tf32":
+        parser.error("--precision tf32 needs --device cuda: a CPU has no TF32")
+    if args.device == "cuda" and args.compile:
+        parser.error("--compile is a CPU set-up; on cuda the torch step is a CUDA graph")
     return args
 
 
+@contextlib.contextmanager
+def _tee(
+    print_fn: Callable[[str], None], path: pathlib.Path | None
+) -> Iterator[Callable[[str], None]]:
+    """``print_fn``, which also writes each line to ``path`` when one is given."""
+    if path is None:
+        yield print_fn
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+
+        def both(line: str) -> None:
+            print_fn(line)
+            out.write(line + "\n")
+            out.flush()
+
+        yield both
+
+
 def main(argv: list[str] | None = None, print_fn: Callable[[str], None] | None = None) -> dict:
-    """Checks, then times; returns ``{"checks": [...], "ratios": {(variant, T): ratio}}``."""
+    """Checks, then times; returns ``{"checks": [...], "ratios": {(variant, T, B, H): ratio}}``.
+
+    Raises:
+      SystemExit: ``--device cuda`` while JAX's default backend is not a GPU, or the float64
+        check failed.
+    """
     args = parse_args(argv)
-    parallel.start_cpu_devices(None)  # fw-optax as the runner trains: one device per core
-    print_fn = print_fn or functools.partial(print, flush=True)
-    chosen = [variants(args.K)[name] for name in args.variants]
-    print_fn(f"python -m benchmarks.compare_torch {' '.join(argv or sys.argv[1:])}")
-    print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {_load()}")
-    print_fn(
-        f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}; "
-        + "; ".join(f"{v.name}: δ={v.delta}, η={v.eta}" for v in chosen)
-    )
-
-    check_problem = Problem(args.check_length or min(args.lengths), args.batch, args.hidden)
-    print_fn(f"float64 check, one outer step at T={check_problem.length}:")
-    checks = [check_first_step(check_problem, v) for v in chosen]
-    for check in checks:
-        print_fn("  " + check.line())
-    if not all(check.ok for check in checks):
-        print_fn("The two sides disagree: not timing them.")
-        raise SystemExit(1)
-
-    if not args.compile:
-        print_fn(
-            "torch.compile not timed (--compile does): dynamo leaves nn.RNN in eager mode unless "
-            "torch._dynamo.config.allow_rnn, and with it unrolls all T steps."
+    if args.device == "cpu":
+        parallel.start_cpu_devices(None)  # fw-optax as the runner trains: one device per core
+    elif (backend := jax.default_backend()) != "gpu":
+        raise SystemExit(
+            f"--device cuda times fw-optax on a GPU, but JAX's default backend is {backend!r} "
+            f"({jax.devices()[0].device_kind}): install a CUDA build of jax, or run --device cpu"
         )
-    ratios = {}
-    with torch_processes(torch_setups(args.threads, args.compile)) as workers:
+    with _tee(print_fn or functools.partial(print, flush=True), args.out) as print_fn:
+        return _compare(args, argv, print_fn)
+
+
+def _compare(
+    args: argparse.Namespace, argv: list[str] | None, print_fn: Callable[[str], None]
+) -> dict:
+    """The run ``main`` starts: the header, the float64 check, then a table per T and variant."""
+    chosen = [variants(args.K)[name] for name in args.variants]
+    setups = torch_setups(args.threads, args.compile, device=args.device, precision=args.precision)
+    print_fn(f"python -m benchmarks.compare_torch {' '.join(argv or sys.argv[1:])}")
+    with torch_processes(setups) as workers:
+        where = f"torch on {workers[0].describe()}; " if args.device == "cuda" else ""
+        print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {where}{_load()}")
+        print_fn(
+            f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}, "
+            f"precision {args.precision}; "
+            + "; ".join(f"{v.name}: δ={v.delta}, η={v.eta}" for v in chosen)
+        )
+        if args.device == "cpu" and jax.default_backend() != "cpu":
+            print_fn(
+                f"Note: JAX's default backend is {jax.default_backend()}: fw-optax runs there, "
+                "torch on the CPU (--device cuda puts both on the GPU)."
+            )
+
+        check_problem = Problem(args.check_length or min(args.lengths), args.batch, args.hidden)
+        print_fn(f"float64 check, one outer step at T={check_problem.length}:")
+        checks = [check_first_step(check_problem, v) for v in chosen]
+        for check in checks:
+            print_fn("  " + check.line())
+        if not all(check.ok for check in checks):
+            print_fn("The two sides disagree: not timing them.")
+            raise SystemExit(1)
+
+        if args.device == "cuda":
+            print_fn(
+                "torch on the GPU: eager (cuDNN nn.RNN), and the whole outer step captured once "
+                f"as a CUDA graph after {WARMUP} warm-up steps, then replayed."
+            )
+        elif not args.compile:
+            print_fn(
+                "torch.compile not timed (--compile does): dynamo leaves nn.RNN in eager mode "
+                "unless torch._dynamo.config.allow_rnn, and with it unrolls all T steps."
+            )
+        ratios = {}
         for length in args.lengths:
             problem = Problem(length, args.batch, args.hidden)
             steps = args.steps or max(1, 300 // length)
             for variant in chosen:
-                timing = benchmark(problem, variant, workers, repeats=args.repeats, steps=steps)
-                ratios[(variant.name, length)] = report(problem, variant, timing, print_fn)
+                timing = benchmark(
+                    problem,
+                    variant,
+                    workers,
+                    repeats=args.repeats,
+                    steps=steps,
+                    impls=args.impls,
+                    device=args.device,
+                    precision=args.precision,
+                )
+                key = (variant.name, length, args.batch, args.hidden)
+                ratios[key] = report(problem, variant, timing, print_fn)
                 print_fn(f"  ({_load()})")
     return {"checks": checks, "ratios": ratios}
 
