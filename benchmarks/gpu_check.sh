@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU measurements of the persistent recurrences, in one run of at most 8 minutes:
-#   1. tests/test_pallas.py on the GPU, the kernels compiled (not interpreted);
-#   2. perf_models: precision, FLOP rate, every cell's gradient, microseconds per time step
-#      (T = 100, 400, 784), the deep-IndRNN HAR-2 epoch, scan unrolls, and MEASURED's entry;
-#      then the vanilla and IndRNN gradients again at full float32;
-#   3. compare_torch --device cuda: FW K=5 outer steps against torch eager (cuDNN) and torch
+# The GPU measurements of the persistent recurrences, in one run of at most 9 minutes:
+#   1. perf_models: precision, every cell's gradient with every implementation, microseconds
+#      per time step (T = 100, 400, 784), the deep-IndRNN HAR-2 epoch, scan unrolls, the
+#      gated cells' kernel launch settings, and MEASURED's entry (--table);
+#   2. compare_torch --device cuda: FW K=5 outer steps against torch eager (cuDNN) and torch
 #      in a CUDA graph, TF32 at T = 100, 400, 784 (B=50, H=128) and T=400 (B=256, H=512),
 #      float32 at T=400;
-#   4. perf_seeds on the adding cases (seeds in one program against separate runs).
+#   3. perf_seeds on the adding cases (seeds in one program against separate runs);
+#   4. perf_models again at full float32: microseconds per time step;
+#   5. tests/test_pallas.py on the GPU, the kernels compiled (not interpreted).
 # Each step has its own time limit; a step that fails or overruns is reported and the others
 # still run. The exit status is 0 only if every step passed.
 #
@@ -55,37 +56,35 @@ if [ "$toy" = 1 ]; then
     pytest_args=(-k "bad_inputs or cover")
     perf=(--quick)
     perf32=(--quick --sections anatomy)
-    compare=(--quick --device "$device" --impls auto pallas)
-    compare_large=(--quick --device "$device" --impls auto)
-    compare32=(--quick --device "$device" --precision float32 --impls pallas)
+    compare=(--quick --device "$device" --impls auto pallas --variants alg1 --threads 1)
+    compare_large=(--quick --device "$device" --impls auto --variants alg1 --threads 1)
+    compare32=(--quick --device "$device" --precision float32 --impls pallas --variants alg1
+        --threads 1)
     seeds=(--quick --seeds 2)
-    limits=(300 300 300 300 300)
+    limits=(300 300 300 300 300 300)
 else
-    pytest_args=()
-    perf=(--repeats 5 --table --sections precision flop_rate cells anatomy indrnn_epoch unroll)
-    perf32=(--repeats 5 --precision float32 --sections cells anatomy)
-    compare=(--device cuda --precision tf32 --impls auto fused pallas --lengths 100 400 784
+    # The order is the order of importance: a step cut by its limit loses least there.
+    # Tests: the gated cells and the awkward sizes; every kernel runs compiled in them.
+    pytest_args=(-k "lstm or gru or 4-50-96 or fused_recurrence or deep_stack or vmap")
+    perf=(--repeats 5 --table --sections precision cells anatomy indrnn_epoch unroll launch
+        --launch-cells lstm gru --launch-warps 2 4 8)
+    perf32=(--repeats 5 --precision float32 --sections anatomy)
+    compare=(--device cuda --precision tf32 --impls fused pallas --lengths 100 400 784
         --repeats 5)
-    compare_large=(--device cuda --precision tf32 --impls auto fused --lengths 400
+    compare_large=(--device cuda --precision tf32 --impls auto --lengths 400
         --batch 256 --hidden 512 --repeats 5)
     compare32=(--device cuda --precision float32 --impls fused pallas --lengths 400
         --repeats 5)
     seeds=(--tasks adding --repeats 1)
-    # tests, perf_models, perf_models float32, compare_torch (three), perf_seeds
-    limits=(75 170 50 110 50 60)
+    # tests, perf_models, perf_models float32, compare_torch, compare_torch (large and
+    # float32, each), perf_seeds: 510 s at most
+    limits=(70 170 35 120 35 45)
 fi
 
-if wants tests; then
-    step tests "${limits[0]}" "$out/test_pallas.log" \
-        "$py" -m pytest tests/test_pallas.py -q -o addopts="" -p no:cacheprovider \
-        "${pytest_args[@]}"
-fi
 if wants perf; then
-    # perf_models writes its own file (MEASURED's entry names it); this log only in stdout.
+    # perf_models writes its own file (MEASURED's entry names it); its log goes to stdout.
     step perf_models "${limits[1]}" /dev/null \
         "$py" -m benchmarks.perf_models "${perf[@]}" --out "$out/perf_models.txt"
-    step perf_models_float32 "${limits[2]}" /dev/null \
-        "$py" -m benchmarks.perf_models "${perf32[@]}" --out "$out/perf_models_float32.txt"
 fi
 if wants compare; then
     step compare_torch "${limits[3]}" "$out/compare_torch.txt" \
@@ -96,8 +95,17 @@ if wants compare; then
         "$py" -m benchmarks.compare_torch "${compare32[@]}"
 fi
 if wants seeds; then
-    step perf_seeds "${limits[5]:-${limits[4]}}" "$out/perf_seeds.txt" \
+    step perf_seeds "${limits[5]}" "$out/perf_seeds.txt" \
         "$py" -m benchmarks.perf_seeds "${seeds[@]}"
+fi
+if wants perf; then
+    step perf_models_float32 "${limits[2]}" /dev/null \
+        "$py" -m benchmarks.perf_models "${perf32[@]}" --out "$out/perf_models_float32.txt"
+fi
+if wants tests; then
+    step tests "${limits[0]}" "$out/test_pallas.log" \
+        "$py" -m pytest tests/test_pallas.py -q -o addopts="" -p no:cacheprovider \
+        "${pytest_args[@]}"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

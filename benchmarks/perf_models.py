@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import re
 import statistics
@@ -169,24 +170,35 @@ def flop_rate_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -
     return rows
 
 
-def _runs(cell: str, impl: str) -> bool:
-    return impl != PALLAS or cell in PALLAS_CELLS
-
-
-PALLAS_CELLS = ("simple", "indrnn")
+def _compiled(
+    fns: dict[Any, Callable[[], Any]], print_fn: Callable[[str], None]
+) -> dict[Any, Callable[[], Any]]:
+    """The entries of ``{key: () -> compiled gradient}`` that compile; each that does not
+    is reported in one line and left out, so one kernel the compiler rejects costs one cell
+    of a table, not the section."""
+    compiled = {}
+    for key, make in fns.items():
+        try:
+            compiled[key] = make()
+        except Exception as error:  # a lowering or compiler error, reported and skipped
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print_fn(f"  {key}: did not compile ({type(error).__name__}: {first[:200]})")
+    return compiled
 
 
 def cell_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
     """Section 3: each cell's gradient time with each impl that runs it, and flax / fused."""
-    fns = {
-        f"{cell}/{seq_len}/{impl}": rnn_gradient(
-            cell, impl, seq_len, batch=args.batch, hidden=args.hidden
-        )
-        for cell in args.cells
-        for seq_len in args.lengths
-        for impl in args.impls
-        if _runs(cell, impl)
-    }
+    fns = _compiled(
+        {
+            f"{cell}/{seq_len}/{impl}": functools.partial(
+                rnn_gradient, cell, impl, seq_len, batch=args.batch, hidden=args.hidden
+            )
+            for cell in args.cells
+            for seq_len in args.lengths
+            for impl in args.impls
+        },
+        print_fn,
+    )
     times = round_robin(fns, args.repeats)
     print_fn(f"\n[3] gradient of each cell, ms (batch {args.batch}, hidden {args.hidden})")
     print_fn(
@@ -200,7 +212,7 @@ def cell_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> lis
             ms = {
                 impl: 1e3 * times[f"{cell}/{seq_len}/{impl}"]
                 for impl in args.impls
-                if _runs(cell, impl)
+                if f"{cell}/{seq_len}/{impl}" in times
             }
             fastest = min(ms, key=ms.__getitem__)
             rows.append(
@@ -243,26 +255,33 @@ def launch_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> l
     (batch rows and warps per program), microseconds per time step."""
     from models import pallas
 
-    fns = {}
-    for block_rows in args.launch_rows:
-        for num_warps in args.launch_warps:
-            with pallas.launch(block_rows=block_rows, num_warps=num_warps):
-                for cell in PALLAS_CELLS:
-                    for seq_len in args.lengths:
-                        fns[cell, seq_len, block_rows, num_warps] = rnn_gradient(
-                            cell, PALLAS, seq_len, batch=args.batch, hidden=args.hidden
-                        )
-    times = round_robin(fns, args.repeats)
+    def make(cell, seq_len, block_rows, num_warps):
+        with pallas.launch(block_rows=block_rows, num_warps=num_warps):
+            return rnn_gradient(cell, PALLAS, seq_len, batch=args.batch, hidden=args.hidden)
+
+    keys = [
+        (cell, seq_len, block_rows, num_warps)
+        for block_rows in args.launch_rows
+        for num_warps in args.launch_warps
+        for cell in args.launch_cells
+        for seq_len in args.lengths
+    ]
+    times = round_robin(
+        _compiled({k: functools.partial(make, *k) for k in keys}, print_fn), args.repeats
+    )
     print_fn(
         f"\n[0b] Pallas gradient, us per time step, by launch (batch {args.batch}, hidden "
-        f"{args.hidden}); default {pallas.Launch()}"
+        f"{args.hidden}); the kernels' settings now: {pallas.LAUNCH}"
     )
-    columns = [(cell, t) for cell in PALLAS_CELLS for t in args.lengths]
+    columns = [(cell, t) for cell in args.launch_cells for t in args.lengths]
     print_fn(f"{'rows':>5}{'warps':>6}" + "".join(f"{f'{c} T={t}':>16}" for c, t in columns))
     rows = []
     for block_rows in args.launch_rows:
         for num_warps in args.launch_warps:
-            us = {(c, t): 1e6 * times[c, t, block_rows, num_warps] / t for c, t in columns}
+            us = {
+                (c, t): 1e6 * times.get((c, t, block_rows, num_warps), math.nan) / t
+                for c, t in columns
+            }
             rows.append({"block_rows": block_rows, "num_warps": num_warps, "us_per_step": us})
             print_fn(f"{block_rows:>5}{num_warps:>6}" + "".join(f"{us[k]:>16.2f}" for k in columns))
     return rows
@@ -637,6 +656,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--launch-warps", type=int, nargs="+", default=None, help="section 0b's warps"
     )
+    parser.add_argument(
+        "--launch-cells", nargs="+", choices=CELLS, default=None, help="section 0b's cells"
+    )
     args = parser.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
     full = {
@@ -674,7 +696,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "launch_rows": (16,),
         "launch_warps": (4,),
     }
-    lengths, warps = args.lengths, args.launch_warps
+    lengths, warps, launch_cells = args.lengths, args.launch_warps, args.launch_cells
     for name, value in (quick if args.quick else full).items():
         setattr(args, name, value)
     if lengths is not None:
@@ -683,6 +705,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.lengths = tuple(lengths)
     if warps is not None:
         args.launch_warps = tuple(warps)
+    args.launch_cells = tuple(launch_cells or ("simple", "indrnn"))
     args.impls = IMPLS + ((PALLAS,) if gpu or args.quick else ())
     if args.sections is None:
         args.sections = ("cells", "unroll") if args.table else SECTIONS[2:]

@@ -54,7 +54,9 @@ from models.fused import (
     _common_dtype,
     _outer_sum,
     _previous,
+    supports_fused,
 )
+from models.scan_rnn import gru_weights, lstm_weights
 
 Array = jax.Array
 
@@ -66,9 +68,9 @@ _FLOAT32_SETTINGS = {"float32", "highest", "high", "tensorfloat32_3x", "bfloat16
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
-    """How the kernels are launched: batch rows per program and warps per program."""
+    """How a kernel is launched: batch rows per program and warps per program."""
 
-    block_rows: int = 16  # 32 and 64 rows were slower in the forward-only H200 probe
+    block_rows: int = 16
     num_warps: int = 4
 
     def __post_init__(self) -> None:
@@ -78,18 +80,32 @@ class Launch:
                 raise ValueError(f"{name} must be a power of two >= 1, got {value}")
 
 
-_launch = Launch()
+# Measured on an H200 (results/gpu_h200/pallas_launch.txt, gradient at T=400, B=50, H=128):
+# 16 rows and 4 warps for the vanilla RNN (3.05 us per step; 8 warps 3.25, 32 rows 5.4+),
+# 8 warps for the element-wise IndRNN (1.27 us; 4 warps 1.35). The gated cells take the
+# vanilla RNN's setting until measured.
+LAUNCH: dict[str, Launch] = {
+    "elman": Launch(16, 4),
+    "indrnn": Launch(16, 8),
+    "lstm": Launch(16, 4),
+    "gru": Launch(16, 4),
+}
+_override: Launch | None = None
 
 
 @contextlib.contextmanager
 def launch(**settings: int) -> Iterator[Launch]:
-    """Kernels traced inside this block use these ``Launch`` settings (to measure them)."""
-    global _launch
-    previous, _launch = _launch, dataclasses.replace(_launch, **settings)
+    """Every kernel traced inside this block is launched with these ``Launch`` settings."""
+    global _override
+    previous, _override = _override, Launch(**settings)
     try:
-        yield _launch
+        yield _override
     finally:
-        _launch = previous
+        _override = previous
+
+
+def _launch(kind: str) -> Launch:
+    return LAUNCH[kind] if _override is None else _override
 
 
 def _interpret() -> bool:
@@ -127,11 +143,15 @@ def _matmul(a: Array, b: Array, precision: Any) -> Array:
     )
 
 
+def _sigmoid(z: Array) -> Array:
+    return 1.0 / (1.0 + jnp.exp(-z))
+
+
 # Element-wise nonlinearities and their derivative in terms of the output y = sigma(z),
 # written with the primitives Pallas' Triton lowering has.
 _ACT: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
     "tanh": (jnp.tanh, lambda y: 1.0 - y * y),
-    "sigmoid": (lambda z: 1.0 / (1.0 + jnp.exp(-z)), lambda y: y * (1.0 - y)),
+    "sigmoid": (_sigmoid, lambda y: y * (1.0 - y)),
     "relu": (lambda z: jnp.maximum(z, 0.0), lambda y: jnp.where(y > 0, 1.0, 0.0).astype(y.dtype)),
 }
 
@@ -140,15 +160,29 @@ def _pad(x: Array, shape: tuple[int, ...]) -> Array:
     return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape, strict=True)])
 
 
-def _call(kernel, grid_rows: int, in_specs, out_specs, out_shape):
+def _time_loop(seq_len: int, load, body, state, *, reverse: bool = False):
+    """``state = body(t, state, load(t))`` for every t (in reverse with ``reverse``), the
+    loads of step t+1 issued before step t's work, so they do not wait behind it."""
+
+    def step(i, carry):
+        state, loaded = carry
+        t = seq_len - 1 - i if reverse else i
+        upcoming = load(jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, seq_len - 1))
+        return body(t, state, loaded), upcoming
+
+    first = seq_len - 1 if reverse else 0
+    return jax.lax.fori_loop(0, seq_len, step, (state, load(first)))[0]
+
+
+def _call(kernel, settings: Launch, rows: int, in_specs, out_specs, out_shape):
     compiler_params = None
     if not _interpret():
         from jax.experimental.pallas import triton as plgpu
 
-        compiler_params = plgpu.CompilerParams(num_warps=_launch.num_warps, num_stages=1)
+        compiler_params = plgpu.CompilerParams(num_warps=settings.num_warps, num_stages=1)
     return pl.pallas_call(
         kernel,
-        grid=(grid_rows,),
+        grid=(rows // settings.block_rows,),
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
@@ -162,80 +196,95 @@ def _whole(shape: tuple[int, ...]) -> pl.BlockSpec:
     return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
 
 
-def _rows(shape: tuple[int, ...]) -> pl.BlockSpec:
-    """Program i sees the i-th block of ``Launch.block_rows`` batch rows of ``[..., B, H]``."""
-    block = (*shape[:-2], _launch.block_rows, shape[-1])
+def _rows(shape: tuple[int, ...], settings: Launch) -> pl.BlockSpec:
+    """Program i sees the i-th block of ``settings.block_rows`` batch rows of ``[..., B, H]``."""
+    block = (*shape[:-2], settings.block_rows, shape[-1])
     lead = len(shape) - 2
     return pl.BlockSpec(block, lambda i: (*(0,) * lead, i, 0))
 
 
-def _sequence(shape: tuple[int, int, int], dtype: Any) -> jax.ShapeDtypeStruct:
+def _out(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _padded(p: Array) -> tuple[int, int, int]:
+def _padded(p: Array, settings: Launch) -> tuple[int, int, int]:
+    """``(T, B', H')`` of ``p [T, B, H]``, or of ``p [T, B, G * H]`` per gate."""
     seq_len, batch, hidden = p.shape
-    return seq_len, -(-batch // _launch.block_rows) * _launch.block_rows, padded_hidden(hidden)
+    rows = -(-batch // settings.block_rows) * settings.block_rows
+    return seq_len, rows, padded_hidden(hidden)
 
 
-def _check(p: Array, h0: Array) -> None:
-    if p.ndim != 3 or h0.shape != p.shape[1:]:
-        raise ValueError(f"expected p [T, B, H] and h0 [B, H], got shapes {p.shape} and {h0.shape}")
-    if not supports_hidden(p.shape[-1]):
+def _check(p: Array, h0: Array, gates: int = 1) -> None:
+    if p.ndim != 3 or h0.ndim != 2 or p.shape[1:] != (h0.shape[0], gates * h0.shape[1]):
         raise ValueError(
-            f"hidden size {p.shape[-1]} is over the persistent kernels' {MAX_HIDDEN} units; "
+            f"expected p [T, B, {gates} * H] and h0 [B, H], got shapes {p.shape} and {h0.shape}"
+        )
+    if not supports_hidden(h0.shape[-1]):
+        raise ValueError(
+            f"hidden size {h0.shape[-1]} is over the persistent kernels' {MAX_HIDDEN} units; "
             "use models.fused"
         )
+
+
+def _gate_major(x: Array, gates: int, shape: tuple[int, int, int]) -> Array:
+    """``[T, B, G * H] -> [G, T, B', H']``, zero-padded, one gate's block per leading index."""
+    seq_len, batch, _ = x.shape
+    x = jnp.moveaxis(x.reshape(seq_len, batch, gates, -1), 2, 0)
+    return _pad(x, (gates, *shape))
+
+
+def _gate_minor(x: Array, batch: int, hidden: int) -> Array:
+    """``[G, T, B', H'] -> [T, B, G * H]``, the padding dropped."""
+    x = x[:, :, :batch, :hidden]
+    return jnp.moveaxis(x, 0, 2).reshape(x.shape[1], batch, -1)
+
+
+def _gate_weights(w_h: Array, gates: int, hidden: int) -> Array:
+    """``W_h [H, G * H] -> [G, H', H']``: gate k's recurrent matrix at index k, zero-padded."""
+    w = jnp.moveaxis(w_h.reshape(w_h.shape[0], gates, -1), 1, 0)
+    return _pad(w, (gates, hidden, hidden))
 
 
 # --- Elman: h_t = sigma(p_t + h_{t-1} W_h) -----------------------------------------------
 
 
 def _elman_forward_kernel(act: str, precision: Any, w_ref, p_ref, h0_ref, hs_ref):
-    seq_len = p_ref.shape[0]
     w = w_ref[...]
 
-    def step(t, carry):
-        h, p_t = carry
-        p_next = p_ref[jnp.minimum(t + 1, seq_len - 1)]
+    def body(t, h, p_t):
         h = _ACT[act][0](p_t + _matmul(h, w, precision))
         hs_ref[t] = h
-        return h, p_next
+        return h
 
-    jax.lax.fori_loop(0, seq_len, step, (h0_ref[...], p_ref[0]))
+    _time_loop(p_ref.shape[0], lambda t: p_ref[t], body, h0_ref[...])
 
 
 def _elman_backward_kernel(act: str, precision: Any, w_t_ref, g_ref, hs_ref, dz_ref, dh0_ref):
-    seq_len = g_ref.shape[0]
     w_t = w_t_ref[...]
 
-    def step(i, carry):
-        dh, g_t, h_t = carry
-        t = seq_len - 1 - i
-        before = jnp.maximum(t - 1, 0)
-        g_prev, h_prev = g_ref[before], hs_ref[before]
+    def body(t, dh, loaded):
+        g_t, h_t = loaded
         dz = (dh + g_t) * _ACT[act][1](h_t)
         dz_ref[t] = dz
-        return _matmul(dz, w_t, precision), g_prev, h_prev
+        return _matmul(dz, w_t, precision)
 
-    last = seq_len - 1
-    dh0, _, _ = jax.lax.fori_loop(
-        0, seq_len, step, (jnp.zeros(dh0_ref.shape, dh0_ref.dtype), g_ref[last], hs_ref[last])
-    )
-    dh0_ref[...] = dh0
+    zeros = jnp.zeros(dh0_ref.shape, dh0_ref.dtype)
+    load = lambda t: (g_ref[t], hs_ref[t])  # noqa: E731
+    dh0_ref[...] = _time_loop(g_ref.shape[0], load, body, zeros, reverse=True)
 
 
 def _elman_hs(act: str, w_h: Array, p: Array, h0: Array) -> Array:
     """All padded states ``[T, B', H']``."""
-    seq_len, rows, hidden = _padded(p)
-    kernel = partial(_elman_forward_kernel, act, _dot_precision(p.dtype))
+    settings = _launch("elman")
+    seq_len, rows, hidden = shape = _padded(p, settings)
     return _call(
-        kernel,
-        rows // _launch.block_rows,
-        [_whole((hidden, hidden)), _rows((seq_len, rows, hidden)), _rows((rows, hidden))],
-        _rows((seq_len, rows, hidden)),
-        _sequence((seq_len, rows, hidden), p.dtype),
-    )(_pad(w_h, (hidden, hidden)), _pad(p, (seq_len, rows, hidden)), _pad(h0, (rows, hidden)))
+        partial(_elman_forward_kernel, act, _dot_precision(p.dtype)),
+        settings,
+        rows,
+        [_whole((hidden, hidden)), _rows(shape, settings), _rows((rows, hidden), settings)],
+        _rows(shape, settings),
+        _out(shape, p.dtype),
+    )(_pad(w_h, (hidden, hidden)), _pad(p, shape), _pad(h0, (rows, hidden)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -245,29 +294,28 @@ def elman_recurrence(act: str, w_h: Array, p: Array, h0: Array) -> Array:
     ``models.fused.elman_recurrence`` with each direction's time loop as one kernel.
     """
     _check(p, h0)
-    seq_len, batch, hidden = p.shape
-    return _elman_hs(act, w_h, p, h0)[:, :batch, :hidden]
+    return _elman_hs(act, w_h, p, h0)[:, : h0.shape[0], : h0.shape[1]]
 
 
 def _elman_fwd(act, w_h, p, h0):
     _check(p, h0)
-    seq_len, batch, hidden = p.shape
     hs_padded = _elman_hs(act, w_h, p, h0)
-    return hs_padded[:, :batch, :hidden], (w_h, hs_padded, h0)
+    return hs_padded[:, : h0.shape[0], : h0.shape[1]], (w_h, hs_padded, h0)
 
 
 def _elman_bwd(act, residuals, g_hs):
     w_h, hs_padded, h0 = residuals
-    seq_len, batch, hidden = g_hs.shape
-    _, rows, padded = hs_padded.shape
-    kernel = partial(_elman_backward_kernel, act, _dot_precision(g_hs.dtype))
+    batch, hidden = h0.shape
+    _, rows, padded = shape = hs_padded.shape
+    settings = _launch("elman")
     dz, dh0 = _call(
-        kernel,
-        rows // _launch.block_rows,
-        [_whole((padded, padded)), _rows(hs_padded.shape), _rows(hs_padded.shape)],
-        [_rows(hs_padded.shape), _rows((rows, padded))],
-        [_sequence(hs_padded.shape, g_hs.dtype), jax.ShapeDtypeStruct((rows, padded), h0.dtype)],
-    )(_pad(w_h.T, (padded, padded)), _pad(g_hs, hs_padded.shape), hs_padded)
+        partial(_elman_backward_kernel, act, _dot_precision(g_hs.dtype)),
+        settings,
+        rows,
+        [_whole((padded, padded)), _rows(shape, settings), _rows(shape, settings)],
+        [_rows(shape, settings), _rows((rows, padded), settings)],
+        [_out(shape, g_hs.dtype), _out((rows, padded), h0.dtype)],
+    )(_pad(w_h.T, (padded, padded)), _pad(g_hs, shape), hs_padded)
     dz, hs = dz[:, :batch, :hidden], hs_padded[:, :batch, :hidden]
     return _outer_sum(_previous(h0, hs), dz), dz, dh0[:batch, :hidden]
 
@@ -279,60 +327,55 @@ elman_recurrence.defvjp(_elman_fwd, _elman_bwd)
 
 
 def _indrnn_forward_kernel(act: str, u_ref, b_ref, p_ref, h0_ref, hs_ref):
-    seq_len = p_ref.shape[0]
     u, b = u_ref[...], b_ref[...]
 
-    def step(t, carry):
-        h, p_t = carry
-        p_next = p_ref[jnp.minimum(t + 1, seq_len - 1)]
+    def body(t, h, p_t):
         h = _ACT[act][0](p_t + b + u * h)
         hs_ref[t] = h
-        return h, p_next
+        return h
 
-    jax.lax.fori_loop(0, seq_len, step, (h0_ref[...], p_ref[0]))
+    _time_loop(p_ref.shape[0], lambda t: p_ref[t], body, h0_ref[...])
 
 
 def _indrnn_backward_kernel(act: str, u_ref, g_ref, hs_ref, h0_ref, dz_ref, dh0_ref, dub_ref):
-    seq_len = g_ref.shape[0]
     u, h0 = u_ref[...], h0_ref[...]
 
-    def step(i, carry):
-        dh, du, db, g_t, h_t = carry
-        t = seq_len - 1 - i
-        before = jnp.maximum(t - 1, 0)
-        h_prev = jnp.where(t > 0, hs_ref[before], h0)
-        g_prev = g_ref[before]
+    def load(t):
+        return g_ref[t], hs_ref[t], jnp.where(t > 0, hs_ref[jnp.maximum(t - 1, 0)], h0)
+
+    def body(t, carry, loaded):
+        dh, du, db = carry
+        g_t, h_t, h_prev = loaded
         dz = (dh + g_t) * _ACT[act][1](h_t)
         dz_ref[t] = dz
-        return u * dz, du + h_prev * dz, db + dz, g_prev, h_prev
+        return u * dz, du + h_prev * dz, db + dz
 
     zeros = jnp.zeros(h0.shape, h0.dtype)
-    last = seq_len - 1
-    dh0, du, db, _, _ = jax.lax.fori_loop(
-        0, seq_len, step, (zeros, zeros, zeros, g_ref[last], hs_ref[last])
-    )
+    dh0, du, db = _time_loop(g_ref.shape[0], load, body, (zeros, zeros, zeros), reverse=True)
     dh0_ref[...] = dh0
     dub_ref[0] = du
     dub_ref[1] = db
 
 
 def _indrnn_hs(act: str, u: Array, b: Array, p: Array, h0: Array) -> Array:
-    seq_len, rows, hidden = _padded(p)
+    settings = _launch("indrnn")
+    seq_len, rows, hidden = shape = _padded(p, settings)
     return _call(
         partial(_indrnn_forward_kernel, act),
-        rows // _launch.block_rows,
+        settings,
+        rows,
         [
             _whole((1, hidden)),
             _whole((1, hidden)),
-            _rows((seq_len, rows, hidden)),
-            _rows((rows, hidden)),
+            _rows(shape, settings),
+            _rows((rows, hidden), settings),
         ],
-        _rows((seq_len, rows, hidden)),
-        _sequence((seq_len, rows, hidden), p.dtype),
+        _rows(shape, settings),
+        _out(shape, p.dtype),
     )(
         _pad(u[None], (1, hidden)),
         _pad(b[None], (1, hidden)),
-        _pad(p, (seq_len, rows, hidden)),
+        _pad(p, shape),
         _pad(h0, (rows, hidden)),
     )
 
@@ -345,47 +388,315 @@ def indrnn_recurrence(act: str, u: Array, b: Array, p: Array, h0: Array) -> Arra
     backward kernel accumulates ``du`` and ``db`` per batch row, summed after it.
     """
     _check(p, h0)
-    seq_len, batch, hidden = p.shape
-    return _indrnn_hs(act, u, b, p, h0)[:, :batch, :hidden]
+    return _indrnn_hs(act, u, b, p, h0)[:, : h0.shape[0], : h0.shape[1]]
 
 
 def _indrnn_fwd(act, u, b, p, h0):
     _check(p, h0)
-    seq_len, batch, hidden = p.shape
     hs_padded = _indrnn_hs(act, u, b, p, h0)
-    return hs_padded[:, :batch, :hidden], (u, hs_padded, h0)
+    return hs_padded[:, : h0.shape[0], : h0.shape[1]], (u, hs_padded, h0)
 
 
 def _indrnn_bwd(act, residuals, g_hs):
     u, hs_padded, h0 = residuals
-    seq_len, batch, hidden = g_hs.shape
-    _, rows, padded = hs_padded.shape
+    batch, hidden = h0.shape
+    _, rows, padded = shape = hs_padded.shape
+    settings = _launch("indrnn")
     dz, dh0, dub = _call(
         partial(_indrnn_backward_kernel, act),
-        rows // _launch.block_rows,
+        settings,
+        rows,
         [
             _whole((1, padded)),
-            _rows(hs_padded.shape),
-            _rows(hs_padded.shape),
-            _rows((rows, padded)),
+            _rows(shape, settings),
+            _rows(shape, settings),
+            _rows((rows, padded), settings),
         ],
-        [_rows(hs_padded.shape), _rows((rows, padded)), _rows((2, rows, padded))],
         [
-            _sequence(hs_padded.shape, g_hs.dtype),
-            jax.ShapeDtypeStruct((rows, padded), h0.dtype),
-            jax.ShapeDtypeStruct((2, rows, padded), h0.dtype),
+            _rows(shape, settings),
+            _rows((rows, padded), settings),
+            _rows((2, rows, padded), settings),
         ],
-    )(
-        _pad(u[None], (1, padded)),
-        _pad(g_hs, hs_padded.shape),
-        hs_padded,
-        _pad(h0, (rows, padded)),
-    )
+        [
+            _out(shape, g_hs.dtype),
+            _out((rows, padded), h0.dtype),
+            _out((2, rows, padded), h0.dtype),
+        ],
+    )(_pad(u[None], (1, padded)), _pad(g_hs, shape), hs_padded, _pad(h0, (rows, padded)))
     du, db = dub[:, :batch, :hidden].sum(axis=1)
     return du, db, dz[:, :batch, :hidden], dh0[:batch, :hidden]
 
 
 indrnn_recurrence.defvjp(_indrnn_fwd, _indrnn_bwd)
+
+
+# --- LSTM: [i, f, g, o] = [sigmoid, sigmoid, tanh, sigmoid](p_t + h_{t-1} W_h);
+#     c_t = f c_{t-1} + i g; h_t = o tanh(c_t) ----------------------------------------------
+
+
+def _lstm_forward_kernel(precision: Any, w_ref, p_ref, c0_ref, h0_ref, hs_ref, cs_ref, gates_ref):
+    w = [w_ref[k] for k in range(4)]
+
+    def body(t, carry, p_t):
+        c, h = carry
+        z = [p_t[k] + _matmul(h, w[k], precision) for k in range(4)]
+        i, f, g, o = _sigmoid(z[0]), _sigmoid(z[1]), jnp.tanh(z[2]), _sigmoid(z[3])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        hs_ref[t], cs_ref[t] = h, c
+        for k, gate in enumerate((i, f, g, o)):
+            gates_ref[k, t] = gate
+        return c, h
+
+    load = lambda t: tuple(p_ref[k, t] for k in range(4))  # noqa: E731
+    _time_loop(p_ref.shape[1], load, body, (c0_ref[...], h0_ref[...]))
+
+
+def _lstm_backward_kernel(
+    precision: Any, w_t_ref, g_ref, g_c_ref, cs_ref, c0_ref, gates_ref, dz_ref, dc0_ref, dh0_ref
+):
+    w_t = [w_t_ref[k] for k in range(4)]
+    c0 = c0_ref[...]
+
+    def load(t):
+        c_prev = jnp.where(t > 0, cs_ref[jnp.maximum(t - 1, 0)], c0)
+        return g_ref[t], cs_ref[t], c_prev, tuple(gates_ref[k, t] for k in range(4))
+
+    def body(t, carry, loaded):
+        dh, dc = carry
+        g_t, c_t, c_prev, (i, f, g, o) = loaded
+        dh = dh + g_t
+        tanh_c = jnp.tanh(c_t)
+        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dz = (
+            dc * g * i * (1.0 - i),
+            dc * c_prev * f * (1.0 - f),
+            dc * i * (1.0 - g * g),
+            dh * tanh_c * o * (1.0 - o),
+        )
+        dh = _matmul(dz[0], w_t[0], precision)
+        for k in range(4):
+            dz_ref[k, t] = dz[k]
+            if k:
+                dh = dh + _matmul(dz[k], w_t[k], precision)
+        return dh, dc * f
+
+    zeros = jnp.zeros(c0.shape, c0.dtype)
+    dh0, dc0 = _time_loop(g_ref.shape[0], load, body, (zeros, g_c_ref[...]), reverse=True)
+    dh0_ref[...], dc0_ref[...] = dh0, dc0
+
+
+def _lstm_states(w_h: Array, p: Array, c0: Array, h0: Array):
+    settings = _launch("lstm")
+    seq_len, rows, hidden = shape = _padded(p[..., : h0.shape[1]], settings)
+    state = _rows((rows, hidden), settings)
+    return _call(
+        partial(_lstm_forward_kernel, _dot_precision(p.dtype)),
+        settings,
+        rows,
+        [_whole((4, hidden, hidden)), _rows((4, *shape), settings), state, state],
+        [_rows(shape, settings), _rows(shape, settings), _rows((4, *shape), settings)],
+        [_out(shape, p.dtype), _out(shape, p.dtype), _out((4, *shape), p.dtype)],
+    )(
+        _gate_weights(w_h, 4, hidden),
+        _gate_major(p, 4, shape),
+        _pad(c0, (rows, hidden)),
+        _pad(h0, (rows, hidden)),
+    )
+
+
+@jax.custom_vjp
+def lstm_recurrence(w_h: Array, p: Array, c0: Array, h0: Array) -> tuple[Array, Array]:
+    r"""LSTM states ``(hs [T, B, H], c_T)`` of a projected input ``p = x W_i + b``.
+
+    ``models.fused.lstm_recurrence`` with each direction's time loop as one kernel: the
+    forward kernel keeps the four gates' ``W_h`` blocks on chip and stores the cells and the
+    gates for the backward kernel, which carries ``(dh, dc)`` and writes ``dz [T, B, 4H]``.
+    """
+    _check(p, h0, gates=4)
+    hs, cs, _ = _lstm_states(w_h, p, c0, h0)
+    batch, hidden = h0.shape
+    return hs[:, :batch, :hidden], cs[-1, :batch, :hidden]
+
+
+def _lstm_fwd(w_h, p, c0, h0):
+    _check(p, h0, gates=4)
+    hs, cs, gates = _lstm_states(w_h, p, c0, h0)
+    batch, hidden = h0.shape
+    out = (hs[:, :batch, :hidden], cs[-1, :batch, :hidden])
+    return out, (w_h, hs, cs, gates, c0, h0)
+
+
+def _lstm_bwd(residuals, cotangents):
+    w_h, hs_padded, cs, gates, c0, h0 = residuals
+    g_hs, g_c_last = cotangents
+    batch, hidden = h0.shape
+    _, rows, padded = shape = hs_padded.shape
+    settings = _launch("lstm")
+    state = _rows((rows, padded), settings)
+    dz, dc0, dh0 = _call(
+        partial(_lstm_backward_kernel, _dot_precision(g_hs.dtype)),
+        settings,
+        rows,
+        [
+            _whole((4, padded, padded)),
+            _rows(shape, settings),
+            state,
+            _rows(shape, settings),
+            state,
+            _rows((4, *shape), settings),
+        ],
+        [_rows((4, *shape), settings), state, state],
+        [_out((4, *shape), g_hs.dtype), _out((rows, padded), h0.dtype)]
+        + [_out((rows, padded), h0.dtype)],
+    )(
+        _gate_weights(w_h, 4, padded).transpose(0, 2, 1),
+        _pad(g_hs, shape),
+        _pad(g_c_last, (rows, padded)),
+        cs,
+        _pad(c0, (rows, padded)),
+        gates,
+    )
+    dz = _gate_minor(dz, batch, hidden)
+    hs = hs_padded[:, :batch, :hidden]
+    return _outer_sum(_previous(h0, hs), dz), dz, dc0[:batch, :hidden], dh0[:batch, :hidden]
+
+
+lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+# --- GRU (Flax): r, z = sigmoid(p_{r,z} + h W_{r,z}); n = tanh(p_n + r (h W_n + b_n));
+#     h_t = (1 - z) n + z h_{t-1} -------------------------------------------------------
+
+
+def _gru_forward_kernel(precision: Any, w_ref, b_ref, p_ref, h0_ref, hs_ref, saved_ref):
+    w = [w_ref[k] for k in range(3)]
+    b_hn = b_ref[...]
+
+    def body(t, h, p_t):
+        r = _sigmoid(p_t[0] + _matmul(h, w[0], precision))
+        z = _sigmoid(p_t[1] + _matmul(h, w[1], precision))
+        hn = _matmul(h, w[2], precision) + b_hn
+        n = jnp.tanh(p_t[2] + r * hn)
+        h = (1.0 - z) * n + z * h
+        hs_ref[t] = h
+        for k, value in enumerate((r, z, n, hn)):
+            saved_ref[k, t] = value
+        return h
+
+    load = lambda t: tuple(p_ref[k, t] for k in range(3))  # noqa: E731
+    _time_loop(p_ref.shape[1], load, body, h0_ref[...])
+
+
+def _gru_backward_kernel(
+    precision: Any, w_t_ref, g_ref, hs_ref, h0_ref, saved_ref, dp_ref, dh0_ref
+):
+    """``dp_ref [4, T, B, H]`` gets ``dr, dz, dn`` (the projected input's cotangent) and
+    ``r dn`` (with ``dr, dz``, the recurrent pre-activation's)."""
+    w_t = [w_t_ref[k] for k in range(3)]
+    h0 = h0_ref[...]
+
+    def load(t):
+        h_prev = jnp.where(t > 0, hs_ref[jnp.maximum(t - 1, 0)], h0)
+        return g_ref[t], h_prev, tuple(saved_ref[k, t] for k in range(4))
+
+    def body(t, dh, loaded):
+        g_t, h_prev, (r, z, n, hn) = loaded
+        dh = dh + g_t
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dz = dh * (h_prev - n) * z * (1.0 - z)
+        dr = dn * hn * r * (1.0 - r)
+        dp_ref[0, t], dp_ref[1, t], dp_ref[2, t], dp_ref[3, t] = dr, dz, dn, r * dn
+        return (
+            dh * z
+            + _matmul(dr, w_t[0], precision)
+            + _matmul(dz, w_t[1], precision)
+            + _matmul(r * dn, w_t[2], precision)
+        )
+
+    zeros = jnp.zeros(h0.shape, h0.dtype)
+    dh0_ref[...] = _time_loop(g_ref.shape[0], load, body, zeros, reverse=True)
+
+
+def _gru_states(w_h: Array, b_hn: Array, p: Array, h0: Array):
+    settings = _launch("gru")
+    seq_len, rows, hidden = shape = _padded(p[..., : h0.shape[1]], settings)
+    return _call(
+        partial(_gru_forward_kernel, _dot_precision(p.dtype)),
+        settings,
+        rows,
+        [
+            _whole((3, hidden, hidden)),
+            _whole((1, hidden)),
+            _rows((3, *shape), settings),
+            _rows((rows, hidden), settings),
+        ],
+        [_rows(shape, settings), _rows((4, *shape), settings)],
+        [_out(shape, p.dtype), _out((4, *shape), p.dtype)],
+    )(
+        _gate_weights(w_h, 3, hidden),
+        _pad(b_hn[None], (1, hidden)),
+        _gate_major(p, 3, shape),
+        _pad(h0, (rows, hidden)),
+    )
+
+
+@jax.custom_vjp
+def gru_recurrence(w_h: Array, b_hn: Array, p: Array, h0: Array) -> Array:
+    r"""GRU states ``[T, B, H]`` of a projected input ``p = x W_i + b_i`` (Flax's GRUCell).
+
+    ``models.fused.gru_recurrence`` with each direction's time loop as one kernel; the
+    backward kernel writes ``dp`` and the recurrent pre-activation's cotangent ``da``, from
+    which ``dW_h`` and ``db_n`` are one matmul and one sum after it.
+    """
+    _check(p, h0, gates=3)
+    return _gru_states(w_h, b_hn, p, h0)[0][:, : h0.shape[0], : h0.shape[1]]
+
+
+def _gru_fwd(w_h, b_hn, p, h0):
+    _check(p, h0, gates=3)
+    hs, saved = _gru_states(w_h, b_hn, p, h0)
+    return hs[:, : h0.shape[0], : h0.shape[1]], (w_h, hs, saved, h0)
+
+
+def _gru_bwd(residuals, g_hs):
+    w_h, hs_padded, saved, h0 = residuals
+    batch, hidden = h0.shape
+    _, rows, padded = shape = hs_padded.shape
+    settings = _launch("gru")
+    state = _rows((rows, padded), settings)
+    dp, dh0 = _call(
+        partial(_gru_backward_kernel, _dot_precision(g_hs.dtype)),
+        settings,
+        rows,
+        [
+            _whole((3, padded, padded)),
+            _rows(shape, settings),
+            _rows(shape, settings),
+            state,
+            _rows((4, *shape), settings),
+        ],
+        [_rows((4, *shape), settings), state],
+        [_out((4, *shape), g_hs.dtype), _out((rows, padded), h0.dtype)],
+    )(
+        _gate_weights(w_h, 3, padded).transpose(0, 2, 1),
+        _pad(g_hs, shape),
+        hs_padded,
+        _pad(h0, (rows, padded)),
+        saved,
+    )
+    hs = hs_padded[:, :batch, :hidden]
+    da = _gate_minor(dp[jnp.array([0, 1, 3])], batch, hidden)
+    db_hn = jnp.sum(da[..., 2 * hidden :], axis=(0, 1))
+    return (
+        _outer_sum(_previous(h0, hs), da),
+        db_hn,
+        _gate_minor(dp[:3], batch, hidden),
+        (dh0[:batch, :hidden]),
+    )
+
+
+gru_recurrence.defvjp(_gru_fwd, _gru_bwd)
 
 
 # --- Flax cells -> kernels ---------------------------------------------------------------
@@ -417,23 +728,44 @@ def _indrnn(cell: IndRNNCell, params: Params, xs: Array, carry: Array):
     return hs[-1], hs
 
 
-_PALLAS: dict[type, Callable[..., tuple[Array, Array]]] = {
+def _lstm(cell: nn.RNNCellBase, params: Params, xs: Array, carry: tuple[Array, Array]):
+    w_i, b, w_h = lstm_weights(params)
+    dtype = _common_dtype(w_i, b, w_h, xs, carry)
+    w_i, b, w_h, xs, (c0, h0) = _cast((w_i, b, w_h, xs, carry), dtype)
+    xs, h0, batch = _flat_batch(xs, h0)
+    hs, c_last = lstm_recurrence(w_h, xs @ w_i + b, c0.reshape(h0.shape), h0)
+    hs = hs.reshape(hs.shape[0], *batch, hs.shape[-1])
+    return (c_last.reshape(*batch, -1), hs[-1]), hs
+
+
+def _gru(cell: nn.GRUCell, params: Params, xs: Array, carry: Array):
+    w_i, b_i, w_h, b_hn = gru_weights(params)
+    dtype = _common_dtype(w_i, b_i, w_h, b_hn, xs, carry)
+    w_i, b_i, w_h, b_hn, xs, carry = _cast((w_i, b_i, w_h, b_hn, xs, carry), dtype)
+    xs, h0, batch = _flat_batch(xs, carry)
+    hs = gru_recurrence(w_h, b_hn, xs @ w_i + b_i, h0)
+    hs = hs.reshape(hs.shape[0], *batch, hs.shape[-1])
+    return hs[-1], hs
+
+
+_PALLAS: dict[type, Callable[..., tuple[Any, Array]]] = {
     nn.SimpleCell: _simple,
     IndRNNCell: _indrnn,
+    nn.LSTMCell: _lstm,
+    nn.OptimizedLSTMCell: _lstm,
+    nn.GRUCell: _gru,
 }
 
 
 def supports_pallas(cell: nn.RNNCellBase) -> bool:
     """Whether ``pallas_scan_cell`` has kernels for this cell.
 
-    Covered: ``SimpleCell`` (not ``residual``) and ``IndRNNCell`` with tanh, sigmoid or
-    ReLU, without a separate computation ``dtype``, of at most ``MAX_HIDDEN`` units.
+    Covered, as ``models.fused.supports_fused`` covers them, up to ``MAX_HIDDEN`` units:
+    ``SimpleCell`` (not ``residual``) and ``IndRNNCell`` with tanh, sigmoid or ReLU;
+    ``LSTMCell``, ``OptimizedLSTMCell`` and ``GRUCell`` with their default sigmoid gates and
+    tanh activation.
     """
-    if type(cell) not in _PALLAS or getattr(cell, "dtype", None) is not None:
-        return False
-    if getattr(cell, "residual", False) or _activation_name(cell.activation_fn) is None:
-        return False
-    return supports_hidden(cell.features)
+    return type(cell) in _PALLAS and supports_fused(cell) and supports_hidden(cell.features)
 
 
 def pallas_scan_cell(

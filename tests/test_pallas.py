@@ -30,12 +30,15 @@ CELLS = {
     "simple-sigmoid": make_cell("simple", 5, activation_fn=nn.sigmoid),
     "indrnn": make_cell("indrnn", 5),
     "indrnn-tanh": make_cell("indrnn", 5, activation_fn=jnp.tanh),
+    "lstm": make_cell("lstm", 5),
+    "lstm-unoptimized": nn.LSTMCell(5, parent=None),
+    "gru": make_cell("gru", 5),
 }
 # (T, batch, hidden): neither a multiple of the 16-row block nor a power of two, T = 1, the
 # adding task's batch 50 with hidden 96 (padded to 64 x 128), an exact fit of one block.
 SHAPES = [(7, 3, 5), (1, 1, 5), (4, 50, 96), (3, 16, 16)]
 CASES = [(name, *SHAPES[0]) for name in CELLS] + [
-    (name, *shape) for name in ("simple", "indrnn") for shape in SHAPES[1:]
+    (name, *shape) for name in ("simple", "indrnn", "lstm", "gru") for shape in SHAPES[1:]
 ]
 
 
@@ -44,7 +47,12 @@ def _setup(cell, seq_len, batch, features=3, seed=0):
     keys = jax.random.split(jax.random.key(seed), 4)
     xs = jax.random.normal(keys[0], (seq_len, batch, features))
     params = nn.RNN(cell).init(keys[1], jnp.swapaxes(xs, 0, 1))["params"]["cell"]
-    carry = 0.5 * jax.random.normal(keys[2], (batch, cell.features))
+    carry = cell.initialize_carry(keys[2], (batch, features))
+    leaves, treedef = jax.tree.flatten(carry)
+    noise = jax.random.split(keys[3], len(leaves))
+    carry = treedef.unflatten(
+        [0.5 * jax.random.normal(k, c.shape) for k, c in zip(noise, leaves, strict=True)]
+    )
     return params, xs, carry
 
 
@@ -59,7 +67,7 @@ def _loss(run, cell):
     def loss(params, xs, carry):
         final, hs = run(cell, params, xs, carry)
         weights = jnp.cos(jnp.arange(hs.size, dtype=hs.dtype)).reshape(hs.shape)
-        return jnp.sum(weights * hs) + jnp.sum(jnp.sin(final))
+        return jnp.sum(weights * hs) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(final))
 
     return loss
 
@@ -91,7 +99,7 @@ def test_outputs_carry_and_gradients_equal_flax_rnn(name, seq_len, batch, hidden
     _assert_trees_close((final, hs, grads), (ref_final, ref_hs, ref_grads))
 
 
-@pytest.mark.parametrize("name", ["simple", "indrnn"])
+@pytest.mark.parametrize("name", ["simple", "indrnn", "lstm", "gru"])
 def test_equals_the_fused_recurrence_at_the_adding_tasks_size(name):
     cell = _with_hidden(CELLS[name], 128)
     setup = _setup(cell, 9, 50, features=2, seed=3)
@@ -105,7 +113,7 @@ def test_equals_the_fused_recurrence_at_the_adding_tasks_size(name):
 
 
 @pytest.mark.skipif(ON_GPU, reason="float64 is checked through the interpreter")
-@pytest.mark.parametrize("name", ["simple", "indrnn-tanh"])
+@pytest.mark.parametrize("name", ["simple", "indrnn-tanh", "lstm", "gru"])
 def test_gradients_pass_numerical_check_in_float64(name):
     cell = CELLS[name]
     setup = _setup(cell, 4, 3)
@@ -188,11 +196,11 @@ def test_extra_batch_axes_are_flattened_and_restored():
     np.testing.assert_allclose(hs.reshape(ref_hs.shape), ref_hs, rtol=1e-6)
 
 
-def test_kernels_cover_vanilla_and_indrnn_cells_up_to_the_hidden_limit():
-    assert supports_pallas(make_cell("simple", kernels.MAX_HIDDEN))
-    assert supports_pallas(make_cell("indrnn", 3))
-    assert not supports_pallas(make_cell("simple", kernels.MAX_HIDDEN + 1))
-    assert not supports_pallas(make_cell("lstm", 8))
+def test_kernels_cover_every_cell_of_the_paper_up_to_the_hidden_limit():
+    for name in ("simple", "indrnn", "lstm", "gru"):
+        assert supports_pallas(make_cell(name, kernels.MAX_HIDDEN))
+        assert not supports_pallas(make_cell(name, kernels.MAX_HIDDEN + 1))
+    assert not supports_pallas(nn.GRUCell(8, activation_fn=nn.relu, parent=None))
     assert not supports_pallas(nn.SimpleCell(8, residual=True, parent=None))
     assert not supports_pallas(make_cell("simple", 8, activation_fn=nn.elu))
     assert [kernels.padded_hidden(h) for h in (1, 16, 17, 96, 128, 129)] == [
@@ -211,7 +219,8 @@ def test_launch_settings_apply_inside_the_block_and_are_checked():
     with kernels.launch(block_rows=32, num_warps=2) as settings:
         assert settings == kernels.Launch(32, 2)
         wide = jax.jit(lambda *a: pallas_scan_cell(cell, *a))(params, xs, carry)
-    assert kernels._launch == kernels.Launch(16, 4)  # restored on leaving
+    # Restored on leaving: each kernel family gets its measured setting again.
+    assert kernels._launch("elman") == kernels.LAUNCH["elman"] != kernels.Launch(32, 2)
     _assert_trees_close(wide, pallas_scan_cell(cell, params, xs, carry))
     with pytest.raises(ValueError, match="block_rows must be a power of two >= 1, got 24"):
         kernels.Launch(block_rows=24)
@@ -223,6 +232,6 @@ def test_bad_inputs_raise_errors_naming_them():
     with pytest.raises(ValueError, match=r"shape \(4, 3\)"):
         pallas_scan_cell(cell, params, xs[:, :, 0], carry)
     with pytest.raises(ValueError, match="no Pallas kernel for cell"):
-        pallas_scan_cell(make_cell("gru", 5), params, xs, carry)
+        pallas_scan_cell(make_cell("simple", 5, activation_fn=nn.elu), params, xs, carry)
     with pytest.raises(ValueError, match="hidden size 300"):
         kernels.elman_recurrence("tanh", jnp.eye(300), jnp.ones((2, 3, 300)), jnp.ones((3, 300)))

@@ -1,0 +1,55 @@
+"""benchmarks/gpu_check.sh runs end to end at toy size on a CPU: every step passes and writes
+what it promises, so the script a lent GPU runs once has already run here."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_toy_run_passes_every_step_and_writes_every_file(tmp_path):
+    env = {**os.environ, "GPU_CHECK_TOY": "1", "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "gpu_check: every step passed" in result.stdout
+    files = {p.name for p in tmp_path.iterdir()}
+    assert files == {
+        "env.txt",
+        "perf_models.txt",
+        "perf_models_float32.txt",
+        "compare_torch.txt",
+        "perf_seeds.txt",
+        "test_pallas.log",
+    }
+    perf = (tmp_path / "perf_models.txt").read_text()
+    assert "[3] gradient of each cell" in perf and "pallas" in perf
+    compare = (tmp_path / "compare_torch.txt").read_text()
+    # Three invocations, each checked in float64 before it timed anything.
+    assert compare.count("float64 check") == 3 and compare.count(": exit 0 after") == 3
+    assert "passed" in (tmp_path / "test_pallas.log").read_text()
+
+
+def test_a_failing_step_fails_the_run_and_is_named(tmp_path):
+    env = {
+        **os.environ,
+        "GPU_CHECK_TOY": "1",
+        "GPU_CHECK_STEPS": "seeds",
+        "PYTHON": "false",  # every Python step exits 1
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "FAILED steps: perf_seeds" in result.stdout
