@@ -54,12 +54,14 @@ cat "$out/env.txt"
 if [ "$toy" = 1 ]; then
     device=$("$py" -c 'import jax; print("cuda" if jax.default_backend() == "gpu" else "cpu")')
     pytest_args=(-k "bad_inputs or cover")
-    perf=(--quick)
+    # test_perf.py runs every section at toy size; here one section each is enough.
+    perf=(--quick --table)
     perf32=(--quick --sections anatomy)
     compare=(--quick --device "$device" --impls auto pallas --variants alg1 --threads 1)
-    compare_large=(--quick --device "$device" --impls auto --variants alg1 --threads 1)
-    compare32=(--quick --device "$device" --precision float32 --impls pallas --variants alg1
-        --threads 1)
+    # The larger and float32 comparisons differ only in their options (tested with
+    # compare_torch itself): one comparison is the toy run's.
+    compare_large=()
+    compare32=()
     seeds=(--quick --seeds 2)
     limits=(300 300 300 300 300 300)
 else
@@ -89,10 +91,14 @@ fi
 if wants compare; then
     step compare_torch "${limits[3]}" "$out/compare_torch.txt" \
         "$py" -m benchmarks.compare_torch "${compare[@]}"
-    step compare_torch_large "${limits[4]}" "$out/compare_torch.txt" \
-        "$py" -m benchmarks.compare_torch "${compare_large[@]}"
-    step compare_torch_float32 "${limits[4]}" "$out/compare_torch.txt" \
-        "$py" -m benchmarks.compare_torch "${compare32[@]}"
+    if [ ${#compare_large[@]} -gt 0 ]; then
+        step compare_torch_large "${limits[4]}" "$out/compare_torch.txt" \
+            "$py" -m benchmarks.compare_torch "${compare_large[@]}"
+    fi
+    if [ ${#compare32[@]} -gt 0 ]; then
+        step compare_torch_float32 "${limits[4]}" "$out/compare_torch.txt" \
+            "$py" -m benchmarks.compare_torch "${compare32[@]}"
+    fi
 fi
 if wants seeds; then
     step perf_seeds "${limits[5]}" "$out/perf_seeds.txt" \

@@ -26,8 +26,10 @@ size is at most ``MAX_HIDDEN``: each program holds ``W_h`` on chip.
 Precision is the caller's, as for any JAX matmul: under ``jax.default_matmul_precision``
 (or its config flag) ``"float32"``/``"highest"``/``"high"``, the in-kernel products use
 three TF32 products per product (Triton's ``tf32x3``, float32 accuracy); otherwise TF32,
-what JAX's default gives a float32 matmul on this GPU as well (``benchmarks/gpu_check.sh``
-measures both against float64). bfloat16 and float16 inputs use their own tensor-core dots.
+what JAX's default gives a float32 matmul on the GPU too (on an H200, relative errors against
+float64 of 2.9e-4 for XLA's default matmul and 2.2e-4 for the forward kernel at T=400; 8.7e-8
+and 2.7e-7 at ``"float32"``: ``results/gpu_h200/pallas_launch.txt``, section 0). bfloat16
+and float16 inputs use their own tensor-core dots.
 
 On a backend without the Pallas GPU lowering (the CPU, CI) the same kernels run through
 Pallas' interpreter, and XLA computes their products at the caller's precision.

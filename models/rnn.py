@@ -219,9 +219,10 @@ class Recurrence:
 
     Attributes:
       ms: cell name (``CELL_NAMES``) -> sequence length T -> implementation -> milliseconds
-        of one gradient (``perf_models`` section 3: batch 50, hidden 128, 2 inputs).
+        of one gradient (``perf_models`` section 3: batch 50, hidden 128, 2 inputs; the
+        implementations of one length timed side by side in one run).
       unroll: the fastest scan unroll of the fused vanilla-RNN gradient (section 7).
-      source: the results file the numbers come from.
+      source: the results files the numbers come from.
     """
 
     ms: Mapping[str, Mapping[int, Mapping[str, float]]]
@@ -265,9 +266,11 @@ MEASURED: dict[str, Recurrence] = {
     ),
     "gpu": Recurrence(
         {
+            # Section 4 of the second file (us per step x T), where the kernels ran.
             "simple": {
-                100: {"flax": 1.55, "hoisted": 1.08, "fused": 0.92},
-                400: {"flax": 5.24, "hoisted": 4.02, "fused": 3.03},
+                100: {"flax": 1.78, "hoisted": 1.3, "fused": 1.0, "pallas": 0.6},
+                400: {"flax": 5.4, "hoisted": 3.84, "fused": 2.92, "pallas": 1.36},
+                784: {"flax": 10.43, "hoisted": 7.53, "fused": 6.04, "pallas": 2.67},
             },
             "lstm": {
                 100: {"flax": 2.39, "hoisted": 2.03, "fused": 1.64},
@@ -283,7 +286,7 @@ MEASURED: dict[str, Recurrence] = {
             },
         },
         8,
-        "results/gpu_h200/perf_models_4c3e4b0.txt",
+        "results/gpu_h200/perf_models_4c3e4b0.txt; results/gpu_h200/pallas_launch.txt",
     ),
 }
 # Not measured on a TPU: it gets the nearest measured accelerator's choice.

@@ -153,10 +153,10 @@ def test_auto_skips_a_measured_winner_that_cannot_run_the_cell(monkeypatch):
         "test",
     )
     monkeypatch.setitem(models_rnn.MEASURED, "gpu", table)
-    assert resolve_impl("auto", make_cell("simple", H), "gpu") == "pallas"
-    # Over the kernels' hidden-size limit, and a cell the kernels do not cover: fused next.
-    assert resolve_impl("auto", make_cell("simple", 512), "gpu") == "fused"
-    assert resolve_impl("auto", make_cell("lstm", H), "gpu") == "fused"
+    for name in CELL_NAMES:
+        assert resolve_impl("auto", make_cell(name, H), "gpu") == "pallas"
+        # Over the kernels' hidden-size limit: the next fastest, fused.
+        assert resolve_impl("auto", make_cell(name, 512), "gpu") == "fused"
     with pytest.raises(ValueError, match="impl 'pallas' has no recurrence"):
         resolve_impl("pallas", make_cell("simple", 512), "gpu")
 

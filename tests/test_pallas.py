@@ -37,9 +37,11 @@ CELLS = {
 # (T, batch, hidden): neither a multiple of the 16-row block nor a power of two, T = 1, the
 # adding task's batch 50 with hidden 96 (padded to 64 x 128), an exact fit of one block.
 SHAPES = [(7, 3, 5), (1, 1, 5), (4, 50, 96), (3, 16, 16)]
-CASES = [(name, *SHAPES[0]) for name in CELLS] + [
-    (name, *shape) for name in ("simple", "indrnn", "lstm", "gru") for shape in SHAPES[1:]
-]
+CASES = (
+    [(name, *SHAPES[0]) for name in CELLS]
+    + [(name, *shape) for name in ("simple", "indrnn") for shape in SHAPES[1:]]
+    + [(name, *SHAPES[2]) for name in ("lstm", "gru")]
+)
 
 
 def _setup(cell, seq_len, batch, features=3, seed=0):
@@ -116,7 +118,7 @@ def test_equals_the_fused_recurrence_at_the_adding_tasks_size(name):
 @pytest.mark.parametrize("name", ["simple", "indrnn-tanh", "lstm", "gru"])
 def test_gradients_pass_numerical_check_in_float64(name):
     cell = CELLS[name]
-    setup = _setup(cell, 4, 3)
+    setup = _setup(cell, 3, 2)
     with jax.enable_x64(True):
         params, xs, carry = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), setup)
         loss = _loss(pallas_scan_cell, cell)

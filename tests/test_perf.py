@@ -43,7 +43,7 @@ def test_perf_models_reports_every_section_at_toy_size(capsys):
         assert r["flops"] == 3 * 2 * 3 * 8**2 * r["seq_len"]
         assert 0 < r["fraction_of_peak"] and math.isfinite(r["gflops_per_s"])
     assert [r["cell"] for r in rows["cells"]] == ["lstm", "indrnn"]
-    assert "pallas_ms" not in rows["cells"][0] and rows["cells"][1]["pallas_ms"] > 0
+    assert all(r["pallas_ms"] > 0 for r in rows["cells"])
     assert [r["setting"] for r in rows["precision"]] == ["default", "tensorfloat32", "float32"]
     assert all(0 < r["pallas_forward"] < 1e-5 for r in rows["precision"])  # float32 on a CPU
     writes = {r["impl"]: r["stacked_writes_per_loop"] for r in rows["anatomy"]}
