@@ -163,7 +163,7 @@ def measure_length(
     args: argparse.Namespace, impl: str, length: int, print_fn: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """One table: every optimizer x variant at sequence length ``length``; returns its rows."""
-    impl = default_impl() if impl == "auto" else impl
+    impl = default_impl(seq_len=length) if impl == "auto" else impl
     loss, params, batches = _adding_problem(args, impl, length)
     mesh = parallel.data_mesh(jax.devices()[: args.devices])
     runs, checks, collectives = {}, {}, {}

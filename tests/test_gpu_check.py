@@ -9,15 +9,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_toy_run_passes_every_step_and_writes_every_file(tmp_path):
-    env = {**os.environ, "GPU_CHECK_TOY": "1", "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)],
-        env=env,
+def _gpu_check(out: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)],
+        env={**os.environ, "GPU_CHECK_TOY": "1", **env},
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def test_toy_run_passes_every_step_and_writes_every_file(tmp_path):
+    result = _gpu_check(tmp_path, 900, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "gpu_check: every step passed" in result.stdout
     files = {p.name for p in tmp_path.iterdir()}
@@ -39,18 +42,6 @@ def test_toy_run_passes_every_step_and_writes_every_file(tmp_path):
 
 
 def test_a_failing_step_fails_the_run_and_is_named(tmp_path):
-    env = {
-        **os.environ,
-        "GPU_CHECK_TOY": "1",
-        "GPU_CHECK_STEPS": "seeds",
-        "PYTHON": "false",  # every Python step exits 1
-    }
-    result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _gpu_check(tmp_path, 60, GPU_CHECK_STEPS="seeds", PYTHON="false")  # exits 1
     assert result.returncode == 1
     assert "FAILED steps: perf_seeds" in result.stdout
