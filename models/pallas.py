@@ -209,11 +209,11 @@ def _out(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _padded(p: Array, settings: Launch) -> tuple[int, int, int]:
-    """``(T, B', H')`` of ``p [T, B, H]``, or of ``p [T, B, G * H]`` per gate."""
-    seq_len, batch, hidden = p.shape
+def _padded(p: Array, h0: Array, settings: Launch) -> tuple[int, int, int]:
+    """``(T, B', H')``: the kernels' shape of a sequence of states ``[T, B, H]``."""
+    batch, hidden = h0.shape
     rows = -(-batch // settings.block_rows) * settings.block_rows
-    return seq_len, rows, padded_hidden(hidden)
+    return p.shape[0], rows, padded_hidden(hidden)
 
 
 def _check(p: Array, h0: Array, gates: int = 1) -> None:
@@ -278,7 +278,7 @@ def _elman_backward_kernel(act: str, precision: Any, w_t_ref, g_ref, hs_ref, dz_
 def _elman_hs(act: str, w_h: Array, p: Array, h0: Array) -> Array:
     """All padded states ``[T, B', H']``."""
     settings = _launch("elman")
-    seq_len, rows, hidden = shape = _padded(p, settings)
+    seq_len, rows, hidden = shape = _padded(p, h0, settings)
     return _call(
         partial(_elman_forward_kernel, act, _dot_precision(p.dtype)),
         settings,
@@ -361,7 +361,7 @@ def _indrnn_backward_kernel(act: str, u_ref, g_ref, hs_ref, h0_ref, dz_ref, dh0_
 
 def _indrnn_hs(act: str, u: Array, b: Array, p: Array, h0: Array) -> Array:
     settings = _launch("indrnn")
-    seq_len, rows, hidden = shape = _padded(p, settings)
+    seq_len, rows, hidden = shape = _padded(p, h0, settings)
     return _call(
         partial(_indrnn_forward_kernel, act),
         settings,
@@ -490,7 +490,7 @@ def _lstm_backward_kernel(
 
 def _lstm_states(w_h: Array, p: Array, c0: Array, h0: Array):
     settings = _launch("lstm")
-    seq_len, rows, hidden = shape = _padded(p[..., : h0.shape[1]], settings)
+    seq_len, rows, hidden = shape = _padded(p, h0, settings)
     state = _rows((rows, hidden), settings)
     return _call(
         partial(_lstm_forward_kernel, _dot_precision(p.dtype)),
@@ -622,7 +622,7 @@ def _gru_backward_kernel(
 
 def _gru_states(w_h: Array, b_hn: Array, p: Array, h0: Array):
     settings = _launch("gru")
-    seq_len, rows, hidden = shape = _padded(p[..., : h0.shape[1]], settings)
+    seq_len, rows, hidden = shape = _padded(p, h0, settings)
     return _call(
         partial(_gru_forward_kernel, _dot_precision(p.dtype)),
         settings,
@@ -694,7 +694,7 @@ def _gru_bwd(residuals, g_hs):
         _outer_sum(_previous(h0, hs), da),
         db_hn,
         _gate_minor(dp[:3], batch, hidden),
-        (dh0[:batch, :hidden]),
+        dh0[:batch, :hidden],
     )
 
 

@@ -103,7 +103,7 @@ class RNNModel(nn.Module):
       recurrent_bound: IndRNN only: ``u ~ U(0, bound)`` at init; keep it during training
         with ``models.clip_indrnn_recurrent``.
       impl: ``"pallas"`` (``models.pallas``: ``"fused"``'s split, with each direction's time
-        loop as one persistent kernel; vanilla and IndRNN cells up to 256 units),
+        loop as one persistent kernel; every cell above up to 256 units, on a GPU),
         ``"fused"`` (``models.fused``: input projection of all steps as one matmul
         before the scan, a custom backward pass whose loop does only the sequential part),
         ``"hoisted"`` (the same projection, autodiff through ``scan_cell``), ``"flax"``
@@ -233,9 +233,10 @@ class Recurrence:
         """Implementations for ``cell``, fastest first, at the measured length nearest to
         ``seq_len`` on a log scale (``None``: the longest measured).
 
-        Times within ``NOISE`` of the fastest count as level (the same version timed twice
-        differs by that much); among level ones, the fastest over all measured lengths
-        (mean ratio to each length's fastest) comes first.
+        Times within ``NOISE`` of the fastest count as level (the CPU's vanilla-RNN gradient
+        at T=400 moved between 0.85x and 1.14x of Flax's over three runs of the same code);
+        among level ones, the fastest over all measured lengths (mean ratio to each
+        length's fastest) comes first.
         """
         lengths = self.ms[cell]
         if seq_len is None:
