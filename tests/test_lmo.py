@@ -1,6 +1,8 @@
 """The Lp-ball linear minimization oracle: closed forms and their defining properties."""
 
+import inspect
 import math
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -234,4 +236,15 @@ def test_every_oracle_keeps_structure_and_dtype(oracle):
     assert jax.tree.structure(s) == jax.tree.structure(grads)
     for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(grads), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
-    assert fw_optax.Oracle  # the documented protocol is public
+
+
+def test_the_public_oracle_protocol_is_what_frank_wolfe_takes():
+    assert "Oracle" in fw_optax.__all__
+    hints = typing.get_type_hints(fw_optax.frank_wolfe)
+    assert fw_optax.Oracle in typing.get_args(hints["oracle"])
+    # Its call takes (grads, delta), positional-only, as frank_wolfe calls an oracle.
+    params = list(inspect.signature(fw_optax.Oracle.__call__).parameters.values())[1:]
+    assert [(p.name, p.kind) for p in params] == [
+        ("grads", inspect.Parameter.POSITIONAL_ONLY),
+        ("delta", inspect.Parameter.POSITIONAL_ONLY),
+    ]

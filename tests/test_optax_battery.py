@@ -135,8 +135,20 @@ def test_multisteps_emits_zeros_until_the_kth_step(dtype):
         every_k_schedule=4,
     )
     params = jnp.array([1.0, 2.0], dtype)
-    updates, _ = jax.jit(tx.update)(jax.grad(objective)(params), tx.init(params), params)
-    np.testing.assert_array_equal(updates, jnp.zeros_like(params))
+    # Four directions: the mean's differs from each one's (the oracle sees only directions).
+    grads = [jnp.array(g, dtype) for g in ([1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-3.0, 2.0])]
+    update, state = jax.jit(tx.update), tx.init(params)
+    for g in grads[:3]:
+        updates, state = update(g, state, params)
+        np.testing.assert_array_equal(updates, jnp.zeros_like(params))
+    updates, state = update(grads[3], state, params)
+    # The k-th mini-step emits one Frank-Wolfe step on the averaged gradient.
+    mean = sum(g.astype(jnp.float32) for g in grads) / 4
+    want, _ = fw.update(mean.astype(dtype), fw.init(params), params, value_fn=objective)
+    assert updates.dtype == params.dtype and np.any(np.asarray(updates, np.float32) != 0)
+    tol = 1e-6 if dtype in (jnp.float32, jnp.float64) else 1e-2
+    np.testing.assert_allclose(np.asarray(updates, np.float32), np.asarray(want, np.float32),
+                               rtol=tol, atol=tol)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])

@@ -17,7 +17,8 @@ def test_gradient_mode_times_both_ways_for_each_recurrence():
     rows = perf_seeds.main(["--gradient", "--quick", "--seeds", "2"])
     assert [r["impl"] for r in rows] == ["fused", "flax"]
     assert all(r["apart_ms"] > 0 and r["together_ms"] > 0 for r in rows)
-    assert all(r["speedup"] == r["apart_ms"] / r["together_ms"] for r in rows)
+    # The vmap-ed call computes each seed's own gradient, the same as the separate calls.
+    assert all(r["diff"] < 1e-5 for r in rows)
 
 
 def test_tasks_filter_keeps_only_that_tasks_cases():

@@ -39,7 +39,16 @@ def test_own_oracle_snippet_runs_adaptive_k_and_stays_in_the_box():
     exec(compile(_blocks("python")[1], "README.md", "exec"), namespace)
     state, updates = namespace["state"][0], namespace["updates"]
     assert int(state.count) == 1
-    assert 1 <= int(state.inner_steps) <= 10
-    assert float(state.gap) >= 0.0
     # -Δ is an average of box corners, so it lies in the box of radius δ = 0.1.
     assert float(np.max(np.abs(updates["w"]))) <= 0.1 + 1e-7
+    # Adaptive K stopped early, at the first k whose gap fell to gap_tol · gap_1. With Δ_0 = 0
+    # and s_1 = -δ·sign(g), gap_1 = <g, Δ_0 - s_1> = δ·|g|_1.
+    fw, params, loss_fn = namespace["fw_optax"], namespace["params"], namespace["loss_fn"]
+    grads = jax.grad(loss_fn)(params)
+    threshold = 0.1 * 0.1 * float(np.sum(np.abs(grads["w"])))
+    k = int(state.inner_steps)
+    assert 2 <= k < 10
+    assert 0.0 <= float(state.gap) <= threshold
+    fixed = fw.frank_wolfe(K=k - 1, delta=0.1, oracle=namespace["box_lmo"])
+    _, before = fixed.update(grads, fixed.init(params), params, value_fn=loss_fn)
+    assert float(before.gap) > threshold  # k - 1 steps had not got there

@@ -413,5 +413,10 @@ def test_fig2_draws_the_longest_budget_even_where_one_of_its_seeds_diverged(tmp_
 def test_every_named_run_has_its_own_colour_in_every_figure():
     colours = list(report._PALETTE.values())
     assert len(set(colours)) == len(colours)
-    # A label without a palette entry gets the same colour every time (figures stay comparable).
-    assert report._colour("a new method K=3 alg1") == report._colour("a new method K=3 alg1")
+    # A label without a palette entry gets the same colour in every process (figures stay
+    # comparable): a fixed one, not one derived from Python's per-process hash().
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors
+    assert report._colour("a new method K=3 alg1") == tab20[0]
+    assert report._colour("sgd K=7") == tab20[1]

@@ -242,17 +242,20 @@ def test_a_diverging_run_stops_with_the_step_and_loss_and_a_diverged_summary(tmp
 
 
 def test_skipping_nonfinite_updates_counts_them_and_keeps_training(tmp_path):
-    config = toy_config("adding", "sgd", on_nonfinite="skip")
-    tx = run.build_optimizer(config, None)
-    import jax.numpy as jnp
-
-    params = {"w": jnp.ones(2)}
-    state = tx.init(params)
-    updates, state = tx.update({"w": jnp.array([jnp.nan, 1.0])}, state, params)
-    assert np.all(np.asarray(updates["w"]) == 0.0) and int(state.total_notfinite) == 1
-    summary = run.run_experiment(config, tmp_path, progress=False)
-    assert summary["status"] == "finished" and summary["skipped_updates"] == 0
-    assert "_onnonfiniteskip_" in summary["run"]
+    """One poisoned training example: with 24 examples in 6 full batches it lies in exactly
+    one batch per epoch, so each run skips exactly one update per epoch and ends finite."""
+    dataset = toy_dataset("har2")
+    dataset.x_train[5, 3, 0] = np.nan
+    group = [toy_config("har2", "sgd", on_nonfinite="skip", epochs=2, seed=s) for s in (0, 1)]
+    alone = run.run_experiment(group[0], tmp_path / "one", dataset=dataset, progress=False)
+    together = run.run_seeds(group, tmp_path / "seeds", dataset=dataset, progress=False)
+    for summary in (alone, *together):
+        assert summary["status"] == "finished" and summary["skipped_updates"] == 2
+        assert np.isfinite(summary["final"]["test_loss"])
+        assert "_onnonfiniteskip_" in summary["run"]
+    clean = run.run_experiment(group[0], tmp_path / "clean", dataset=toy_dataset("har2"),
+                               progress=False)  # fmt: skip
+    assert clean["skipped_updates"] == 0
 
 
 def test_main_exits_with_status_one_naming_the_diverged_run(tmp_path, capsys):

@@ -58,8 +58,13 @@ _WORKER = textwrap.dedent(
     try:
         run.run_experiment(config, tmp / "resume", progress=False, devices=2,
                            checkpoint_every_s=0.0, on_record=kill)
+        out["killed"] = False
     except Killed:
-        pass
+        out["killed"] = True
+    summary_path, _, ckpt = run.run_files(config, tmp / "resume")
+    out["summary_after_kill"] = summary_path.exists()
+    out["checkpoints_after_kill"] = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    out["steps"] = config.steps
     out["resumed"] = final(run.run_experiment(config, tmp / "resume", progress=False, devices=2))
 
     tbptt = run.run_experiment(toy_config("har2", "tbptt"), tmp / "tbptt",
@@ -107,6 +112,10 @@ def test_two_device_run_equals_one_device_run(two_device_runs, case):
 
 
 def test_two_device_run_resumes_from_its_checkpoint(two_device_runs):
+    # The first call was killed part way: no summary, a checkpoint before the last step.
+    assert two_device_runs["killed"] and not two_device_runs["summary_after_kill"]
+    saved = two_device_runs["checkpoints_after_kill"]
+    assert saved and 0 < max(saved) < two_device_runs["steps"]
     whole = two_device_runs["adding_fw"]["2"]
     for key in ("train_loss", "test_loss"):
         assert two_device_runs["resumed"][key] == pytest.approx(whole[key], rel=RTOL)
