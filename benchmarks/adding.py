@@ -16,9 +16,8 @@ each one spent (FW with K inner steps spends K per step).
 Any other flag is the runner's (``--set``, ``--seeds``, ``--devices``, ``--out``, ...). Writes
 the runs' files under ``--out`` as ``benchmarks.run`` does, and
 ``adding_T<T>/comparison_<preset>_seed<seed>.md`` / ``.png``. The default ``--out`` is
-``results/main_job``, apart from the reproduction's long runs in ``results/``: a run of the
-same name there is the same configuration with a longer budget, which this job must not
-overwrite.
+``runs/main_job`` (git ignores ``runs/``), apart from the reproduction's long runs in
+``results/``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from typing import Any
 from benchmarks import report, run
 
 METHODS = ("sgd", "sgd_clip", "adam", "fw")
-OUT = "results/main_job"
+OUT = "runs/main_job"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

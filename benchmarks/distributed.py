@@ -393,7 +393,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--devices", type=int, default=4, help="devices to split the batch over")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--out", default=str(ROOT / "results" / "distributed"))
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "runs" / "distributed"),
+        help="where summary.json/.md go (default runs/distributed, which git ignores; the "
+        "committed measurement: --out results/distributed)",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes, 1 seed: a smoke test")
     parser.add_argument("--coordinator", default=None, help="host:port of process 0")
     parser.add_argument("--num-processes", type=int, default=1)

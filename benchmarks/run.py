@@ -10,7 +10,8 @@ Settings come from the task and method registries (``benchmarks/tasks.py``,
 ``benchmarks/methods.py``) through ``benchmarks/configs.py`` (``--preset paper``: the
 authors'; ``cpu``: a reduced budget); ``--set field=value`` changes any other field, checked
 against the configuration's fields and types before anything runs. Each run writes, under
-``--out`` (default ``results``):
+``--out`` (default ``runs``, which git ignores; the reproduction's ``results`` only when
+named):
 
 * ``<task>/<run>.jsonl``: the curves, one record per evaluation, written as measured;
 * ``<task>/<run>.json``: the configuration, the overrides, the machine, the final numbers and
@@ -22,12 +23,18 @@ against the configuration's fields and types before anything runs. Each run writ
   ``--steps`` / ``--epochs`` extends a finished run, ``--restart`` starts over,
   ``--start-from FOLDER`` continues a run new to ``--out`` from its checkpoint in another
   results folder (a longer budget kept apart from the shorter one). A run sent
-  SIGTERM (a scheduler, ``timeout``) saves at its next evaluation point and the command
-  exits with status 143 without a summary; the same command continues it.
+  SIGTERM (a scheduler, ``timeout``) or Ctrl-C saves at its next evaluation point, prints
+  the command that continues it and exits with status 143 (130 for Ctrl-C) without a
+  summary; a second Ctrl-C aborts at once. The state is also saved every
+  ``--checkpoint-every`` (default ``60s``; or steps, ``500steps``), all a SIGKILL can lose;
+* ``<task>/ckpt/<run>.lock``: held while the run trains, so a second process training the
+  same run into the same folder is refused.
 
 A run whose summary already records it finished with the same configuration (budget
 included) is not trained again: the command says so and moves on, so a loop over rows can
-be rerun after an interruption, on a fresh clone too (checkpoints are not committed).
+be rerun after an interruption, on a fresh clone too (checkpoints are not committed). A run
+whose summary records other settings or a larger budget is not replaced: the command
+refuses before training anything and names the difference (``--restart`` replaces it).
 
 ``<task>`` is ``adding_T<length>`` for the adding task, and ``<run>`` is
 ``<method>[_K<K>_<flavour>][_<override>...]_<preset>_seed<seed>``. ``--seeds`` trains the
@@ -41,10 +48,11 @@ the loss and the run; its summary says ``diverged`` and the command exits with s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import shlex
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -140,22 +148,84 @@ def _checkpoint_meta(config: Config, plan: Plan, seeds: Sequence[int]) -> dict[s
 
 def _finished(config: Config, summary_path: Path) -> dict[str, Any] | None:
     """The summary at ``summary_path`` if it records a finished run of exactly ``config``
-    (every field, the budget included), else ``None``.
-
-    A field added to :class:`Config` after the summary was written counts as its default
-    there (the run was trained as the default says); a field the summary has and ``Config``
-    no longer has makes it another run.
-    """
+    (every field, the budget included, as :func:`_differences` compares them), else
+    ``None``."""
     if not summary_path.is_file():
         return None
     summary = json.loads(summary_path.read_text())
+    same = not _differences(config, summary)
+    return summary if same and summary.get("status", "finished") == "finished" else None
+
+
+def _differences(config: Config, summary: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{field: (recorded, asked)}`` where ``summary``'s configuration and ``config`` differ.
+
+    A field added to :class:`Config` after the summary was written counts as its default
+    there; a field the summary has and ``Config`` no longer has differs (asked: ``None``).
+    """
     recorded = dict(summary.get("config", {}))
     current = _as_json(dataclasses.asdict(config))
     for field in dataclasses.fields(Config):
         if field.name not in recorded and field.default is not dataclasses.MISSING:
             recorded[field.name] = _as_json(field.default)
-    same = recorded == current
-    return summary if same and summary.get("status", "finished") == "finished" else None
+    names = sorted(set(recorded) | set(current))
+    return {
+        k: (recorded.get(k), current.get(k)) for k in names if recorded.get(k) != current.get(k)
+    }
+
+
+class RunExists(ValueError):
+    """A run's folder already holds a run that this command would replace."""
+
+
+def refuse_replacing(configs_: Sequence[Config], out: Path) -> None:
+    """Raises :class:`RunExists` if a run under ``out`` holds a summary (finished or
+    diverged) of the same run name with other settings or a larger budget than ``config``:
+    the command would overwrite it. A larger budget with the same settings extends it."""
+    for config in configs_:
+        summary_path = run_files(config, out)[0]
+        if not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        changed = _differences(config, summary)
+        extends = set(changed) <= set(configs.RESUMABLE) and all(
+            asked is not None and (old is None or asked >= old) for old, asked in changed.values()
+        )
+        if changed and not extends:
+            was = ", ".join(f"{k}={old!r}" for k, (old, _) in changed.items())
+            now = ", ".join(f"{k}={asked!r}" for k, (_, asked) in changed.items())
+            raise RunExists(
+                f"{summary_path} holds a {summary.get('status', 'finished')} run with {was}; "
+                f"this command asks for {now} and would replace it. Nothing was written. "
+                "Choose another --out, or --restart to replace it."
+            )
+
+
+@contextlib.contextmanager
+def _locked(configs_: Sequence[Config], out: Path):
+    """Holds an exclusive lock on each run (a ``.lock`` file beside its checkpoints) while
+    it trains; a second process training the same run into the same folder is refused with
+    :class:`RunLocked`. The operating system releases the lock when the process ends, a
+    SIGKILL included."""
+    import fcntl
+
+    with contextlib.ExitStack() as stack:
+        for config in configs_:
+            ckpt = run_files(config, out)[2]
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(ckpt.with_name(ckpt.name + ".lock"), "a+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLocked(
+                    f"{config.task_dir} {config.run_name} is training in another process "
+                    f"into {out}; wait for it to end, or choose another --out"
+                ) from None
+        yield
+
+
+class RunLocked(RuntimeError):
+    """Another process is training the same run into the same folder."""
 
 
 def _as_json(value: Any) -> Any:
@@ -180,6 +250,7 @@ def run_seeds(
     restart: bool = False,
     progress: bool = True,
     checkpoint_every_s: float = 60.0,
+    checkpoint_every_steps: int | None = None,
     steps_per_call: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     devices: int | None = 1,
@@ -197,7 +268,11 @@ def run_seeds(
     A run whose loss stops being finite writes a ``"diverged"`` summary (in one program the
     other seeds train on and finish), then :class:`benchmarks.train.Diverged` is raised.
     ``start_from``: another results folder; a run with no checkpoint under ``out`` yet
-    continues from its checkpoint there (:func:`start_from_folder`).
+    continues from its checkpoint there (:func:`start_from_folder`). ``checkpoint_every_s``
+    or ``checkpoint_every_steps``: how often the state is saved (:class:`Checkpoints`).
+    Each run is locked while it trains (:class:`RunLocked` if another process holds it),
+    and without ``restart`` a summary of other settings or a larger budget is not replaced
+    (:class:`RunExists`, raised before anything is written).
     Returns the summaries, in the order of ``configs_``.
     """
     if restart and start_from is not None:
@@ -212,16 +287,46 @@ def run_seeds(
     if not one_program and len(configs_) > 1:
         raise ValueError("one_program=False runs one configuration")
     files = [run_files(c, out) for c in configs_]
-    if not restart:
-        done = [_finished(c, f[0]) for c, f in zip(configs_, files, strict=True)]
-        if all(done):
-            for summary in done:
-                print(
-                    f"{first.task_dir} {summary['run']}: finished before ({summary['steps']} "
-                    "outer steps); not trained again (--restart trains it anew)",
-                    flush=True,
-                )
-            return done
+    with _locked(configs_, out):
+        if not restart:
+            refuse_replacing(configs_, out)
+            done = [_finished(c, f[0]) for c, f in zip(configs_, files, strict=True)]
+            if all(done):
+                for summary in done:
+                    print(
+                        f"{first.task_dir} {summary['run']}: finished before "
+                        f"({summary['steps']} outer steps); not trained again (--restart "
+                        "trains it anew)",
+                        flush=True,
+                    )
+                return done
+        return _train_group(
+            configs_, out, files, dataset=dataset, restart=restart, progress=progress,
+            checkpoint_every_s=checkpoint_every_s, checkpoint_every_steps=checkpoint_every_steps,
+            steps_per_call=steps_per_call, on_record=on_record, devices=devices,
+            one_program=one_program, start_from=start_from,
+        )  # fmt: skip
+
+
+def _train_group(
+    configs_: Sequence[Config],
+    out: Path,
+    files: list[tuple[Path, Path, Path]],
+    *,
+    dataset: Dataset | None,
+    restart: bool,
+    progress: bool,
+    checkpoint_every_s: float,
+    checkpoint_every_steps: int | None,
+    steps_per_call: int | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+    devices: int | None,
+    one_program: bool,
+    start_from: Path | None,
+) -> list[dict[str, Any]]:
+    """:func:`run_seeds` once the runs are locked and due to train."""
+    first = configs_[0]
+    seeds = [c.seed for c in configs_]
     datas = [load_task_data(c, dataset) for c in configs_]
     plan = make_plan(first, datas[0])
     model = build_model(first, datas[0])
@@ -258,7 +363,11 @@ def run_seeds(
         grad_evals_per_step=plan.grad_evals_per_step,
         steps_per_call=steps_per_call,
         checkpoints=Checkpoints(
-            ckpt_dir, checkpoint_every_s, _checkpoint_meta(first, plan, seeds), machine()
+            ckpt_dir,
+            every_s=checkpoint_every_s,
+            every_steps=checkpoint_every_steps,
+            meta=_checkpoint_meta(first, plan, seeds),
+            machine=machine(),
         ),
         desc=f"{first.task_dir} {first.run_name}" + (f" seeds {seeds}" if one_program else ""),
         progress=progress,
@@ -554,8 +663,28 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         help="train data-parallel over this many devices (default: all; on CPU one device "
         "per core, see benchmarks.parallel)",
     )
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs"),
+        help="the folder the runs go to (default runs/, which git ignores); the "
+        "reproduction's evidence is written only when named: --out results",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: drop the runs' checkpoints and replace their files",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_every",
+        type=parse_interval,
+        default=(60.0, None),
+        metavar="INTERVAL",
+        help="save the training state this often: seconds ('90s', '10m', '1h') or outer "
+        "steps ('500steps'), at the next evaluation point (default 60s); a SIGKILL loses at "
+        "most that much work, while SIGTERM and Ctrl-C save before stopping",
+    )
     parser.add_argument(
         "--start-from",
         dest="start_from",
@@ -586,12 +715,66 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     return args, groups
 
 
+def parse_interval(text: str) -> tuple[float, int | None]:
+    """``--checkpoint-every``: ``'90s'``, ``'10m'``, ``'1h'`` -> ``(seconds, None)``;
+    ``'500steps'`` -> ``(0.0, 500)``."""
+    value = text.strip().lower().replace(" ", "")
+    units = {"steps": None, "step": None, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit, scale in units.items():
+        number = value.removesuffix(unit)
+        if number == value or not number:
+            continue
+        try:
+            if scale is None:
+                steps = int(number)
+                if steps >= 1:
+                    return 0.0, steps
+            else:
+                seconds = float(number) * scale
+                if seconds >= 0 and seconds != float("inf"):
+                    return seconds, None
+        except ValueError:
+            pass
+        break
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not an interval: give seconds ('90s', '10m', '1h', >= 0) or outer "
+        "steps ('500steps', >= 1)"
+    )
+
+
+def continue_command(argv: Sequence[str]) -> str:
+    """The command that continues a stopped run: the same one, less ``--restart`` (which
+    would start over) and ``--start-from`` (the run has its own checkpoint now)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = not arg.startswith("-")
+            if skip:
+                continue
+        if arg == "--restart":
+            continue
+        if arg == "--start-from" or arg.startswith("--start-from="):
+            skip = arg == "--start-from"
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", "benchmarks.run", *kept])
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs every configuration the command line names; exits with status 1 (after the
-    others ran) if any diverged, and with 143 (128 + SIGTERM) at once when SIGTERM stopped
-    one (its state saved)."""
+    others ran) if any diverged, with 2 before training anything if a run would replace a
+    different one or another process is training it, and with 128 + the signal (143 for
+    SIGTERM, 130 for Ctrl-C) at once when a signal stopped one (its state saved)."""
     args, groups = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.restart:
+        try:
+            for group in groups:
+                refuse_replacing(group, args.out)
+        except RunExists as error:
+            sys.exit(f"REFUSED {error}")
     parallel.start_cpu_devices(args.devices)
+    every_s, every_steps = args.checkpoint_every
     summaries, diverged = [], []
     for group in groups:
         try:
@@ -600,6 +783,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 args.out,
                 restart=args.restart,
                 progress=not args.no_progress,
+                checkpoint_every_s=every_s,
+                checkpoint_every_steps=every_steps,
                 steps_per_call=args.steps_per_call,
                 devices=args.devices,
                 one_program=args.seeds is not None,
@@ -609,9 +794,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(f"DIVERGED {error}", file=sys.stderr, flush=True)
             diverged.append(str(error))
             continue
+        except (RunExists, RunLocked) as error:
+            print(f"REFUSED {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
         except Stopped as error:
-            print(f"STOPPED {group[0].task_dir} {group[0].run_name}: {error}", file=sys.stderr)
-            sys.exit(128 + signal.SIGTERM)
+            print(
+                f"STOPPED {group[0].task_dir} {group[0].run_name}: {error}\n"
+                f"continue with: {continue_command(argv)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(128 + error.signum)
         for config, summary in zip(group, done, strict=True):
             final = summary["final"]
             metric = f"test_{summary['metric']}"

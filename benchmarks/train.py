@@ -18,8 +18,10 @@ on the host by the shared ``batches`` iterator, whose mini-batches for one call 
 and scanned over. The data position and every key are functions of the step, so a resumed
 run computes exactly what an uninterrupted one would, and a finished run asked for more steps
 continues where it stopped. A checkpointed run sent SIGTERM (a scheduler's preemption,
-``timeout``) saves at its next evaluation point and raises :class:`Stopped`, so none of the
-work since the last timed save is lost.
+``timeout``) or SIGINT (Ctrl-C) saves at its next evaluation point and raises
+:class:`Stopped`, so none of the work since the last save is lost; a second signal ends the
+process at once. Saves also come every ``Checkpoints.every_s`` seconds or ``every_steps``
+steps, which bounds what a SIGKILL loses.
 
 Curves go to a JSON Lines file as they are measured. A non-finite training loss stops the run
 with :class:`Diverged` (naming the step and the loss; under :func:`train_seeds` that seed alone
@@ -166,36 +168,47 @@ class CheckpointError(RuntimeError):
 
 
 class Stopped(Exception):
-    """SIGTERM (from a job scheduler, ``timeout`` or ``kill``) stopped a checkpointed run at an
-    evaluation point, after saving that step: the same command continues from it."""
+    """SIGTERM (a job scheduler, ``timeout``, ``kill``) or SIGINT (Ctrl-C) stopped a
+    checkpointed run at its next evaluation point, after saving that step: the same command
+    continues from it. ``signum`` is the signal."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        name = signal.Signals(signum).name
         super().__init__(
-            f"stopped by SIGTERM at step {step}, which is saved: run the same command again "
+            f"stopped by {name} at step {step}, which is saved: run the same command again "
             "to continue"
         )
         self.step = step
+        self.signum = signum
 
 
-def _stop_on_sigterm(enabled: bool) -> tuple[threading.Event, Callable[[], None]]:
-    """While enabled (until the returned function is called), SIGTERM only sets the returned
-    event, which the loop honours at its next evaluation point by saving and stopping; a
-    second SIGTERM terminates at once. Python runs signal handlers in the main thread only,
-    so elsewhere SIGTERM keeps its usual effect."""
-    requested = threading.Event()
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stop_on_signals(enabled: bool) -> tuple[list[int], Callable[[], None]]:
+    """While enabled (until the returned function is called), SIGTERM and SIGINT (Ctrl-C)
+    only append their number to the returned list, which the loop honours at its next
+    evaluation point by saving and stopping; a second signal ends the process at once.
+    Python runs signal handlers in the main thread only, so elsewhere both signals keep their
+    usual effect."""
+    received: list[int] = []
     if not enabled or threading.current_thread() is not threading.main_thread():
-        return requested, lambda: None
+        return received, lambda: None
 
     def handler(signum, frame):
-        if requested.is_set():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        requested.set()
+        if received:  # the second one: the default action, now
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        received.append(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return requested, lambda: signal.signal(
-        signal.SIGTERM, signal.SIG_DFL if previous is None else previous
-    )
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+    return received, restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,6 +444,10 @@ class Checkpoints:
       directory: the checkpoint folder (created on the first save).
       every_s: save at an evaluation point once this many seconds passed since the last
         save (0: at every evaluation); the last step is always saved.
+      every_steps: if set, save at the first evaluation point this many outer steps or more
+        after the last save instead (``every_s`` is then not used). Either way a SIGKILL loses
+        at most the steps since the last save, about ``every_s`` seconds or ``every_steps``
+        steps (rounded up to an evaluation point).
       meta: JSON-able description of the run; resuming refuses a checkpoint whose ``meta``
         differs (another configuration wrote it). Leave the budget (total steps) out of it:
         a run asked for more steps than its checkpoint holds continues from there.
@@ -443,6 +460,26 @@ class Checkpoints:
     """What trains this stretch of the run (``benchmarks.machine.machine()``; not matched on
     resume). Each checkpoint lists the stretches before it with their machines, so a run
     resumed on another machine says where each of its steps ran (``TrainResult.trained_on``)."""
+    every_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.every_s >= 0:
+            raise ValueError(f"every_s must be >= 0 seconds, got every_s={self.every_s!r}")
+        if self.every_steps is not None and (
+            isinstance(self.every_steps, bool)
+            or not isinstance(self.every_steps, int)
+            or self.every_steps < 1
+        ):
+            raise ValueError(
+                f"every_steps must be an int >= 1, got every_steps={self.every_steps!r}"
+            )
+
+    def due(self, steps_since: int, saved_at: float) -> bool:
+        """Whether an evaluation point ``steps_since`` steps after the last save (made at
+        ``time.perf_counter()`` = ``saved_at``) is due a save."""
+        if self.every_steps is not None:
+            return steps_since >= self.every_steps
+        return time.perf_counter() - saved_at >= self.every_s
 
 
 def train(
@@ -477,7 +514,7 @@ def train(
 
     Raises:
       Diverged: at the first non-finite training loss.
-      Stopped: SIGTERM during a run with ``checkpoints``, once the state is saved.
+      Stopped: SIGTERM or SIGINT during a run with ``checkpoints``, once the state is saved.
     """
     state, (result,) = _train(
         objective=objective,
@@ -801,10 +838,10 @@ def _train(
     bar = tqdm(
         total=steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True
     )
-    last_save = time.perf_counter()
+    last_save, last_saved_step = time.perf_counter(), start
     # A run stopped by an exception (a kill, a failing callback) still finishes writing its
-    # last checkpoint, so a resumed run never races a half-written one; SIGTERM saves first.
-    stop_requested, restore_sigterm = _stop_on_sigterm(manager is not None)
+    # last checkpoint, so a resumed run never races a half-written one; a signal saves first.
+    signals, restore_signals = _stop_on_signals(manager is not None)
     try:
         for interval in range(start, steps, eval_every):
             if not any(live):
@@ -847,13 +884,13 @@ def _train(
                 if path is not None:
                     with path.open("a") as f:
                         f.write(json.dumps(row) + "\n")
-            stopping = stop_requested.is_set() and done < steps
+            stopping = bool(signals) and done < steps
             if manager is not None and (
-                done == steps or stopping or time.perf_counter() - last_save >= checkpoints.every_s
+                done == steps or stopping or checkpoints.due(done - last_saved_step, last_save)
             ):
                 stretches = _stretches(earlier, here, start, done)
                 _save(manager, checkpoints, state, done, wall, stretches, diverged)
-                last_save = time.perf_counter()
+                last_save, last_saved_step = time.perf_counter(), done
             if on_record is not None:
                 for row in rows:
                     on_record(row)
@@ -862,9 +899,9 @@ def _train(
             shown_loss = np.mean([x for x, alive in zip(train_loss, live, strict=True) if alive])
             bar.set_postfix(loss=f"{shown_loss:.4f}", **shown)
             if stopping:
-                raise Stopped(done)
+                raise Stopped(done, signals[0])
     finally:
-        restore_sigterm()
+        restore_signals()
         bar.close()
         if manager is not None:
             manager.wait_until_finished()

@@ -5,6 +5,9 @@ bad input is refused before any file."""
 
 import dataclasses
 import json
+import signal
+import subprocess
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,6 +21,7 @@ from benchmarks.methods import METHODS
 from benchmarks.tasks import TASKS
 from benchmarks.train import Diverged, Stopped
 
+ROOT = Path(__file__).resolve().parents[1]
 T, F = 8, 2
 _CACHE_OPTIONS = {
     "jax_compilation_cache_dir": None,
@@ -182,20 +186,92 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-def test_a_run_stopped_by_sigterm_exits_143_at_once_naming_the_run(monkeypatch, capsys):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_run_exits_at_once_naming_the_run_and_the_command_to_continue(
+    signum, status, monkeypatch, capsys, tmp_path
+):
     calls = []
 
     def stopped(group, *args, **kwargs):
         calls.append(group[0].method)
-        raise Stopped(6)
+        raise Stopped(6, signum)
 
     monkeypatch.setattr(run, "run_seeds", stopped)
+    argv = ["--task", "adding", "--method", "sgd", "adam", "--no-progress", "--restart",
+            "--out", str(tmp_path)]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
-        run.main(["--task", "adding", "--method", "sgd", "adam", "--no-progress"])
-    assert exit_info.value.code == 143
+        run.main(argv)
+    assert exit_info.value.code == status
     assert calls == ["sgd"]  # the second run does not start
     err = capsys.readouterr().err
-    assert "STOPPED adding_T100 sgd_cpu_seed0" in err and "at step 6" in err
+    assert "STOPPED adding_T100 sgd_cpu_seed0" in err and f"by {signum.name} at step 6" in err
+    # The same command continues it, less --restart (which would start over).
+    assert "continue with: python -m benchmarks.run --task adding --method sgd adam " in err
+    assert "--restart" not in err.split("continue with:")[1]
+
+
+def test_continue_command_drops_restart_and_start_from():
+    argv = ["--task", "har2", "--start-from", "old", "--method", "fw", "--restart", "--K", "5"]
+    assert run.continue_command(argv) == ("python -m benchmarks.run --task har2 --method fw --K 5")
+    assert run.continue_command(["--start-from=a b", "--set", "lr=1e-3"]) == (
+        "python -m benchmarks.run --set lr=1e-3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "interval"),
+    [("90s", (90.0, None)), ("10m", (600.0, None)), ("1h", (3600.0, None)),
+     ("0s", (0.0, None)), ("500steps", (0.0, 500)), ("1 step", (0.0, 1))],
+)  # fmt: skip
+def test_checkpoint_intervals_read_seconds_or_steps(text, interval):
+    assert run.parse_interval(text) == interval
+
+
+@pytest.mark.parametrize("text", ["90", "-5s", "0steps", "2.5steps", "fast", "infs", "s"])
+def test_a_bad_checkpoint_interval_is_refused_naming_it(text, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--task", "har2", "--method", "sgd", f"--checkpoint-every={text}"])
+    assert f"{text!r} is not an interval" in capsys.readouterr().err
+
+
+def test_runs_go_to_runs_by_default_and_results_only_when_named():
+    args, _ = run.parse_args(["--task", "har2", "--method", "sgd"])
+    assert args.out == Path("runs")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "runs/har2/x.json"], cwd=ROOT)
+    assert ignored.returncode == 0
+
+
+def test_a_finished_run_is_not_replaced_by_other_settings_or_a_smaller_budget(tmp_path, capsys):
+    config = toy_config("adding", "sgd", steps=4)
+    first = run.run_experiment(config, tmp_path, progress=False)
+    summary_path, curves_path, _ = run.run_files(config, tmp_path)
+    kept = summary_path.read_text(), curves_path.read_text()
+    for other in (dataclasses.replace(config, steps=2), dataclasses.replace(config, unroll=2)):
+        assert other.run_name == config.run_name  # the same files
+        with pytest.raises(run.RunExists, match=r"holds a finished run with .*Nothing was"):
+            run.run_experiment(other, tmp_path, progress=False)
+        assert (summary_path.read_text(), curves_path.read_text()) == kept
+    argv = ["--task", "adding", "--method", "sgd", "--set", "hidden=3", "length=8", "unroll=1",
+            "batch_size=4", "eval_batch_size=6", "--steps", "2", "--eval-every", "2",
+            "--test-size", "10", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit, match="REFUSED .* steps=4; this command asks for steps=2"):
+        run.main(argv)
+    assert (summary_path.read_text(), curves_path.read_text()) == kept
+    # --restart replaces it; a larger budget extends it.
+    assert run.run_experiment(dataclasses.replace(config, steps=2), tmp_path, progress=False,
+                              restart=True)["steps"] == 2  # fmt: skip
+    assert first["steps"] == 4
+
+
+def test_a_second_process_training_the_same_run_into_the_same_folder_is_refused(tmp_path):
+    config = toy_config("adding", "sgd")
+    with run._locked([config], tmp_path):  # what a first process holds while it trains
+        with pytest.raises(run.RunLocked, match="is training in another process"):
+            run.run_experiment(config, tmp_path, progress=False)
+        summary_path, curves_path, ckpt = run.run_files(config, tmp_path)
+        assert not summary_path.exists() and not curves_path.exists() and not ckpt.exists()
+    # Released when the first ends: the run trains.
+    assert run.run_experiment(config, tmp_path, progress=False)["status"] == "finished"
 
 
 def test_method_all_expands_to_every_row_of_the_task():
@@ -326,6 +402,11 @@ def test_extending_a_finished_run_equals_one_longer_run(task, budget, tmp_path):
     curves = [run.run_files(longer, out)[1] for out in (tmp_path / "a", tmp_path / "b")]
     steps = [[json.loads(line)["step"] for line in c.read_text().splitlines()] for c in curves]
     assert steps[0] == steps[1]
+    # The shorter budget again would replace the longer run: refused before anything runs.
+    with pytest.raises(run.RunExists, match=f"{budget}={long}; this command asks for {budget}="):
+        run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
+    # Without its summary (a run killed before it wrote one), the checkpoint refuses it.
+    run.run_files(longer, tmp_path / "b")[0].unlink()
     with pytest.raises(ValueError, match="beyond the"):
         run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
 
@@ -488,14 +569,18 @@ def test_a_summary_written_before_a_config_field_existed_counts_its_default(tmp_
 
     monkeypatch.setattr(run, "train", no_training)
     run.run_experiment(config, tmp_path, progress=False)
-    # Not the default: another run, trained.
+    # Not the default: another run, which this one would replace: refused, naming the field.
     summary["config"]["fw_mode"] = "local"
     summary_path.write_text(json.dumps(summary))
-    with pytest.raises(AssertionError, match="trained again"):
+    with pytest.raises(run.RunExists, match="fw_mode='local'; this command asks for fw_mode="):
         run.run_experiment(config, tmp_path, progress=False)
-    # A field Config no longer has: another run.
+    # A field Config no longer has: another run, refused too.
     del summary["config"]["fw_mode"]
     summary["config"]["retired_field"] = 1
     summary_path.write_text(json.dumps(summary))
-    with pytest.raises(AssertionError, match="trained again"):
+    with pytest.raises(run.RunExists, match="retired_field=1; this command asks for "):
         run.run_experiment(config, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert run.run_experiment(config, tmp_path, progress=False, restart=True)["status"] == (
+        "finished"
+    )

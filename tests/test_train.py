@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 
 import jax
@@ -159,28 +160,47 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(stream, tmp_path):
     assert strip(on_disk) == strip(whole_result.records)
 
 
-def test_sigterm_saves_the_next_evaluated_step_and_the_run_continues_exactly(tmp_path):
-    """No timed save is due (every_s is huge): the only checkpoint is the one SIGTERM asks for."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_next_evaluated_step_and_the_run_continues_exactly(signum, tmp_path):
+    """No timed save is due (every_s is huge): the only checkpoint is the one the signal
+    (a scheduler's SIGTERM, or Ctrl-C) asks for."""
     tx = optax.adam(0.05)
     whole, _, _ = _train(_host_stream(), tx)
-    before = signal.getsignal(signal.SIGTERM)
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
 
-    def terminate_at_step_2(record):
+    def signal_at_step_2(record):
         if record["step"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     ckpt = Checkpoints(tmp_path / "ckpt", every_s=1e9, meta={"run": "t"})
     curves = tmp_path / "t.jsonl"
-    with pytest.raises(Stopped, match="at step 4") as info:
-        _train(_host_stream(), tx, curves=curves, checkpoints=ckpt, on_record=terminate_at_step_2)
-    assert info.value.step == 4
-    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(Stopped, match=f"by {signum.name} at step 4") as info:
+        _train(_host_stream(), tx, curves=curves, checkpoints=ckpt, on_record=signal_at_step_2)
+    assert (info.value.step, info.value.signum) == (4, signum)
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == before
     assert sorted(int(p.name) for p in ckpt.directory.iterdir() if p.name.isdigit()) == [4]
     assert [json.loads(line)["step"] for line in curves.read_text().splitlines()] == [0, 2, 4]
     resumed, _, result = _train(_host_stream(), tx, curves=curves, checkpoints=ckpt)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert [r["step"] for r in result.records] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize(("every_steps", "kept"), [(None, [8]), (4, [4, 8]), (2, [6, 8])])
+def test_saves_come_every_so_many_steps_when_asked(every_steps, kept, tmp_path):
+    """Evaluations every 2 of 8 steps, no timed save due; the last two saves are kept."""
+    ckpt = Checkpoints(tmp_path / "ckpt", every_s=1e9, every_steps=every_steps, meta={"r": 1})
+    _train(_host_stream(), optax.adam(0.05), checkpoints=ckpt)
+    assert sorted(int(p.name) for p in ckpt.directory.iterdir() if p.name.isdigit()) == kept
+
+
+@pytest.mark.parametrize(
+    ("every_s", "every_steps", "bad"),
+    [(-1.0, None, "every_s=-1.0"), (60.0, 0, "every_steps=0"), (60.0, 2.5, "every_steps=2.5")],
+)
+def test_bad_checkpoint_intervals_are_refused_by_name(every_s, every_steps, bad, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(bad)):
+        Checkpoints(tmp_path, every_s=every_s, every_steps=every_steps)
 
 
 def _quartic() -> Objective:
