@@ -346,6 +346,13 @@ def _type_name(kind: Any) -> str:
     return str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+def settable_fields() -> list[tuple[str, str]]:
+    """``(field, type)`` of every :class:`Config` field ``--set`` may change (not the keys
+    that name a run's row: task, method, preset, seed, K, flavour)."""
+    return [(f.name, _type_name(_HINTS[f.name])) for f in dataclasses.fields(Config)
+            if f.name not in KEYS]  # fmt: skip
+
+
 def parse_setting(text: str) -> tuple[str, Any]:
     """``"field=value"`` -> ``(field, value)``, the value read as the field's type.
 

@@ -729,17 +729,19 @@ def comparison_figure(runs: list[dict[str, Any]], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     metric = runs[0]["metric"] if runs else "loss"
+    adding = bool(runs) and runs[0]["task"] == "adding"  # its loss is the MSE
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for run in runs:
         for ax, x in zip(axes, ("step", "grad_evals"), strict=True):
             label = run_label(run)
             ax.plot(*_series(run, x, f"test_{metric}"), label=label, color=_colour(label), lw=1.2)
     for ax, x in zip(axes, ("outer step", "gradient evaluations"), strict=True):
-        if runs and runs[0]["task"] == "adding":
-            ax.axhline(PLATEAU_MSE, color="grey", ls="--", lw=1, label="predict 1")
+        if adding:
+            label = f"always predicting 1 (MSE {PLATEAU_MSE:.3f}, the plateau)"
+            ax.axhline(PLATEAU_MSE, color="black", ls=":", lw=1, label=label)
             ax.set_yscale("log")
         ax.set_xlabel(x)
-    axes[0].set_ylabel(f"test {metric}")
+    axes[0].set_ylabel("test MSE" if adding else f"test {metric}")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"{title} ({_machines(runs)})", fontsize=8)
     fig.tight_layout()
@@ -775,7 +777,7 @@ def _png(fig) -> bytes:
 
 _PALETTE = {
     "sgd": "tab:gray",
-    "sgd_clip": "tab:brown",
+    "sgd_clip": "tab:purple",  # apart from SGD's grey: the two are drawn side by side
     "adam": "tab:blue",
     "tbptt": "tab:cyan",
     "lstm_adam": "tab:olive",
@@ -783,7 +785,7 @@ _PALETTE = {
     "fw K=1 authors": "tab:green",
     "fw K=5 alg1": "tab:orange",
     "fw K=5 authors": "tab:red",
-    "fw K=1→5 at 10000, K=5 authors": "tab:purple",
+    "fw K=1→5 at 10000, K=5 authors": "tab:brown",
     "fw K=10 authors": "tab:pink",
     "fw_bn K=1 authors": "gold",
     "tbptt_fw K=1 authors": "teal",

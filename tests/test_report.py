@@ -4,6 +4,7 @@ numbers in it, and an unreadable results folder refused with nothing written."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import configs, report
@@ -420,3 +421,39 @@ def test_every_named_run_has_its_own_colour_in_every_figure():
     tab20 = matplotlib.colormaps["tab20"].colors
     assert report._colour("a new method K=3 alg1") == tab20[0]
     assert report._colour("sgd K=7") == tab20[1]
+
+
+def _lab(colour) -> np.ndarray:
+    """CIE L*a*b* of a matplotlib colour (sRGB, D65)."""
+    import matplotlib.colors
+
+    rgb = np.array(matplotlib.colors.to_rgb(colour))
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                       [0.0193, 0.1192, 0.9505]])  # fmt: skip
+    xyz = to_xyz @ linear / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_the_main_jobs_figure_says_test_mse_explains_the_plateau_and_tells_methods_apart(
+    monkeypatch,
+):
+    runs = [{"task": "adding", "metric": "loss", "run": m, "config": {"method": m}, "machine": None,
+             "records": [{"step": 0, "grad_evals": 0, "test_loss": 0.2}]}
+            for m in ("sgd", "sgd_clip", "adam")]  # fmt: skip
+    labels = ["sgd", "sgd_clip", "adam", "fw K=1 alg1", "fw K=5 alg1"]
+    monkeypatch.setattr(report, "run_label", lambda run: run["run"])
+    figures = []
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or b"")
+    report.comparison_figure(runs, "adding")
+    (fig,) = figures
+    assert fig.axes[0].get_ylabel() == "test MSE"
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any(t.startswith("always predicting 1 (MSE 0.167") for t in legend)
+    # Every two curves of the main job, and the plateau line, differ by more than 35 in CIE76
+    # colour distance (SGD's grey against the old brown of SGD + clipping: 28).
+    colours = [report._colour(label) for label in labels] + ["black"]
+    for i, a in enumerate(colours):
+        for b in colours[i + 1 :]:
+            assert np.linalg.norm(_lab(a) - _lab(b)) > 35, (a, b)

@@ -5,6 +5,7 @@ bad input is refused before any file."""
 
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -584,3 +585,45 @@ def test_a_summary_written_before_a_config_field_existed_counts_its_default(tmp_
     assert run.run_experiment(config, tmp_path, progress=False, restart=True)["status"] == (
         "finished"
     )
+
+
+def test_a_partial_last_batch_and_a_short_epoch_are_reported(tmp_path, capsys):
+    # 26 examples in batches of 4: 6 batches a pass, the last 2 examples dropped; one
+    # evaluation every 6 // 4 = 1 step of 4 per epoch: 4 of the 6 batches.
+    config = toy_config("har2", "sgd", evals_per_epoch=4, epochs=2)
+    run.run_experiment(config, tmp_path, dataset=toy_dataset("har2", n_train=26), progress=False)
+    out = capsys.readouterr().out
+    assert "--epochs 2 trains 1.33 passes over the data" in out
+    assert "a pass is 6 batches of 4, 24 of the 26 training examples (the last 2 dropped" in out
+    assert "an epoch here is 4 outer steps of 1 batch(es)" in out and "2 batch(es) short" in out
+    # Whole passes: nothing to say.
+    exact = toy_config("har2", "sgd", evals_per_epoch=2, epochs=1)
+    run.run_experiment(exact, tmp_path / "exact", dataset=toy_dataset("har2"), progress=False)
+    assert "passes over the data" not in capsys.readouterr().out
+
+
+def test_data_dir_is_checked_and_reaches_the_loader(tmp_path, capsys):
+    for argv, message in [
+        (["--task", "adding", "--data-dir", str(tmp_path)], "the adding task generates its data"),
+        (["--task", "har2", "--data-dir", str(tmp_path / "none")], "is not a folder"),
+    ]:
+        with pytest.raises(SystemExit):
+            run.parse_args([*argv, "--method", "sgd"])
+        assert message in capsys.readouterr().err
+    # The folder reaches the HAR-2 loader, which reads the official files from it.
+    args, ((config,),) = run.parse_args(["--task", "har2", "--method", "sgd", "--data-dir",
+                                         str(tmp_path)])  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a UCI HAR Dataset folder"):
+        run.load_task_data(config, data_dir=args.data_dir)
+
+
+def test_help_shows_the_defaults_and_every_set_field_with_its_type(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: cpu)" in text and "(default: runs)" in text
+    fields = text.split("--set fields")[1]
+    for name, kind in [("lr", "float"), ("clip", "float | None"), ("hidden", "int")]:
+        assert re.search(rf"^  {name} +{re.escape(kind)}$", fields, flags=re.M), name
+    assert not re.search(r"^  seed ", fields, flags=re.M)  # a key of the run, not a --set
