@@ -654,7 +654,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         choices=(*METHODS, "all"),
         help="one or more rows of the paper's tables; 'all': every method that fits the task",
     )
-    parser.add_argument("--preset", default="cpu", choices=configs.PRESETS)
+    parser.add_argument(
+        "--preset",
+        default="cpu",
+        choices=configs.PRESETS,
+        help="the budget and settings: paper (the authors') or cpu (a reduced budget)",
+    )
     parser.add_argument(
         "--K",
         type=int,
@@ -662,7 +667,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         help="Frank-Wolfe inner steps (FW methods; several: one run each)",
     )
     parser.add_argument("--flavour", choices=configs.FLAVOURS, help="FW flavour (default authors)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed of one run")
     parser.add_argument(
         "--seeds",
         type=int,
