@@ -631,7 +631,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        unset = action.default is None or action.default is False
+        if unset or action.default == argparse.SUPPRESS or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
 

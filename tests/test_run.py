@@ -622,7 +622,8 @@ def test_help_shows_the_defaults_and_every_set_field_with_its_type(capsys):
         run.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "(default: cpu)" in text and "(default: runs)" in text
+    flat = " ".join(text.split())
+    assert "(default: cpu)" in flat and "(default: 0)" in flat and "(default runs/" in flat
     fields = text.split("--set fields")[1]
     for name, kind in [("lr", "float"), ("clip", "float | None"), ("hidden", "int")]:
         assert re.search(rf"^  {name} +{re.escape(kind)}$", fields, flags=re.M), name
