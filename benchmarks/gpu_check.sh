@@ -16,6 +16,7 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]          # default results/gpu_h200
 #   GPU_CHECK_STEPS="tests perf" bash benchmarks/gpu_check.sh OUT   # some steps only
 #   GPU_CHECK_TOY=1 bash benchmarks/gpu_check.sh OUT   # toy sizes, runs on a CPU (the test)
+#   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh OUT   # print each step's command, run none
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results/gpu_h200}
@@ -24,6 +25,7 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false # torch shares the GPU
 py=${PYTHON:-python3}
 toy=${GPU_CHECK_TOY:-0}
+dry=${GPU_CHECK_DRY:-0}
 steps=${GPU_CHECK_STEPS:-tests perf compare seeds}
 failed=()
 
@@ -31,6 +33,10 @@ failed=()
 step() {
     local name=$1 limit=$2 file=$3
     shift 3
+    if [ "$dry" = 1 ]; then
+        echo "DRY $name $limit $(printf "%q " "$@")"
+        return
+    fi
     echo "== $name (limit ${limit} s): $*" | tee -a "$file"
     local start=$SECONDS
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$file"
@@ -41,7 +47,7 @@ step() {
 
 wants() { [[ " $steps " == *" $1 "* ]]; }
 
-{
+[ "$dry" = 1 ] || {
     date -u +"%Y-%m-%d %H:%M UTC"
     git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"
     nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
@@ -49,7 +55,7 @@ wants() { [[ " $steps " == *" $1 "* ]]; }
 "optax", optax.__version__, jax.devices())'
     "$py" -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'
 } >"$out/env.txt" 2>&1
-cat "$out/env.txt"
+[ "$dry" = 1 ] || cat "$out/env.txt"
 
 if [ "$toy" = 1 ]; then
     device=$("$py" -c 'import jax; print("cuda" if jax.default_backend() == "gpu" else "cpu")')
@@ -114,6 +120,10 @@ if wants tests; then
         "${pytest_args[@]}"
 fi
 
+if [ "$dry" = 1 ]; then
+    echo "gpu_check: dry run, nothing ran"
+    exit 0
+fi
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: FAILED steps: ${failed[*]} (outputs in $out)"
     exit 1

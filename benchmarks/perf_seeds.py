@@ -124,7 +124,7 @@ def gradient_rows(seeds: int, repeats: int, quick: bool) -> list[dict[str, Any]]
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.perf_seeds", description=__doc__.split("\n")[0]
     )
@@ -146,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.repeats < 1:
         parser.error(f"--seeds must be >= 2 and --repeats >= 1, got {args.seeds}, {args.repeats}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
     if args.gradient:
         parallel.start_cpu_devices(1)
         repeats = 1 if args.quick else max(args.repeats, 7)

@@ -1,10 +1,14 @@
-"""benchmarks/gpu_check.sh runs end to end at toy size on a CPU: every step passes and writes
-what it promises, so the script a lent GPU runs once has already run here."""
+"""benchmarks/gpu_check.sh, the one script a lent GPU runs: every step's command parses and
+the steps fit the device's time, a toy step runs end to end on a CPU, and a failing step
+fails the run, named."""
 
+import importlib
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,33 +16,60 @@ ROOT = Path(__file__).resolve().parents[1]
 def _gpu_check(out: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)],
-        env={**os.environ, "GPU_CHECK_TOY": "1", **env},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=ROOT,
     )
 
 
-def test_toy_run_passes_every_step_and_writes_every_file(tmp_path):
-    result = _gpu_check(tmp_path, 900, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+def _dry_steps(out: Path) -> list[tuple[str, int, list[str]]]:
+    result = _gpu_check(out, 60, GPU_CHECK_DRY="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("gpu_check: dry run, nothing ran")
+    steps = []
+    for line in result.stdout.splitlines():
+        if line.startswith("DRY "):
+            _, name, limit, *command = shlex.split(line)
+            steps.append((name, int(limit), command))
+    return steps
+
+
+def test_every_step_of_the_gpu_run_parses_and_the_steps_fit_the_device_time(tmp_path):
+    steps = _dry_steps(tmp_path)
+    names = [name for name, _, _ in steps]
+    assert names == [
+        "perf_models", "compare_torch", "compare_torch_large", "compare_torch_float32",
+        "perf_seeds", "perf_models_float32", "tests",
+    ]  # fmt: skip
+    # One device command may run 600 s; the script keeps 90 s for start-up and copying.
+    assert sum(limit for _, limit, _ in steps) <= 510
+    for name, _, command in steps:
+        assert command[1] == "-m", command
+        if command[2] == "pytest":
+            continue
+        module = importlib.import_module(command[2])
+        args = module.parse_args(command[3:])  # exits (fails the test) on a bad option
+        if getattr(args, "out", None):
+            assert Path(args.out).parent == tmp_path, name
+    # The test step selects the kernels' tests it names.
+    (tests,) = [command for name, _, command in steps if name == "tests"]
+    collected = subprocess.run(
+        [sys.executable, *tests[1:], "--collect-only"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert collected.returncode == 0, collected.stdout[-2000:]
+    assert sum("test_pallas.py::" in line for line in collected.stdout.splitlines()) >= 10
+
+
+def test_a_toy_step_runs_end_to_end_and_writes_its_file(tmp_path):
+    result = _gpu_check(tmp_path, 300, GPU_CHECK_TOY="1", GPU_CHECK_STEPS="seeds",
+                        PYTHON=sys.executable, JAX_PLATFORMS="cpu")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "gpu_check: every step passed" in result.stdout
-    files = {p.name for p in tmp_path.iterdir()}
-    assert files == {
-        "env.txt",
-        "perf_models.txt",
-        "perf_models_float32.txt",
-        "compare_torch.txt",
-        "perf_seeds.txt",
-        "test_pallas.log",
-    }
-    perf = (tmp_path / "perf_models.txt").read_text()
-    assert "[3] gradient of each cell" in perf and "pallas" in perf
-    compare = (tmp_path / "compare_torch.txt").read_text()
-    # Checked in float64 before it timed anything, then both sides timed.
-    assert compare.count("float64 check") == 1 and compare.count(": exit 0 after") == 1
-    assert "fw-optax[pallas]" in compare and "torch" in compare
-    assert "passed" in (tmp_path / "test_pallas.log").read_text()
+    assert {p.name for p in tmp_path.iterdir()} == {"env.txt", "perf_seeds.txt"}
+    assert "jax" in (tmp_path / "env.txt").read_text()
+    assert "| toy adding" in (tmp_path / "perf_seeds.txt").read_text()
 
 
 def test_a_failing_step_fails_the_run_and_is_named(tmp_path):
