@@ -52,10 +52,10 @@ import optax
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+import fw_optax
 from benchmarks import parallel
 from benchmarks.data import batches
 from benchmarks.tbptt import tbptt_step
-from fw_optax import FrankWolfeState
 
 Batch = Any
 Params = Any
@@ -1065,26 +1065,18 @@ def _data_parallel(
     return objective, shard_batches
 
 
-def _states(opt_state: Any, kind: type) -> list[Any]:
-    return [
-        x
-        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
-        if isinstance(x, kind)
-    ]
-
-
 def _inner_steps(opt_state: Any) -> jax.Array | None:
     """The gradients the last Frank-Wolfe outer step evaluated, if ``opt_state`` has one."""
-    states = _states(opt_state, FrankWolfeState)
-    return states[0].inner_steps.astype(jnp.float32) if len(states) == 1 else None
+    stats = fw_optax.frank_wolfe_stats(opt_state)
+    return None if stats is None else stats["inner_steps"].astype(jnp.float32)
 
 
 def _skipped(opt_state: Any, run: int | None) -> int | None:
     """Updates ``optax.apply_if_finite`` skipped (run ``run`` of a vmapped state), if any."""
-    states = _states(opt_state, optax.ApplyIfFiniteState)
-    if len(states) != 1:
+    total = optax.tree_utils.tree_get(opt_state, "total_notfinite")
+    if total is None:
         return None
-    total = np.asarray(states[0].total_notfinite)
+    total = np.asarray(total)
     return int(total if run is None else total[run])
 
 

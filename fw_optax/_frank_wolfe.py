@@ -419,6 +419,60 @@ def frank_wolfe(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def frank_wolfe_stats(opt_state: Any) -> dict[str, jax.Array] | None:
+    """The counters of the one :func:`frank_wolfe` state inside any optimizer state.
+
+    Found by name, as ``optax.tree_utils.tree_get`` finds a hyper-parameter, wherever the
+    transformation sits: in ``optax.chain``, ``inject_hyperparams``, ``MultiSteps``,
+    ``masked``, ``apply_if_finite``, or vmapped over seeds (the counters then carry the
+    leading axis).
+
+    Args:
+      opt_state: the state of any optax transformation.
+
+    Returns:
+      ``{"outer_steps", "gap", "inner_steps"}`` (:class:`FrankWolfeState`'s ``count``,
+      ``gap`` and ``inner_steps``: the gradients the last outer step evaluated), or ``None``
+      if no ``frank_wolfe`` is inside.
+
+    Raises:
+      ValueError: several ``frank_wolfe`` states are inside (e.g. one per partition of
+        ``optax.multi_transform``), naming where they are; read each partition's own.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, fw_optax
+      >>> tx = optax.chain(fw_optax.frank_wolfe(K=3, delta=0.1), optax.adam(1e-2))
+      >>> params = jnp.ones(2)
+      >>> loss = lambda w: jnp.sum(w**2)
+      >>> state = tx.init(params)
+      >>> _, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+      >>> stats = fw_optax.frank_wolfe_stats(state)
+      >>> int(stats["outer_steps"]), int(stats["inner_steps"])
+      (1, 3)
+      >>> fw_optax.frank_wolfe_stats(optax.adam(1e-2).init(params)) is None
+      True
+    """
+    fields = {
+        name: [
+            (path[:-1], value)
+            for path, value in optax.tree_utils.tree_get_all_with_path(opt_state, field)
+            if getattr(path[-1], "tuple_name", None) == FrankWolfeState.__name__
+        ]
+        for name, field in (
+            ("outer_steps", "count"),
+            ("gap", "gap"),
+            ("inner_steps", "inner_steps"),
+        )
+    }
+    found = fields["inner_steps"]
+    if not found:
+        return None
+    if len(found) > 1:
+        where = ", ".join(jax.tree_util.keystr(path) or "the root" for path, _ in found)
+        raise ValueError(f"{len(found)} frank_wolfe states in opt_state, at {where}")
+    return {name: values[0][1] for name, values in fields.items()}
+
+
 def per_device(tree: Any, axis_name: str) -> Any:
     """``tree`` as this device's own copy inside ``jax.shard_map``: a gradient taken at it is
     this device's gradient.

@@ -567,3 +567,29 @@ def test_injecting_K_without_static_args_says_how_to_fix():
     update = jax.jit(functools.partial(tx.update, value_fn=lambda v: jnp.sum(v**2)))
     with pytest.raises(ValueError, match="list 'K' in static_args"):
         update(w, tx.init(w), w)
+
+
+def test_stats_are_found_by_name_inside_any_wrapper_and_under_vmap():
+    params, loss = jnp.array([1.0, -2.0]), lambda w: jnp.sum(w**2)
+    fw = fw_optax.frank_wolfe(K=4, delta=0.1, gap_tol=1e-9)
+    wrappers = {
+        "chain": optax.chain(fw, optax.sgd(1.0)),
+        "inject": optax.inject_hyperparams(fw_optax.frank_wolfe, static_args=("K",))(
+            K=4, delta=0.1
+        ),
+        "masked": optax.masked(fw, True),
+        "finite": optax.apply_if_finite(fw, 3),
+    }
+    for name, tx in wrappers.items():
+        state = tx.init(params)
+        _, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+        stats = fw_optax.frank_wolfe_stats(state)
+        assert int(stats["outer_steps"]) == 1, name
+        assert 1 <= int(stats["inner_steps"]) <= 4 and float(stats["gap"]) >= 0.0, name
+    # Seeds stacked by vmap: one entry each.
+    states = jax.vmap(fw.init)(jnp.stack([params, 2 * params]))
+    assert fw_optax.frank_wolfe_stats(states)["inner_steps"].shape == (2,)
+    assert fw_optax.frank_wolfe_stats(optax.adam(0.1).init(params)) is None
+    two = optax.multi_transform({"a": fw, "b": fw}, {"x": "a", "y": "b"})
+    with pytest.raises(ValueError, match=r"2 frank_wolfe states in opt_state, at .*\['a'\]"):
+        fw_optax.frank_wolfe_stats(two.init({"x": params, "y": params}))
