@@ -41,7 +41,6 @@ from typing import Any
 
 from benchmarks.methods import METHODS, get_method
 from benchmarks.tasks import TASKS, get_task
-from models import CELL_NAMES
 
 PRESETS: tuple[str, ...] = ("cpu", "paper")
 FLAVOURS: tuple[str, ...] = ("alg1", "authors")
@@ -266,6 +265,8 @@ def validate(config: Config) -> None:
         raise ValueError(f"p must be >= 1 (or inf), got p={config.p!r}")
     if any(e < 1 for e in config.lr_decay_epochs):
         raise ValueError(f"lr_decay_epochs must be >= 1, got {config.lr_decay_epochs!r}")
+    from models import CELL_NAMES  # here: the models import flax, a --help does not need it
+
     _check_choice("cell", config.cell, CELL_NAMES)
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("step_rule", config.step_rule, STEP_RULES)

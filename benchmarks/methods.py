@@ -13,14 +13,14 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import jax
-import optax
-
-import fw_optax
-
 if TYPE_CHECKING:
+    import optax
+
     from benchmarks.configs import Config
     from benchmarks.tasks import Task
+
+# jax, optax and fw_optax are imported where an optimizer is built, so that the registry
+# (names, descriptions, settings) loads without them: `python -m benchmarks.run --help`.
 
 INDRNN_RECURRENT = "recurrent_kernel"
 NONFINITE_PATIENCE = 10
@@ -73,6 +73,8 @@ class Method:
 
 
 def _not_recurrent(params: Any) -> Any:
+    import jax
+
     def keep(path, _):
         last = path[-1]
         return getattr(last, "key", getattr(last, "name", None)) != INDRNN_RECURRENT
@@ -82,6 +84,8 @@ def _not_recurrent(params: Any) -> Any:
 
 def _preprocessing(config: Config) -> list[optax.GradientTransformation]:
     """Gradient clamping, global-norm clipping and weight decay, as the config asks."""
+    import optax
+
     parts: list[optax.GradientTransformation] = []
     if config.grad_clamp is not None:
         parts.append(optax.clip(config.grad_clamp))
@@ -93,12 +97,16 @@ def _preprocessing(config: Config) -> list[optax.GradientTransformation]:
 
 
 def _outer(config: Config, schedule: Schedule) -> optax.GradientTransformation:
+    import optax
+
     lr = schedule(config.lr)
     return optax.sgd(lr) if config.optimizer == "sgd" else optax.adam(lr)
 
 
 def standard_optimizer(config: Config, schedule: Schedule) -> optax.GradientTransformation:
     """SGD or Adam (``config.optimizer``) at ``config.lr``, after clipping and weight decay."""
+    import optax
+
     return optax.chain(*_preprocessing(config), _outer(config, schedule))
 
 
@@ -113,6 +121,10 @@ def frank_wolfe_optimizer(
     runner's data axis when ``fw_mode="local"``) each device runs the inner steps on its own
     shard and Δ_K is averaged once (``frank_wolfe(..., local=True)``).
     """
+    import optax
+
+    import fw_optax
+
     authors = config.flavour == "authors"
     fw = fw_optax.frank_wolfe(
         config.K,
@@ -190,6 +202,7 @@ def build_optimizer(
     ``lr_decay_epochs``, counted in updates; ``on_nonfinite="skip"`` wraps it in
     ``optax.apply_if_finite``. ``batch_axis_name``: the data axis of local Frank-Wolfe
     (``fw_mode="local"`` on several devices)."""
+    import optax
 
     def schedule(value: float):
         if not config.lr_decay_epochs or updates_per_epoch is None:

@@ -57,16 +57,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import configs, parallel
+from benchmarks import configs
 from benchmarks.configs import Config, get_config
-from benchmarks.data import Dataset
-from benchmarks.machine import machine
 from benchmarks.methods import METHODS, build_optimizer
 from benchmarks.tasks import (
     TASKS,
@@ -78,7 +74,15 @@ from benchmarks.tasks import (
     make_objective,
     missing_packages,
 )
-from benchmarks.train import Checkpoints, Diverged, Stopped, TrainResult, train, train_seeds
+
+if TYPE_CHECKING:
+    import jax
+
+    from benchmarks.data import Dataset
+    from benchmarks.train import TrainResult
+
+# jax, the training loop and the devices are imported where a run trains, so that the
+# command line answers --help and refuses bad input at once.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +363,12 @@ def _train_group(
     data_dir: str | None,
 ) -> list[dict[str, Any]]:
     """:func:`run_seeds` once the runs are locked and due to train."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import train as training
+    from benchmarks.machine import machine
+
     first = configs_[0]
     seeds = [c.seed for c in configs_]
     datas = [load_task_data(c, dataset, data_dir) for c in configs_]
@@ -399,7 +409,7 @@ def _train_group(
         updates_per_step=plan.updates_per_step,
         grad_evals_per_step=plan.grad_evals_per_step,
         steps_per_call=steps_per_call,
-        checkpoints=Checkpoints(
+        checkpoints=training.Checkpoints(
             ckpt_dir,
             every_s=checkpoint_every_s,
             every_steps=checkpoint_every_steps,
@@ -413,7 +423,7 @@ def _train_group(
         skip_nonfinite=first.on_nonfinite == "skip",
     )
     t0 = time.perf_counter()
-    diverged: Diverged | None = None
+    diverged: training.Diverged | None = None
     try:
         if one_program:
             stack = lambda *xs: jnp.stack(xs)  # noqa: E731
@@ -421,7 +431,7 @@ def _train_group(
             options["objective"] = dataclasses.replace(
                 objective, test=jax.tree.map(lambda *xs: np.stack(xs), *tests)
             )
-            _, results = train_seeds(
+            _, results = training.train_seeds(
                 params=jax.tree.map(stack, *[v[0] for v in variables]),
                 model_state=jax.tree.map(stack, *[v[1] for v in variables]),
                 seeds=seeds,
@@ -430,7 +440,7 @@ def _train_group(
             )
         else:
             params, model_state = variables[0]
-            _, _, result = train(
+            _, _, result = training.train(
                 params=params,
                 model_state=model_state,
                 seed=first.seed,
@@ -438,7 +448,7 @@ def _train_group(
                 **options,
             )
             results = [result]
-    except Diverged as error:
+    except training.Diverged as error:
         diverged, results = error, [None] * len(configs_)
     summaries, failed = [], None
     for config, data, (summary_path, curves_path, _), result in zip(
@@ -504,6 +514,8 @@ def start_from_folder(source: Path, out: Path, configs_: Sequence[Config], ckpt_
 
 
 def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, diverged):
+    from benchmarks.machine import machine
+
     spec = get_task(config.task)
     devices = mesh.size if mesh is not None else 1
     summary: dict[str, Any] = {
@@ -562,6 +574,8 @@ def _mesh(config: Config, devices: int | None) -> jax.sharding.Mesh | None:
     Truncated BPTT stays on one device: its chunk gradients are taken inside
     ``benchmarks.tbptt``, outside the loss that ``benchmarks.parallel`` averages.
     """
+    from benchmarks import parallel
+
     mesh = parallel.training_mesh(devices, config.batch_size)
     return None if config.is_tbptt else mesh
 
@@ -845,6 +859,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 refuse_replacing(group, args.out)
         except RunExists as error:
             sys.exit(f"REFUSED {error}")
+    from benchmarks import parallel
+    from benchmarks.train import Diverged, Stopped
+
     parallel.start_cpu_devices(args.devices)
     every_s, every_steps = args.checkpoint_every
     summaries, diverged = [], []

