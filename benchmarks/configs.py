@@ -33,6 +33,7 @@ run may change when it resumes: asking a finished run for more continues it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -133,9 +134,10 @@ class Config:
     def batches_per_step(self) -> int:
         return self.K if self.fresh_batches else 1
 
-    @property
+    @functools.cached_property
     def overrides(self) -> dict[str, Any]:
-        """The settings that differ from the tables (:func:`get_config` without overrides)."""
+        """The settings that differ from the tables (:func:`get_config` without overrides);
+        computed once per configuration (it builds and checks the default one)."""
         default = get_config(
             self.task, self.method, self.preset, seed=self.seed, K=self.K if self.is_fw else None,
             flavour=self.flavour,
