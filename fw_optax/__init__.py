@@ -22,4 +22,4 @@ __all__ = [
     "per_device",
     "relative_radii",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,6 +29,9 @@ def compute_dtype(dtypes: list[jnp.dtype]) -> jnp.dtype:
     """
     return jnp.promote_types(jnp.result_type(*dtypes, jnp.float32), jnp.float32)
 
+
+# jax.tree_util.PyTreeDef, which mypy cannot resolve: jaxlib ships no type stubs for it.
+TreeDef = Any
 
 BLOCK = 128  # entries per row of the buffer; every leaf starts on a new row
 
@@ -57,7 +61,7 @@ class Segments:
         """The segment of every row, shape ``[rows]`` (a compile-time constant)."""
         return np.repeat(np.arange(self.count, dtype=np.int32), self.rows)
 
-    def _reduce_rows(self, per_row: jax.Array, op) -> jax.Array:
+    def _reduce_rows(self, per_row: jax.Array, op: Callable[..., jax.Array]) -> jax.Array:
         return op(per_row, jnp.asarray(self.row_ids), self.count, indices_are_sorted=True)
 
     def sum(self, x: jax.Array) -> jax.Array:
@@ -106,7 +110,7 @@ class Layout:
         again (an explicit mesh refuses to concatenate differently sharded operands).
     """
 
-    treedef: Any
+    treedef: TreeDef
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[jnp.dtype, ...]
     dtype: jnp.dtype
@@ -193,6 +197,10 @@ def _explicit_spec(leaf: Any) -> Any:
     """The leaf's ``PartitionSpec`` if it is sharded over an explicit mesh axis, else None."""
     sharding = getattr(jax.typeof(leaf), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None or jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
+    if (
+        sharding is None
+        or mesh is None
+        or jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ())
+    ):
         return None
     return sharding.spec if any(axis is not None for axis in sharding.spec) else None

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from fw_optax._flat import Layout
+from fw_optax._flat import Layout, TreeDef
 from fw_optax._lmo import (
     Oracle,
     Scope,
@@ -75,7 +75,7 @@ def _check_positive(name: str, value: Any, *, schedule_ok: bool, strict: bool) -
 def _check_step_rule(step_rule: Any) -> StepRule:
     if step_rule not in STEP_RULES:
         raise ValueError(f"step_rule must be one of {STEP_RULES}, got step_rule={step_rule!r}.")
-    return step_rule
+    return cast(StepRule, step_rule)
 
 
 def _check_oracle(oracle: Any, p: Any, scope: Any) -> None:
@@ -367,6 +367,7 @@ def frank_wolfe(
             point = jax.tree.map(lambda w, d: (w + d).astype(w.dtype), params, step)
 
             def loss(w: Any) -> jax.Array:
+                assert value_fn is not None  # checked above: only K > 1 takes inner gradients
                 return value_fn(w) if batch is None else value_fn(w, batch)
 
             if batch_axis_name is None:
@@ -534,10 +535,12 @@ def _flat_oracle(
 
 def _check_oracle_answer(s: Any, g: Any, oracle: Oracle) -> None:
     name = getattr(oracle, "__name__", repr(oracle))
-    if jax.tree.structure(s) != jax.tree.structure(g):
+    got: TreeDef = jax.tree.structure(s)
+    expected: TreeDef = jax.tree.structure(g)
+    if got != expected:
         raise ValueError(
-            f"the oracle {name} must return a pytree like grads: got structure "
-            f"{jax.tree.structure(s)}, expected {jax.tree.structure(g)}."
+            f"the oracle {name} must return a pytree like grads: got structure {got}, "
+            f"expected {expected}."
         )
     leaves = jax.tree_util.tree_flatten_with_path(s)[0]
     for (path, a), b in zip(leaves, jax.tree.leaves(g), strict=True):

@@ -13,7 +13,8 @@ tensor, a pytree of per-tensor radii with the structure of ``grads`` (what
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, cast
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from fw_optax._flat import BLOCK, Layout, Segments, compute_dtype
 
 Scope = Literal["global", "leaf"]
+KeyPath = tuple[Any, ...]  # a leaf's path, as jax.tree_util.tree_flatten_with_path gives it
 SCOPES: tuple[str, ...] = ("global", "leaf")
 
 
@@ -64,13 +66,13 @@ def check_scope(scope: Any) -> Scope:
     """Returns ``scope`` if it names a known constraint layout, else raises ``ValueError``."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}.")
-    return scope
+    return cast(Scope, scope)
 
 
 # ----------------------------------------------------------------------------- radii
 def scalar_radius(delta: Any, who: str) -> jax.Array:
     """``delta`` as a 0-d array, or ``ValueError`` if it is a pytree or array of radii."""
-    if jax.tree.structure(delta).num_leaves != 1 or jnp.ndim(jax.tree.leaves(delta)[0]) != 0:
+    if len(jax.tree.leaves(delta)) != 1 or jnp.ndim(jax.tree.leaves(delta)[0]) != 0:
         raise ValueError(
             f"{who} is one set over the whole pytree and takes one scalar radius delta, got "
             f"{jax.tree.map(jnp.shape, delta)!r}. Per-tensor radii (relative_radius=True) need "
@@ -81,7 +83,7 @@ def scalar_radius(delta: Any, who: str) -> jax.Array:
 
 def leaf_radii(delta: Any, layout: Layout) -> jax.Array:
     """Per-leaf radii, shape ``[L]``: a scalar ``delta`` repeated, or a pytree of scalars."""
-    if jax.tree.structure(delta).num_leaves == 1 and jnp.ndim(jax.tree.leaves(delta)[0]) == 0:
+    if len(jax.tree.leaves(delta)) == 1 and jnp.ndim(jax.tree.leaves(delta)[0]) == 0:
         return jnp.full([len(layout.shapes)], jnp.asarray(jax.tree.leaves(delta)[0]))
     if jax.tree.structure(delta) != layout.treedef or any(
         jnp.ndim(r) != 0 for r in jax.tree.leaves(delta)
@@ -249,7 +251,9 @@ def _l2_leaf(g: jax.Array, radius: jax.Array, axes: tuple[int, ...] | None) -> j
     return jnp.where(m > 0, -radius * r / jnp.where(m > 0, norm, 1.0), 0.0)
 
 
-def _per_leaf(grads: Any, delta: Any, leaf_oracle) -> Any:
+def _per_leaf(
+    grads: Any, delta: Any, leaf_oracle: Callable[[KeyPath, jax.Array, jax.Array], jax.Array]
+) -> Any:
     """Applies ``leaf_oracle(path, g, radius)`` to every leaf, in the leaf's compute dtype."""
     layout = Layout.of(grads)
     radii = leaf_radii(delta, layout)
@@ -259,7 +263,7 @@ def _per_leaf(grads: Any, delta: Any, leaf_oracle) -> Any:
         dtype = compute_dtype([jnp.result_type(g)])
         s = leaf_oracle(path, jnp.asarray(g, dtype), radius.astype(dtype))
         out.append(s.astype(jnp.result_type(g)))
-    return treedef.unflatten(out)
+    return jax.tree.unflatten(treedef, out)
 
 
 def group_l2_lmo(grads: Any, delta: Any, *, axis: int = -1) -> Any:
@@ -288,7 +292,7 @@ def group_l2_lmo(grads: Any, delta: Any, *, axis: int = -1) -> Any:
              [-0.8,  1. ]], dtype=float32)
     """
 
-    def one(path, g, radius):
+    def one(path: KeyPath, g: jax.Array, radius: jax.Array) -> jax.Array:
         if g.ndim < 2:
             return -radius * jnp.sign(g)
         ax = axis % g.ndim if -g.ndim <= axis < g.ndim else None
@@ -330,7 +334,7 @@ def nuclear_lmo(grads: Any, delta: Any) -> Any:
              [-0., -0.]], dtype=float32)
     """
 
-    def one(path, g, radius):
+    def one(path: KeyPath, g: jax.Array, radius: jax.Array) -> jax.Array:
         if g.ndim > 2:
             raise ValueError(
                 "nuclear_lmo handles matrices (and falls back to the L2 ball for vectors), "
