@@ -1,5 +1,10 @@
 """The paper's RNN family in Flax: cells, stacked models and heads (modules only; the
-training pieces, truncated BPTT included, live in ``benchmarks``)."""
+training pieces, truncated BPTT included, live in ``benchmarks``).
+
+What a model is built with is here; the recurrences behind ``RNNModel(impl=...)`` stay in
+their modules: ``models.cells`` (the registry ``CELLS``), ``models.scan_rnn``,
+``models.fused``, ``models.pallas``, and ``models.rnn`` (``resolve_impl``, ``MEASURED``).
+"""
 
 from models.batch_norm import BatchNorm
 from models.cells import (
@@ -11,7 +16,6 @@ from models.cells import (
     make_cell,
 )
 from models.dropout import Dropout
-from models.fused import fused_scan_cell, supports_fused
 from models.heads import (
     HEADS,
     Head,
@@ -22,22 +26,24 @@ from models.heads import (
     sigmoid_mse_loss,
 )
 from models.rnn import (
+    IMPLS,
     HoistedRNN,
+    Impl,
     RNNModel,
     deep_indrnn,
     default_impl,
     default_unroll,
-    resolve_impl,
 )
-from models.scan_rnn import scan_cell, simple_rnn_scan
 
 __all__ = [
     "CELL_NAMES",
+    "IMPLS",
     "BatchNorm",
     "Dropout",
     "HEADS",
     "Head",
     "HoistedRNN",
+    "Impl",
     "IndRNNCell",
     "RNNModel",
     "binary_cross_entropy_loss",
@@ -46,15 +52,10 @@ __all__ = [
     "deep_indrnn",
     "default_impl",
     "default_unroll",
-    "fused_scan_cell",
     "get_head",
     "identity_init",
     "indrnn_recurrent_bound",
     "make_cell",
     "mse_loss",
-    "resolve_impl",
-    "scan_cell",
     "sigmoid_mse_loss",
-    "simple_rnn_scan",
-    "supports_fused",
 ]

@@ -1,15 +1,19 @@
-"""Recurrent cells Flax lacks, and the initializers that matter for long sequences.
+"""Recurrent cells Flax lacks, the initializers that matter for long sequences, and the
+registry of the cells the project knows by name.
 
 Flax's own cells (``SimpleCell``, ``OptimizedLSTMCell``, ``GRUCell``) are used as they are;
-this module adds the IndRNN cell and the named recurrent initializers, and maps the cell
-names used across the project to cell constructors.
+this module adds the IndRNN cell and the named recurrent initializers. ``CELLS`` holds one
+entry per cell: its name, its Flax classes, how ``make_cell`` builds it, and the recurrences
+that run it fast (``models.scan_rnn``, ``models.fused`` and ``models.pallas`` add theirs with
+``register_path``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args
 
 import flax.linen as nn
 import jax
@@ -18,8 +22,14 @@ from flax.linen.linear import default_kernel_init
 from flax.typing import Dtype, Initializer, PRNGKey
 
 Array = jax.Array
+Carry = Any
+# A recurrence over a whole sequence: (cell, its params, xs [T, *batch, F], carry, unroll)
+# -> (carry_T, hs [T, *batch, H]), what ``nn.RNN(cell, time_major=True, return_carry=True)``
+# returns.
+CellScan = Callable[[nn.RNNCellBase, Mapping[str, Any], Array, Carry, int], tuple[Carry, Array]]
+FastImpl = Literal["hoisted", "fused", "pallas"]
+FAST_IMPLS: tuple[FastImpl, ...] = get_args(FastImpl)
 
-CELL_NAMES: tuple[str, ...] = ("simple", "lstm", "gru", "indrnn")
 RECURRENT_INIT_NAMES: tuple[str, ...] = ("orthogonal", "identity")
 INDRNN_RECURRENT_NAME = "recurrent_kernel"
 
@@ -183,6 +193,101 @@ def recurrent_initializer(name_or_init: str | Initializer | None) -> Initializer
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RegisteredCell:
+    """One recurrent cell the project knows by name.
+
+    Attributes:
+      name: what ``make_cell`` and ``RNNModel(cell=...)`` call it.
+      classes: its Flax classes; ``make_cell`` builds the first. A cell is recognized by its
+        exact type (``registered_cell``): a subclass may change the math.
+      vector_recurrence: the recurrent weight is a vector ``u`` (``u * h_{t-1}``, IndRNN):
+        it takes a ``recurrent_bound``, and orthogonal init does not apply.
+      paths: fast implementation (``FAST_IMPLS``) -> the ``CellScan`` that runs this cell:
+        ``"hoisted"``, the scan step of ``models.scan_rnn``; ``"fused"``, the custom-VJP
+        recurrence of ``models.fused``; ``"pallas"``, the kernels of ``models.pallas``. Each
+        module adds its own with ``register_path``; ``nn.RNN`` ("flax") runs every cell.
+    """
+
+    name: str
+    classes: tuple[type[nn.RNNCellBase], ...]
+    vector_recurrence: bool = False
+    paths: dict[FastImpl, CellScan] = dataclasses.field(default_factory=dict)
+
+    def make(
+        self,
+        features: int,
+        *,
+        recurrent_init: str | Initializer | None = None,
+        activation_fn: Callable[[Array], Array] | None = None,
+        recurrent_bound: float | None = None,
+    ) -> nn.RNNCellBase:
+        """This cell with ``features`` units, unbound (see ``make_cell``)."""
+        if features < 1:
+            raise ValueError(f"features must be >= 1, got {features}")
+        init = recurrent_initializer(recurrent_init)
+        kwargs: dict[str, Any] = {"parent": None}
+        if activation_fn is not None:
+            kwargs["activation_fn"] = activation_fn
+        if self.vector_recurrence:
+            if recurrent_init == "orthogonal":
+                raise ValueError(
+                    f"recurrent_init 'orthogonal' does not apply to {self.name!r} (u is a vector)"
+                )
+            kwargs["recurrent_bound"] = recurrent_bound
+        elif recurrent_bound is not None:
+            raise ValueError(f"recurrent_bound only applies to 'indrnn', got cell {self.name!r}")
+        if init is not None:
+            kwargs["recurrent_kernel_init"] = init
+        return self.classes[0](features, **kwargs)
+
+
+CELLS: dict[str, RegisteredCell] = {
+    cell.name: cell
+    for cell in (
+        RegisteredCell("simple", (nn.SimpleCell,)),
+        RegisteredCell("lstm", (nn.OptimizedLSTMCell, nn.LSTMCell)),
+        RegisteredCell("gru", (nn.GRUCell,)),
+        RegisteredCell("indrnn", (IndRNNCell,), vector_recurrence=True),
+    )
+}
+CELL_NAMES: tuple[str, ...] = tuple(CELLS)
+_BY_CLASS: dict[type, RegisteredCell] = {
+    cls: cell for cell in CELLS.values() for cls in cell.classes
+}
+
+
+def registered_cell(cell: nn.RNNCellBase) -> RegisteredCell | None:
+    """The registry entry of ``cell``'s exact type, or ``None`` for a cell it does not know."""
+    return _BY_CLASS.get(type(cell))
+
+
+def cell_path(cell: nn.RNNCellBase, impl: FastImpl) -> CellScan | None:
+    """The recurrence ``impl`` registered for ``cell``'s type, or ``None``."""
+    entry = registered_cell(cell)
+    return None if entry is None else entry.paths.get(impl)
+
+
+def register_path(impl: FastImpl, *names: str) -> Callable[[CellScan], CellScan]:
+    """Decorator: the function runs the cells ``names`` (``CELL_NAMES``) with ``impl``."""
+    if impl not in FAST_IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; expected one of {FAST_IMPLS}")
+    unknown = [name for name in names if name not in CELLS]
+    if unknown:
+        raise ValueError(f"unknown cells {unknown}; expected names from {CELL_NAMES}")
+
+    def register(scan: CellScan) -> CellScan:
+        for name in names:
+            paths = CELLS[name].paths
+            if paths.get(impl, scan) is not scan:
+                raise ValueError(f"cell {name!r} already has a {impl!r} path: {paths[impl]}")
+        for name in names:
+            CELLS[name].paths[impl] = scan
+        return scan
+
+    return register
+
+
 def make_cell(
     name: str,
     features: int,
@@ -199,25 +304,11 @@ def make_cell(
     (e.g. ``relu`` with ``"identity"`` init gives the IRNN); ``recurrent_bound`` only
     applies to IndRNN and orthogonal init does not (its recurrent weight is a vector).
     """
-    if name not in CELL_NAMES:
+    if name not in CELLS:
         raise ValueError(f"unknown cell {name!r}; expected one of {CELL_NAMES}")
-    if features < 1:
-        raise ValueError(f"features must be >= 1, got {features}")
-    init = recurrent_initializer(recurrent_init)
-    kwargs: dict[str, Any] = {"parent": None}
-    if activation_fn is not None:
-        kwargs["activation_fn"] = activation_fn
-    if name == "indrnn":
-        if recurrent_init == "orthogonal":
-            raise ValueError(
-                "recurrent_init 'orthogonal' does not apply to 'indrnn' (u is a vector)"
-            )
-        return IndRNNCell(
-            features, recurrent_kernel_init=init, recurrent_bound=recurrent_bound, **kwargs
-        )
-    if recurrent_bound is not None:
-        raise ValueError(f"recurrent_bound only applies to 'indrnn', got cell {name!r}")
-    if init is not None:
-        kwargs["recurrent_kernel_init"] = init
-    cell_type = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[name]
-    return cell_type(features, **kwargs)
+    return CELLS[name].make(
+        features,
+        recurrent_init=recurrent_init,
+        activation_fn=activation_fn,
+        recurrent_bound=recurrent_bound,
+    )

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.cells import INDRNN_RECURRENT_NAME, IndRNNCell
+from models.cells import INDRNN_RECURRENT_NAME, IndRNNCell, cell_path, register_path
 from models.scan_rnn import gru_weights, lstm_weights
 
 Array = jax.Array
@@ -325,61 +325,77 @@ def _cast(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
 
 
-def _simple(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array, unroll: int):
+def elman_operands(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array):
+    """``(act, W_h, p = x W_i + b, h_0)`` of a ``SimpleCell``, in one dtype."""
     w_i, b, w_h = params["i"]["kernel"], params["i"]["bias"], params["h"]["kernel"]
-    dtype = _common_dtype(w_i, b, w_h, xs, carry)
-    w_i, b, w_h, xs, carry = _cast((w_i, b, w_h, xs, carry), dtype)
-    hs = elman_recurrence(_activation_name(cell.activation_fn), unroll, w_h, xs @ w_i + b, carry)
-    return hs[-1], hs
+    w_i, b, w_h, xs, carry = _cast((w_i, b, w_h, xs, carry), _common_dtype(w_i, b, w_h, xs, carry))
+    return _activation_name(cell.activation_fn), w_h, xs @ w_i + b, carry
 
 
-def _indrnn(cell: IndRNNCell, params: Params, xs: Array, carry: Array, unroll: int):
+def indrnn_operands(cell: IndRNNCell, params: Params, xs: Array, carry: Array):
+    """``(act, u, b, p = x W_i, h_0)`` of an ``IndRNNCell``, in one dtype (the bias is added
+    inside the loop)."""
     w_i, b, u = params["i"]["kernel"], params["i"]["bias"], params[INDRNN_RECURRENT_NAME]
-    dtype = _common_dtype(w_i, b, u, xs, carry)
-    w_i, b, u, xs, carry = _cast((w_i, b, u, xs, carry), dtype)
-    hs = indrnn_recurrence(_activation_name(cell.activation_fn), unroll, u, b, xs @ w_i, carry)
-    return hs[-1], hs
+    w_i, b, u, xs, carry = _cast((w_i, b, u, xs, carry), _common_dtype(w_i, b, u, xs, carry))
+    return _activation_name(cell.activation_fn), u, b, xs @ w_i, carry
 
 
-def _lstm(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, unroll: int):
+def lstm_operands(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry):
+    """``(W_h, p = x W_i + b, c_0, h_0)`` of an LSTM cell, in one dtype."""
     w_i, b, w_h = lstm_weights(params)
     dtype = _common_dtype(w_i, b, w_h, xs, carry)
     w_i, b, w_h, xs, (c0, h0) = _cast((w_i, b, w_h, xs, carry), dtype)
-    hs, c_last = lstm_recurrence(unroll, w_h, xs @ w_i + b, c0, h0)
-    return (c_last, hs[-1]), hs
+    return w_h, xs @ w_i + b, c0, h0
 
 
-def _gru(cell: nn.GRUCell, params: Params, xs: Array, carry: Array, unroll: int):
+def gru_operands(cell: nn.GRUCell, params: Params, xs: Array, carry: Array):
+    """``(W_h, b_hn, p = x W_i + b_i, h_0)`` of a ``GRUCell``, in one dtype."""
     w_i, b_i, w_h, b_hn = gru_weights(params)
     dtype = _common_dtype(w_i, b_i, w_h, b_hn, xs, carry)
     w_i, b_i, w_h, b_hn, xs, carry = _cast((w_i, b_i, w_h, b_hn, xs, carry), dtype)
-    hs = gru_recurrence(unroll, w_h, b_hn, xs @ w_i + b_i, carry)
+    return w_h, b_hn, xs @ w_i + b_i, carry
+
+
+@register_path("fused", "simple")
+def _simple(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array, unroll: int):
+    act, w_h, p, h0 = elman_operands(cell, params, xs, carry)
+    hs = elman_recurrence(act, unroll, w_h, p, h0)
     return hs[-1], hs
 
 
-_FUSED: dict[type, Callable[..., tuple[Carry, Array]]] = {
-    nn.SimpleCell: _simple,
-    IndRNNCell: _indrnn,
-    nn.LSTMCell: _lstm,
-    nn.OptimizedLSTMCell: _lstm,
-    nn.GRUCell: _gru,
-}
+@register_path("fused", "indrnn")
+def _indrnn(cell: IndRNNCell, params: Params, xs: Array, carry: Array, unroll: int):
+    act, u, b, p, h0 = indrnn_operands(cell, params, xs, carry)
+    hs = indrnn_recurrence(act, unroll, u, b, p, h0)
+    return hs[-1], hs
+
+
+@register_path("fused", "lstm")
+def _lstm(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, unroll: int):
+    hs, c_last = lstm_recurrence(unroll, *lstm_operands(cell, params, xs, carry))
+    return (c_last, hs[-1]), hs
+
+
+@register_path("fused", "gru")
+def _gru(cell: nn.GRUCell, params: Params, xs: Array, carry: Array, unroll: int):
+    hs = gru_recurrence(unroll, *gru_operands(cell, params, xs, carry))
+    return hs[-1], hs
 
 
 def supports_fused(cell: nn.RNNCellBase) -> bool:
     """Whether ``fused_scan_cell`` has a recurrence for this cell (type and nonlinearities).
 
-    Covered: ``SimpleCell`` (not ``residual``) and ``IndRNNCell`` with tanh, sigmoid or
-    ReLU; ``LSTMCell``, ``OptimizedLSTMCell`` and ``GRUCell`` with their default sigmoid
-    gates and tanh activation; all without a separate computation ``dtype``.
+    Covered: the ``models.cells.CELLS`` types with a ``"fused"`` path, without a separate
+    computation ``dtype``: ``SimpleCell`` (not ``residual``) and ``IndRNNCell`` with tanh,
+    sigmoid or ReLU; ``LSTMCell``, ``OptimizedLSTMCell`` and ``GRUCell`` with their default
+    sigmoid gates and tanh activation.
     """
-    kind = type(cell)
-    if kind not in _FUSED or getattr(cell, "dtype", None) is not None:
+    if cell_path(cell, "fused") is None or getattr(cell, "dtype", None) is not None:
         return False
-    if kind in (nn.SimpleCell, IndRNNCell):
-        residual = getattr(cell, "residual", False)
-        return _activation_name(cell.activation_fn) is not None and not residual
-    return cell.gate_fn is nn.sigmoid and cell.activation_fn is jnp.tanh
+    if hasattr(cell, "gate_fn"):
+        return cell.gate_fn is nn.sigmoid and cell.activation_fn is jnp.tanh
+    residual = getattr(cell, "residual", False)
+    return _activation_name(cell.activation_fn) is not None and not residual
 
 
 def fused_scan_cell(
@@ -405,4 +421,4 @@ def fused_scan_cell(
         raise ValueError(f"xs must have shape [time >= 1, ..., features], got shape {xs.shape}")
     if unroll < 1:
         raise ValueError(f"unroll must be >= 1, got {unroll}")
-    return _FUSED[type(cell)](cell, params, xs, carry, unroll)
+    return cell_path(cell, "fused")(cell, params, xs, carry, unroll)

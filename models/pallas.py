@@ -48,17 +48,17 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from models.cells import INDRNN_RECURRENT_NAME, IndRNNCell
+from models.cells import IndRNNCell, cell_path, register_path
 from models.fused import (
     Params,
-    _activation_name,
-    _cast,
-    _common_dtype,
     _outer_sum,
     _previous,
+    elman_operands,
+    gru_operands,
+    indrnn_operands,
+    lstm_operands,
     supports_fused,
 )
-from models.scan_rnn import gru_weights, lstm_weights
 
 Array = jax.Array
 
@@ -704,70 +704,59 @@ gru_recurrence.defvjp(_gru_fwd, _gru_bwd)
 # --- Flax cells -> kernels ---------------------------------------------------------------
 
 
-def _flat_batch(xs: Array, carry: Array) -> tuple[Array, Array, tuple[int, ...]]:
-    """The kernels take one batch axis: ``[T, *batch, F] -> [T, prod(batch), F]``."""
-    batch = carry.shape[:-1]
-    return xs.reshape(xs.shape[0], -1, xs.shape[-1]), carry.reshape(-1, carry.shape[-1]), batch
+def _flat(p: Array, *states: Array) -> tuple[Array, ...]:
+    """The kernels take one batch axis: ``p [T, *batch, G] -> [T, N, G]`` and each state
+    ``[*batch, H] -> [N, H]``."""
+    return p.reshape(p.shape[0], -1, p.shape[-1]), *(s.reshape(-1, s.shape[-1]) for s in states)
 
 
-def _simple(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array):
-    w_i, b, w_h = params["i"]["kernel"], params["i"]["bias"], params["h"]["kernel"]
-    dtype = _common_dtype(w_i, b, w_h, xs, carry)
-    w_i, b, w_h, xs, carry = _cast((w_i, b, w_h, xs, carry), dtype)
-    xs, h0, batch = _flat_batch(xs, carry)
-    hs = elman_recurrence(_activation_name(cell.activation_fn), w_h, xs @ w_i + b, h0)
-    hs = hs.reshape(hs.shape[0], *batch, hs.shape[-1])
+def _unflat(hs: Array, h0: Array) -> tuple[Array, Array]:
+    """``(h_T, hs)`` with ``hs [T, N, H]`` restored to ``[T, *batch, H]``, ``h0``'s batch."""
+    hs = hs.reshape(hs.shape[0], *h0.shape)
     return hs[-1], hs
 
 
-def _indrnn(cell: IndRNNCell, params: Params, xs: Array, carry: Array):
-    w_i, b, u = params["i"]["kernel"], params["i"]["bias"], params[INDRNN_RECURRENT_NAME]
-    dtype = _common_dtype(w_i, b, u, xs, carry)
-    w_i, b, u, xs, carry = _cast((w_i, b, u, xs, carry), dtype)
-    xs, h0, batch = _flat_batch(xs, carry)
-    hs = indrnn_recurrence(_activation_name(cell.activation_fn), u, b, xs @ w_i, h0)
-    hs = hs.reshape(hs.shape[0], *batch, hs.shape[-1])
-    return hs[-1], hs
+# The per-cell operands are models.fused's; ``unroll`` is unused: the kernels loop on chip.
+@register_path("pallas", "simple")
+def _simple(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array, unroll: int):
+    act, w_h, p, h0 = elman_operands(cell, params, xs, carry)
+    return _unflat(elman_recurrence(act, w_h, *_flat(p, h0)), h0)
 
 
-def _lstm(cell: nn.RNNCellBase, params: Params, xs: Array, carry: tuple[Array, Array]):
-    w_i, b, w_h = lstm_weights(params)
-    dtype = _common_dtype(w_i, b, w_h, xs, carry)
-    w_i, b, w_h, xs, (c0, h0) = _cast((w_i, b, w_h, xs, carry), dtype)
-    xs, h0, batch = _flat_batch(xs, h0)
-    hs, c_last = lstm_recurrence(w_h, xs @ w_i + b, c0.reshape(h0.shape), h0)
-    hs = hs.reshape(hs.shape[0], *batch, hs.shape[-1])
-    return (c_last.reshape(*batch, -1), hs[-1]), hs
+@register_path("pallas", "indrnn")
+def _indrnn(cell: IndRNNCell, params: Params, xs: Array, carry: Array, unroll: int):
+    act, u, b, p, h0 = indrnn_operands(cell, params, xs, carry)
+    return _unflat(indrnn_recurrence(act, u, b, *_flat(p, h0)), h0)
 
 
-def _gru(cell: nn.GRUCell, params: Params, xs: Array, carry: Array):
-    w_i, b_i, w_h, b_hn = gru_weights(params)
-    dtype = _common_dtype(w_i, b_i, w_h, b_hn, xs, carry)
-    w_i, b_i, w_h, b_hn, xs, carry = _cast((w_i, b_i, w_h, b_hn, xs, carry), dtype)
-    xs, h0, batch = _flat_batch(xs, carry)
-    hs = gru_recurrence(w_h, b_hn, xs @ w_i + b_i, h0)
-    hs = hs.reshape(hs.shape[0], *batch, hs.shape[-1])
-    return hs[-1], hs
+@register_path("pallas", "lstm")
+def _lstm(cell: nn.RNNCellBase, params: Params, xs: Array, carry: tuple[Array, Array], unroll: int):
+    w_h, p, c0, h0 = lstm_operands(cell, params, xs, carry)
+    hs, c_last = lstm_recurrence(w_h, *_flat(p, c0, h0))
+    h_last, hs = _unflat(hs, h0)
+    return (c_last.reshape(c0.shape), h_last), hs
 
 
-_PALLAS: dict[type, Callable[..., tuple[Any, Array]]] = {
-    nn.SimpleCell: _simple,
-    IndRNNCell: _indrnn,
-    nn.LSTMCell: _lstm,
-    nn.OptimizedLSTMCell: _lstm,
-    nn.GRUCell: _gru,
-}
+@register_path("pallas", "gru")
+def _gru(cell: nn.GRUCell, params: Params, xs: Array, carry: Array, unroll: int):
+    w_h, b_hn, p, h0 = gru_operands(cell, params, xs, carry)
+    return _unflat(gru_recurrence(w_h, b_hn, *_flat(p, h0)), h0)
 
 
 def supports_pallas(cell: nn.RNNCellBase) -> bool:
     """Whether ``pallas_scan_cell`` has kernels for this cell.
 
-    Covered, as ``models.fused.supports_fused`` covers them, up to ``MAX_HIDDEN`` units:
+    Covered: the ``models.cells.CELLS`` types with a ``"pallas"`` path, as
+    ``models.fused.supports_fused`` covers them, up to ``MAX_HIDDEN`` units:
     ``SimpleCell`` (not ``residual``) and ``IndRNNCell`` with tanh, sigmoid or ReLU;
     ``LSTMCell``, ``OptimizedLSTMCell`` and ``GRUCell`` with their default sigmoid gates and
     tanh activation.
     """
-    return type(cell) in _PALLAS and supports_fused(cell) and supports_hidden(cell.features)
+    return (
+        cell_path(cell, "pallas") is not None
+        and supports_fused(cell)
+        and supports_hidden(cell.features)
+    )
 
 
 def pallas_scan_cell(
@@ -782,9 +771,8 @@ def pallas_scan_cell(
       ValueError: for a cell ``supports_pallas`` rejects, or inputs not shaped
         ``[T >= 1, *batch, features]``.
     """
-    del unroll
     if not supports_pallas(cell):
         raise ValueError(f"no Pallas kernel for cell {cell!r}; see supports_pallas")
     if xs.ndim < 3 or xs.shape[0] < 1:
         raise ValueError(f"xs must have shape [T >= 1, *batch, features], got shape {xs.shape}")
-    return _PALLAS[type(cell)](cell, params, xs, carry)
+    return cell_path(cell, "pallas")(cell, params, xs, carry, unroll)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple, get_args
 
 import flax.linen as nn
 import jax
@@ -18,7 +18,14 @@ import jax.numpy as jnp
 from flax.typing import Initializer
 
 from models.batch_norm import BatchNorm
-from models.cells import CELL_NAMES, IndRNNCell, make_cell
+from models.cells import (
+    CELL_NAMES,
+    CELLS,
+    FAST_IMPLS,
+    FastImpl,
+    make_cell,
+    registered_cell,
+)
 from models.dropout import Dropout
 from models.fused import fused_scan_cell, supports_fused
 from models.pallas import pallas_scan_cell, supports_pallas
@@ -26,18 +33,33 @@ from models.scan_rnn import scan_cell, supports_hoisting
 
 Array = jax.Array
 Carry = Any
-IMPLS: tuple[str, ...] = ("auto", "pallas", "fused", "hoisted", "flax")
+Impl = Literal["auto", "pallas", "fused", "hoisted", "flax"]
+IMPLS: tuple[Impl, ...] = get_args(Impl)
 
 # PyTorch's BatchNorm1d defaults (momentum 0.1 = Flax 0.9, eps 1e-5), as the authors ran.
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 
 
-_SCANS: dict[str, Callable[..., tuple[Carry, Array]]] = {
-    "pallas": pallas_scan_cell,
-    "fused": fused_scan_cell,
-    "hoisted": scan_cell,
+class _Fast(NamedTuple):
+    """A fast implementation: what runs a cell (``scan_cell``'s arguments), and which cells."""
+
+    run: Callable[..., tuple[Carry, Array]]
+    supports: Callable[[nn.RNNCellBase], bool]
+
+
+_FAST: dict[FastImpl, _Fast] = {
+    "pallas": _Fast(pallas_scan_cell, supports_pallas),
+    "fused": _Fast(fused_scan_cell, supports_fused),
+    "hoisted": _Fast(scan_cell, supports_hoisting),
 }
+
+
+def check_impl(impl: str, allowed: tuple[str, ...] = IMPLS) -> Impl:
+    """``impl`` if it is one of ``allowed`` (``IMPLS``); raises ``ValueError`` naming it."""
+    if impl not in allowed:
+        raise ValueError(f"unknown impl {impl!r}; expected one of {allowed}")
+    return impl
 
 
 class HoistedRNN(nn.Module):
@@ -54,15 +76,19 @@ class HoistedRNN(nn.Module):
 
     cell: nn.RNNCellBase
     unroll: int = 1
-    impl: str = "hoisted"
+    impl: FastImpl = "hoisted"
+
+    def __post_init__(self) -> None:
+        check_impl(self.impl, FAST_IMPLS)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, xs: Array, initial_carry: Carry) -> tuple[Carry, Array]:
         """Inputs ``[T, B, F]`` and a carry; returns ``(carry_T, outputs [T, B, H])``."""
         if self.is_initializing():
             self.cell(initial_carry, xs[0])
-        run = _SCANS[self.impl]
-        return run(self.cell, self.cell.variables["params"], xs, initial_carry, unroll=self.unroll)
+        params = self.cell.variables["params"]
+        return _FAST[self.impl].run(self.cell, params, xs, initial_carry, unroll=self.unroll)
 
 
 class RNNModel(nn.Module):
@@ -85,10 +111,16 @@ class RNNModel(nn.Module):
     statistics flow).
 
     Attributes:
-      hidden_size: H, units per layer.
-      output_size: size of ``y`` (classes for a classifier, 1 for regression/binary).
-      cell: one of ``"simple"`` (Flax ``SimpleCell``, tanh), ``"lstm"``
-        (``OptimizedLSTMCell``), ``"gru"`` (``GRUCell``), ``"indrnn"`` (``IndRNNCell``).
+      hidden_size: H, units per layer; taken from a cell instance's ``features`` when
+        omitted (given too, it must agree).
+      output_size: size of ``y`` (classes for a classifier, 1 for regression/binary);
+        required.
+      cell: one of ``CELL_NAMES``: ``"simple"`` (Flax ``SimpleCell``, tanh), ``"lstm"``
+        (``OptimizedLSTMCell``), ``"gru"`` (``GRUCell``), ``"indrnn"`` (``IndRNNCell``);
+        or an unbound Flax cell, as ``nn.RNN`` takes it (``nn.LSTMCell(64)``), which every
+        layer copies. A cell type without an entry in ``models.cells.CELLS`` runs with
+        ``nn.RNN`` only (``"flax"``, which ``"auto"`` then picks). The three options below
+        configure a named cell; set them on an instance itself.
       depth: number d of stacked recurrent layers, ``d >= 1``.
       batch_norm: batch norm on ``h_T`` before the head.
       layer_batch_norm: batch norm after every recurrent layer, over batch and time.
@@ -109,14 +141,14 @@ class RNNModel(nn.Module):
         ``"hoisted"`` (the same projection, autodiff through ``scan_cell``), ``"flax"``
         (``nn.RNN`` over the cell, as landed), or ``"auto"``: the measured fastest on the
         default backend at the nearest measured sequence length (``MEASURED``) that runs
-        this cell, ``"flax"`` for a cell without a fast path.
-        Same parameters, same function.
+        this cell, ``"flax"`` for a cell without a fast path. A fast ``impl`` that cannot
+        run the cell is a ``ValueError`` here. Same parameters, same function.
       unroll: time steps per scan iteration; ``None`` picks ``default_unroll()``.
     """
 
-    hidden_size: int
-    output_size: int
-    cell: str = "simple"
+    hidden_size: int | None = None
+    output_size: int | None = None
+    cell: str | nn.RNNCellBase = "simple"
     depth: int = 1
     batch_norm: bool = False
     layer_batch_norm: bool = False
@@ -124,42 +156,71 @@ class RNNModel(nn.Module):
     recurrent_init: str | Initializer | None = None
     activation_fn: Callable[[Array], Array] | None = None
     recurrent_bound: float | None = None
-    impl: str = "auto"
+    impl: Impl = "auto"
     unroll: int | None = None
 
     def __post_init__(self) -> None:
-        if self.cell not in CELL_NAMES:
+        check_impl(self.impl)
+        if isinstance(self.cell, str) and self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; expected one of {CELL_NAMES}")
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
-        if self.hidden_size < 1 or self.output_size < 1:
+        if self.output_size is None:
+            raise ValueError("output_size is required (the head's size)")
+        if self.units < 1 or self.output_size < 1:
             raise ValueError(
-                f"hidden_size and output_size must be >= 1, got {self.hidden_size}, "
-                f"{self.output_size}"
+                f"hidden_size and output_size must be >= 1, got {self.units}, {self.output_size}"
             )
-        if self.impl not in IMPLS:
-            raise ValueError(f"unknown impl {self.impl!r}; expected one of {IMPLS}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.unroll is not None and self.unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {self.unroll}")
-        make_cell(self.cell, self.hidden_size, **self._cell_options())
+        cell = self.layer_cell()
+        if self.impl not in ("auto", "flax"):
+            resolve_impl(self.impl, cell)
         super().__post_init__()
 
-    def _cell_options(self) -> dict[str, Any]:
-        return {
+    @property
+    def units(self) -> int:
+        """H, units per layer: ``hidden_size``, or the cell instance's ``features``."""
+        if isinstance(self.cell, str):
+            if self.hidden_size is None:
+                raise ValueError(f"hidden_size is required with the cell name {self.cell!r}")
+            return self.hidden_size
+        features = getattr(self.cell, "features", self.hidden_size)
+        if features is None:
+            raise ValueError(f"hidden_size is required: {type(self.cell).__name__} has no features")
+        if self.hidden_size not in (None, features):
+            raise ValueError(
+                f"hidden_size {self.hidden_size} disagrees with the cell's features {features}"
+            )
+        return features
+
+    @nn.nowrap
+    def layer_cell(self) -> nn.RNNCellBase:
+        """A new unbound cell of one layer: the named one, or a copy of the instance."""
+        options = {
             "recurrent_init": self.recurrent_init,
             "activation_fn": self.activation_fn,
             "recurrent_bound": self.recurrent_bound,
         }
+        if isinstance(self.cell, str):
+            return make_cell(self.cell, self.units, **options)
+        given = sorted(k for k, v in options.items() if v is not None)
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} configure a cell given by name; set them on the "
+                f"{type(self.cell).__name__} instance instead"
+            )
+        return self.cell.clone(parent=None, name=None)
 
     @nn.nowrap
     def initialize_carry(self, batch_size: int) -> tuple[Carry, ...]:
         """Zero initial carry: one per layer, each as the cell lays it out (LSTM: ``(c, h)``)."""
-        cell = make_cell(self.cell, self.hidden_size, **self._cell_options())
+        cell = self.layer_cell()
         key = jax.random.key(0)
         return tuple(
-            cell.initialize_carry(key, (batch_size, self.hidden_size)) for _ in range(self.depth)
+            cell.initialize_carry(key, (batch_size, self.units)) for _ in range(self.depth)
         )
 
     @nn.compact
@@ -191,9 +252,9 @@ class RNNModel(nn.Module):
         xs = jnp.swapaxes(x, 0, 1)
         final_carries = []
         for layer, carry in enumerate(carries):
-            cell = make_cell(self.cell, self.hidden_size, **self._cell_options())
+            cell = self.layer_cell()
             impl = resolve_impl(self.impl, cell, seq_len=xs.shape[0])
-            if impl in _SCANS:
+            if impl in _FAST:
                 rnn = HoistedRNN(cell, unroll=unroll, impl=impl, name=f"rnn_{layer}")
                 carry, xs = rnn(xs, carry)
             else:
@@ -233,10 +294,8 @@ class Recurrence:
         """Implementations for ``cell``, fastest first, at the measured length nearest to
         ``seq_len`` on a log scale (``None``: the longest measured).
 
-        Times within ``NOISE`` of the fastest count as level (the CPU's vanilla-RNN gradient
-        at T=400 moved between 0.85x and 1.14x of Flax's over three runs of the same code);
-        among level ones, the fastest over all measured lengths (mean ratio to each
-        length's fastest) comes first.
+        Times within ``NOISE`` of the fastest count as level; among level ones, the fastest
+        over all measured lengths (mean ratio to each length's fastest) comes first.
         """
         lengths = self.ms[cell]
         if seq_len is None:
@@ -253,6 +312,7 @@ class Recurrence:
         return sorted(times, key=lambda i: (times[i] > best * (1 + NOISE), overall(i), times[i]))
 
 
+# How these numbers and NOISE were chosen, entry by entry: results/MEASURED_history.md.
 NOISE = 0.03
 MEASURED: dict[str, Recurrence] = {
     "cpu": Recurrence(
@@ -279,7 +339,6 @@ MEASURED: dict[str, Recurrence] = {
     ),
     "gpu": Recurrence(
         {
-            # Section 4 of the second file (us per step x T), where the kernels ran.
             "simple": {
                 100: {"flax": 1.78, "hoisted": 1.3, "fused": 1.0, "pallas": 0.6},
                 400: {"flax": 5.4, "hoisted": 3.84, "fused": 2.92, "pallas": 1.36},
@@ -299,19 +358,11 @@ MEASURED: dict[str, Recurrence] = {
             },
         },
         8,
-        "results/gpu_h200/perf_models_4c3e4b0.txt; results/gpu_h200/pallas_launch.txt",
+        "results/gpu_h200/pallas_launch.txt section 4 (simple: us per step x T / 1000); "
+        "results/gpu_h200/perf_models_4c3e4b0.txt section 3 (lstm, gru, indrnn)",
     ),
 }
-# Not measured on a TPU: it gets the nearest measured accelerator's choice.
-MEASURED["tpu"] = MEASURED["gpu"]
-
-_CELL_NAMES_BY_TYPE: dict[type, str] = {
-    nn.SimpleCell: "simple",
-    nn.LSTMCell: "lstm",
-    nn.OptimizedLSTMCell: "lstm",
-    nn.GRUCell: "gru",
-    IndRNNCell: "indrnn",
-}
+MEASURED["tpu"] = MEASURED["gpu"]  # not measured: the nearest measured accelerator's
 
 
 def _recurrence(backend: str | None = None) -> Recurrence:
@@ -342,33 +393,27 @@ def default_unroll(backend: str | None = None) -> int:
     return _recurrence(backend).unroll
 
 
-_SUPPORTS: dict[str, Callable[[nn.RNNCellBase], bool]] = {
-    "pallas": supports_pallas,
-    "fused": supports_fused,
-    "hoisted": supports_hoisting,
-    "flax": lambda cell: True,
-}
+def _runs(impl: str, cell: nn.RNNCellBase) -> bool:
+    return impl == "flax" or _FAST[impl].supports(cell)
 
 
 def resolve_impl(
-    impl: str, cell: nn.RNNCellBase, backend: str | None = None, seq_len: int | None = None
-) -> str:
+    impl: Impl, cell: nn.RNNCellBase, backend: str | None = None, seq_len: int | None = None
+) -> Impl:
     """The implementation that runs ``cell``: ``impl`` itself, or for ``"auto"`` the fastest
-    one measured for the cell's type on ``backend`` near ``seq_len`` that has a path for this
-    cell (a hidden size over the Pallas kernels' limit, say), else ``"flax"`` (``nn.RNN``
-    runs any cell, a user's own included).
+    one measured for the cell's type (its ``models.cells.CELLS`` entry) on ``backend`` near
+    ``seq_len`` that has a path for this cell (a hidden size over the Pallas kernels' limit,
+    say), else ``"flax"`` (``nn.RNN`` runs any cell, a user's own included).
 
     Raises:
       ValueError: for an unknown ``impl``, or an explicit one that has no recurrence for
         this cell.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
-    if impl == "auto":
-        name = _CELL_NAMES_BY_TYPE.get(type(cell))
-        ranking = [] if name is None else _recurrence(backend).ranking(name, seq_len)
-        return next((choice for choice in ranking if _SUPPORTS[choice](cell)), "flax")
-    if not _SUPPORTS[impl](cell):
+    if check_impl(impl) == "auto":
+        entry = registered_cell(cell)
+        ranking = [] if entry is None else _recurrence(backend).ranking(entry.name, seq_len)
+        return next((choice for choice in ranking if _runs(choice, cell)), "flax")
+    if not _runs(impl, cell):
         raise ValueError(f"impl {impl!r} has no recurrence for cell {cell!r}; use 'auto' or 'flax'")
     return impl
 

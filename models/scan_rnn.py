@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.cells import INDRNN_RECURRENT_NAME, IndRNNCell
+from models.cells import INDRNN_RECURRENT_NAME, IndRNNCell, cell_path, register_path
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -94,6 +94,7 @@ def gru_weights(params: Params) -> tuple[Array, Array, Array, Array]:
     return w_i, b_i, w_h, params["hn"]["bias"]
 
 
+@register_path("hoisted", "lstm")
 def _lstm_scan(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, unroll: int):
     w_i, b, w_h = lstm_weights(params)
     projected = xs @ w_i + b
@@ -108,6 +109,7 @@ def _lstm_scan(cell: nn.RNNCellBase, params: Params, xs: Array, carry: Carry, un
     return jax.lax.scan(step, carry, projected, unroll=unroll)
 
 
+@register_path("hoisted", "gru")
 def _gru_scan(cell: nn.GRUCell, params: Params, xs: Array, carry: Array, unroll: int):
     w_i, b_i, w_h, b_hn = gru_weights(params)
     projected = xs @ w_i + b_i
@@ -124,6 +126,7 @@ def _gru_scan(cell: nn.GRUCell, params: Params, xs: Array, carry: Array, unroll:
     return jax.lax.scan(step, carry, projected, unroll=unroll)
 
 
+@register_path("hoisted", "simple")
 def _simple_scan(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array, unroll: int):
     if cell.residual:
         raise ValueError("the hoisted SimpleCell recurrence does not support residual=True")
@@ -132,6 +135,7 @@ def _simple_scan(cell: nn.SimpleCell, params: Params, xs: Array, carry: Array, u
     )
 
 
+@register_path("hoisted", "indrnn")
 def _indrnn_scan(cell: IndRNNCell, params: Params, xs: Array, carry: Array, unroll: int):
     u = params[INDRNN_RECURRENT_NAME]
     projected = xs @ params["i"]["kernel"] + params["i"]["bias"]
@@ -143,18 +147,10 @@ def _indrnn_scan(cell: IndRNNCell, params: Params, xs: Array, carry: Array, unro
     return jax.lax.scan(step, carry, projected, unroll=unroll)
 
 
-_SCANS: dict[type, Callable[..., tuple[Carry, Array]]] = {
-    nn.SimpleCell: _simple_scan,
-    nn.LSTMCell: _lstm_scan,
-    nn.OptimizedLSTMCell: _lstm_scan,
-    nn.GRUCell: _gru_scan,
-    IndRNNCell: _indrnn_scan,
-}
-
-
 def supports_hoisting(cell: nn.RNNCellBase) -> bool:
-    """Whether ``scan_cell`` has a hoisted-projection recurrence for this cell type."""
-    return type(cell) in _SCANS and not getattr(cell, "residual", False)
+    """Whether ``scan_cell`` has a hoisted-projection recurrence for this cell type
+    (``models.cells.CELLS``)."""
+    return cell_path(cell, "hoisted") is not None and not getattr(cell, "residual", False)
 
 
 def scan_cell(
@@ -175,4 +171,4 @@ def scan_cell(
     """
     if not supports_hoisting(cell):
         raise ValueError(f"no hoisted recurrence for cell {cell!r}")
-    return _SCANS[type(cell)](cell, params, xs, carry, unroll)
+    return cell_path(cell, "hoisted")(cell, params, xs, carry, unroll)

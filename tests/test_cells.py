@@ -1,4 +1,5 @@
-"""Tests for models/cells.py: the IndRNN cell, its bound, and the recurrent initializers."""
+"""Tests for models/cells.py: the IndRNN cell, its bound, the recurrent initializers, and the
+registry of cells."""
 
 import flax.linen as nn
 import jax
@@ -8,11 +9,16 @@ import pytest
 
 from models.cells import (
     CELL_NAMES,
+    CELLS,
+    FAST_IMPLS,
     IndRNNCell,
+    cell_path,
     clip_indrnn_recurrent,
     identity_init,
     indrnn_recurrent_bound,
     make_cell,
+    register_path,
+    registered_cell,
 )
 
 
@@ -93,3 +99,62 @@ def test_make_cell_rejects_unknown_names_and_misplaced_options():
         make_cell("indrnn", 4, recurrent_init="orthogonal")
     with pytest.raises(ValueError, match="0"):
         make_cell("gru", 0)
+
+
+# What the four tables the registry replaced listed (cells.make_cell, rnn._CELL_NAMES_BY_TYPE,
+# scan_rnn._SCANS, fused._FUSED, pallas._PALLAS): every class had all three fast paths.
+FLAX_CLASSES = {
+    "simple": {nn.SimpleCell},
+    "lstm": {nn.OptimizedLSTMCell, nn.LSTMCell},
+    "gru": {nn.GRUCell},
+    "indrnn": {IndRNNCell},
+}
+PATH_MODULES = {"hoisted": "models.scan_rnn", "fused": "models.fused", "pallas": "models.pallas"}
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_every_registered_cell_has_its_classes_and_all_three_fast_paths(name):
+    entry = CELLS[name]
+    assert entry.name == name
+    assert set(entry.classes) == FLAX_CLASSES[name]
+    assert set(entry.paths) == set(FAST_IMPLS) == set(PATH_MODULES)
+    for impl, scan in entry.paths.items():
+        assert callable(scan) and scan.__module__ == PATH_MODULES[impl], (impl, scan)
+    for cls in entry.classes:
+        assert registered_cell(cls(4, parent=None)) is entry
+    cell = make_cell(name, 4)
+    assert type(cell) is entry.classes[0] and cell.features == 4
+    assert registered_cell(cell) is entry
+    assert all(cell_path(cell, impl) is entry.paths[impl] for impl in FAST_IMPLS)
+
+
+def test_the_names_are_the_registry_and_the_paths_differ_by_cell():
+    assert CELL_NAMES == tuple(CELLS) == ("simple", "lstm", "gru", "indrnn")
+    for impl in FAST_IMPLS:
+        assert len({id(CELLS[name].paths[impl]) for name in CELL_NAMES}) == len(CELL_NAMES)
+
+
+class _Subclass(nn.SimpleCell):
+    """A subclass may change the math: the registry does not know it."""
+
+
+@pytest.mark.parametrize(
+    "cell", [_Subclass(4, parent=None), nn.MGUCell(4, parent=None)], ids=["subclass", "mgu"]
+)
+def test_cells_outside_the_registry_have_no_entry_and_no_path(cell):
+    assert registered_cell(cell) is None
+    assert all(cell_path(cell, impl) is None for impl in FAST_IMPLS)
+
+
+def test_register_path_refuses_an_unknown_impl_and_a_second_recurrence():
+    with pytest.raises(ValueError, match="unknown impl 'cuda'"):
+        register_path("cuda", "simple")
+    with pytest.raises(ValueError, match=r"unknown cells \['elman'\]"):
+        register_path("fused", "simple", "elman")
+    before = {name: dict(entry.paths) for name, entry in CELLS.items()}
+    with pytest.raises(ValueError, match="cell 'gru' already has a 'fused' path"):
+        register_path("fused", "gru")(lambda cell, params, xs, carry, unroll: (carry, xs))
+    assert {name: entry.paths for name, entry in CELLS.items()} == before
+    # The same function again (a module imported twice under one name) changes nothing.
+    assert register_path("fused", "gru")(before["gru"]["fused"]) is before["gru"]["fused"]
+    assert {name: entry.paths for name, entry in CELLS.items()} == before

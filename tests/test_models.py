@@ -1,6 +1,10 @@
 """Tests for models/rnn.py and models/heads.py: every model's shapes, gradients, batch norm,
 errors, and a few jitted steps with ``chain(frank_wolfe(...), sgd(...))``."""
 
+import re
+import typing
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,6 +17,10 @@ import models.rnn as models_rnn
 from benchmarks.train import make_train_loss, split_variables
 from models import (
     CELL_NAMES,
+    IMPLS,
+    HoistedRNN,
+    Impl,
+    IndRNNCell,
     RNNModel,
     clip_indrnn_recurrent,
     cross_entropy_loss,
@@ -20,9 +28,11 @@ from models import (
     get_head,
     make_cell,
     mse_loss,
-    resolve_impl,
     sigmoid_mse_loss,
 )
+from models.rnn import check_impl, resolve_impl
+
+REPO = Path(__file__).resolve().parents[1]
 
 B, T, F, H = 3, 6, 2, 5
 X = jax.random.normal(jax.random.key(0), (B, T, F))
@@ -180,6 +190,128 @@ def test_auto_model_with_a_cell_lacking_the_fast_path_runs_nn_rnn():
     np.testing.assert_allclose(y, model.clone(impl="flax").apply(variables, X), rtol=1e-6)
     with pytest.raises(ValueError, match="impl 'fused' has no recurrence"):
         model.clone(impl="fused").apply(variables, X)
+
+
+def test_measured_entries_are_numbers_from_results_files_that_exist():
+    for backend, table in models_rnn.MEASURED.items():
+        files = re.findall(r"results/\S+\.txt", table.source)
+        assert files, backend
+        assert all((REPO / f).is_file() for f in files), table.source
+        for by_length in table.ms.values():
+            for times in by_length.values():
+                assert times and all(isinstance(ms, float) and ms > 0 for ms in times.values())
+                assert set(times) <= set(IMPLS) - {"auto"}
+    assert (REPO / "results" / "MEASURED_history.md").is_file()
+
+
+def test_impl_is_a_literal_checked_once_with_the_bad_value_named():
+    assert IMPLS == typing.get_args(Impl) == ("auto", "pallas", "fused", "hoisted", "flax")
+    assert [check_impl(impl) for impl in IMPLS] == list(IMPLS)
+    for impl in IMPLS:  # every value of the Literal builds a model of a registered cell
+        assert RNNModel(hidden_size=H, output_size=1, impl=impl).impl == impl
+    cell = make_cell("simple", H)
+    for bad in ("cuda", "Fused", ""):
+        with pytest.raises(ValueError, match=f"unknown impl {bad!r}"):
+            check_impl(bad)
+        with pytest.raises(ValueError, match=f"unknown impl {bad!r}"):
+            resolve_impl(bad, cell)
+        with pytest.raises(ValueError, match=f"unknown impl {bad!r}"):
+            RNNModel(hidden_size=H, output_size=1, impl=bad)
+    # HoistedRNN takes the fast ones only.
+    for bad in ("auto", "flax", "cuda"):
+        with pytest.raises(ValueError, match=f"unknown impl {bad!r}"):
+            HoistedRNN(cell, impl=bad)
+
+
+def _same_model(named, given, x=X):
+    """Both models have the same parameter tree, and with the same parameters the same
+    outputs and gradients."""
+    variables = _init(named, x)
+    assert jax.tree.map(jnp.shape, _init(given, x)) == jax.tree.map(jnp.shape, variables)
+
+    def loss(model, params):
+        return jnp.sum(jnp.sin(model.apply({"params": params}, x)))
+
+    for a, b in zip(
+        jax.value_and_grad(loss, argnums=1)(named, variables["params"]),
+        jax.value_and_grad(loss, argnums=1)(given, variables["params"]),
+        strict=True,
+    ):
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("impl", ["auto", "flax", "fused"])
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_a_cell_instance_is_the_named_cell_with_its_hidden_size(name, impl):
+    named = RNNModel(hidden_size=H, output_size=2, cell=name, depth=2, impl=impl)
+    given = RNNModel(output_size=2, cell=make_cell(name, H), depth=2, impl=impl)
+    assert given.units == H and given.initialize_carry(B) is not None
+    assert resolve_impl(impl, given.layer_cell(), seq_len=T) == resolve_impl(
+        impl, named.layer_cell(), seq_len=T
+    )
+    _same_model(named, given)
+
+
+def test_a_configured_instance_reaches_every_layer_with_its_own_parameters():
+    cell = IndRNNCell(features=4, activation_fn=jnp.tanh, recurrent_bound=0.25, parent=None)
+    model = RNNModel(cell=cell, output_size=1, depth=2)
+    params = _init(model)["params"]
+    u0, u1 = (params[f"rnn_{i}"]["cell"]["recurrent_kernel"] for i in range(2))
+    assert u0.shape == u1.shape == (4,) and not np.allclose(u0, u1)
+    assert float(jnp.maximum(u0.max(), u1.max())) <= 0.25
+    named = RNNModel(4, 1, cell="indrnn", depth=2, activation_fn=jnp.tanh, recurrent_bound=0.25)
+    _same_model(named, model)
+    # nn.LSTMCell (not the OptimizedLSTMCell make_cell builds) runs too, with the fast paths.
+    lstm = RNNModel(cell=nn.LSTMCell(features=4, parent=None), output_size=1, impl="fused")
+    _same_model(lstm.clone(impl="flax"), lstm)
+
+
+class _ScaledGRUCell(nn.GRUCell):
+    """A cell of the user's own whose math no fast path knows."""
+
+    def __call__(self, carry, inputs):
+        carry, h = super().__call__(carry, inputs)
+        return 0.5 * carry, 0.5 * h
+
+
+@pytest.mark.parametrize(
+    "cell", [_ScaledGRUCell(H, parent=None), nn.MGUCell(H, parent=None)], ids=["subclass", "mgu"]
+)
+def test_a_cell_without_a_registry_entry_runs_with_flax_and_refuses_fast_impls(cell):
+    model = RNNModel(cell=cell, output_size=1)
+    assert resolve_impl("auto", model.layer_cell(), "gpu", seq_len=T) == "flax"
+    variables = _init(model)
+    expected = nn.Dense(1).apply(
+        {"params": variables["params"]["head"]},
+        nn.RNN(cell).apply({"params": variables["params"]["rnn_0"]}, X)[:, -1],
+    )
+    np.testing.assert_allclose(model.apply(variables, X), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.clone(impl="flax").apply(variables, X), expected, rtol=1e-6)
+    for impl in ("hoisted", "fused", "pallas"):
+        with pytest.raises(ValueError, match=f"impl '{impl}' has no recurrence for cell"):
+            RNNModel(cell=cell, output_size=1, impl=impl)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cell": nn.GRUCell(4, parent=None), "hidden_size": 5}, "hidden_size 5 disagrees.* 4"),
+        ({"cell": "gru"}, "hidden_size is required with the cell name 'gru'"),
+        ({"cell": nn.GRUCell(4, parent=None), "output_size": None}, "output_size is required"),
+        (
+            {"cell": IndRNNCell(4, parent=None), "recurrent_bound": 1.0},
+            "recurrent_bound configure a cell given by name; set them on the IndRNNCell",
+        ),
+        (
+            {"cell": nn.SimpleCell(4, parent=None), "activation_fn": nn.relu},
+            "activation_fn configure",
+        ),
+    ],
+)
+def test_cell_instance_configuration_errors_name_the_conflict(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RNNModel(**{"output_size": 1, **kwargs})
+    assert RNNModel(output_size=1, cell=nn.GRUCell(4, parent=None), hidden_size=4).units == 4
 
 
 @pytest.mark.parametrize("depth", [1, 3])

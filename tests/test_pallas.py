@@ -189,13 +189,18 @@ def test_deep_stack_with_batch_norm_and_dropout_equals_the_fused_model():
     _assert_trees_close(grads, ref_grads)
 
 
-def test_extra_batch_axes_are_flattened_and_restored():
-    cell = CELLS["simple"]
+@pytest.mark.parametrize("name", ["simple", "lstm"])
+def test_extra_batch_axes_are_flattened_and_restored(name):
+    cell = CELLS[name]
     params, xs, carry = _setup(cell, 4, 6)
-    final, hs = pallas_scan_cell(cell, params, xs.reshape(4, 2, 3, 3), carry.reshape(2, 3, 5))
+    split = jax.tree.map(lambda c: c.reshape(2, 3, 5), carry)
+    final, hs = pallas_scan_cell(cell, params, xs.reshape(4, 2, 3, 3), split)
     ref_final, ref_hs = pallas_scan_cell(cell, params, xs, carry)
-    assert hs.shape == (4, 2, 3, 5) and final.shape == (2, 3, 5)
+    assert hs.shape == (4, 2, 3, 5)
+    assert all(leaf.shape == (2, 3, 5) for leaf in jax.tree.leaves(final))
     np.testing.assert_allclose(hs.reshape(ref_hs.shape), ref_hs, rtol=1e-6)
+    for leaf, ref in zip(jax.tree.leaves(final), jax.tree.leaves(ref_final), strict=True):
+        np.testing.assert_allclose(leaf.reshape(ref.shape), ref, rtol=1e-6)
 
 
 def test_kernels_cover_every_cell_of_the_paper_up_to_the_hidden_limit():
