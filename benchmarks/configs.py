@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from benchmarks.methods import METHODS, get_method
@@ -347,6 +348,27 @@ def _check_type(name: str, value: Any) -> None:
 
 def _type_name(kind: Any) -> str:
     return str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples as lists)."""
+    return json.loads(json.dumps(value))
+
+
+def recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration as a run summary recorded it (JSON), with every :class:`Config` field
+    the summary predates at its default: the run trained as the default says."""
+    full = dict(recorded)
+    for field in dataclasses.fields(Config):
+        if field.name not in full and field.default is not dataclasses.MISSING:
+            full[field.name] = as_json(field.default)
+    return full
+
+
+def field_default(name: str) -> Any:
+    """The default of :class:`Config`'s field ``name``."""
+    (field,) = [f for f in dataclasses.fields(Config) if f.name == name]
+    return field.default
 
 
 def settable_fields() -> list[tuple[str, str]]:

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 # jax, optax and fw_optax are imported where an optimizer is built, so that the registry
 # (names, descriptions, settings) loads without them: `python -m benchmarks.run --help`.
 
-INDRNN_RECURRENT = "recurrent_kernel"
 NONFINITE_PATIENCE = 10
 """``--on-nonfinite skip``: consecutive non-finite gradients skipped before one is applied
 (``optax.apply_if_finite``'s ``max_consecutive_errors``); the run then stops on its
@@ -73,11 +72,14 @@ class Method:
 
 
 def _not_recurrent(params: Any) -> Any:
+    """Weight decay's mask: every parameter but IndRNN's recurrent weights."""
     import jax
+
+    from models.cells import INDRNN_RECURRENT_NAME
 
     def keep(path, _):
         last = path[-1]
-        return getattr(last, "key", getattr(last, "name", None)) != INDRNN_RECURRENT
+        return getattr(last, "key", getattr(last, "name", None)) != INDRNN_RECURRENT_NAME
 
     return jax.tree_util.tree_map_with_path(keep, params)
 

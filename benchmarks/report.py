@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from benchmarks import configs
+from benchmarks.curves import read_records
 from benchmarks.data.adding import PLATEAU_MSE
 from benchmarks.machine import describe
 from benchmarks.methods import METHODS
@@ -139,9 +140,10 @@ def load_run(path: Path) -> dict[str, Any] | None:
     if not isinstance(summary, dict) or not SUMMARY_KEYS <= set(summary):
         return None
     curves = path.with_name(summary["curves"])
+    if not curves.exists() and not _diverged(summary):
+        raise ResultsError(f"{curves}: curves of {path.name} missing")
     try:
-        lines = curves.read_text().splitlines() if curves.exists() or not _diverged(summary) else []
-        summary["records"] = [json.loads(line) for line in lines if line.strip()]
+        summary["records"] = read_records(curves)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ResultsError(f"{curves}: curves of {path.name} unreadable ({error})") from error
     return summary
@@ -151,8 +153,9 @@ def _diverged(run: dict[str, Any]) -> bool:
     return run.get("status") == DIVERGED
 
 
-_DEFAULTS = {"gap_tol": None, "step_rule": "average", "on_nonfinite": "stop"}
-"""Fields newer than some result files, with the value those runs had."""
+_VARIANT_FIELDS = ("gap_tol", "step_rule", "on_nonfinite")
+"""Settings that make a run a variant of its row when not at their default (older result
+files predate them: they count as the default, ``configs.recorded_config``)."""
 
 
 _NOT_VARIANT = (*configs.UNNAMED, "eval_every", "test_size")
@@ -162,8 +165,8 @@ _NOT_VARIANT = (*configs.UNNAMED, "eval_every", "test_size")
 def _is_variant(run: dict[str, Any], allow: tuple[str, ...] = ()) -> bool:
     """A run with adaptive K, another step rule or any other override of what it trains
     (but those in ``allow``): reported in its own table (or not at all), not in the paper's."""
-    config = run["config"]
-    if any(config.get(name, value) != value for name, value in _DEFAULTS.items()):
+    config = configs.recorded_config(run["config"])
+    if any(config[name] != configs.field_default(name) for name in _VARIANT_FIELDS):
         return True
     return any(k not in (*_NOT_VARIANT, *allow) for k in run.get("overrides", {}))
 
@@ -617,7 +620,7 @@ _NO_EFFECT = ("unroll", "eta")
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     def key(c):
-        return {**_DEFAULTS, **{k: v for k, v in c.items() if k not in _NO_EFFECT}}
+        return {k: v for k, v in configs.recorded_config(c).items() if k not in _NO_EFFECT}
 
     return key(a) == key(b)
 

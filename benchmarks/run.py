@@ -63,6 +63,7 @@ import numpy as np
 
 from benchmarks import configs
 from benchmarks.configs import Config, get_config
+from benchmarks.curves import read_records
 from benchmarks.methods import METHODS, build_optimizer
 from benchmarks.tasks import (
     TASKS,
@@ -197,11 +198,8 @@ def _differences(config: Config, summary: dict[str, Any]) -> dict[str, tuple[Any
     A field added to :class:`Config` after the summary was written counts as its default
     there; a field the summary has and ``Config`` no longer has differs (asked: ``None``).
     """
-    recorded = dict(summary.get("config", {}))
-    current = _as_json(dataclasses.asdict(config))
-    for field in dataclasses.fields(Config):
-        if field.name not in recorded and field.default is not dataclasses.MISSING:
-            recorded[field.name] = _as_json(field.default)
+    recorded = configs.recorded_config(summary.get("config", {}))
+    current = configs.as_json(dataclasses.asdict(config))
     names = sorted(set(recorded) | set(current))
     return {
         k: (recorded.get(k), current.get(k)) for k in names if recorded.get(k) != current.get(k)
@@ -260,11 +258,6 @@ def _locked(configs_: Sequence[Config], out: Path):
 
 class RunLocked(RuntimeError):
     """Another process is training the same run into the same folder."""
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as it reads back from a JSON file (tuples as lists)."""
-    return json.loads(json.dumps(value))
 
 
 def run_experiment(config: Config, out: Path, **options: Any) -> dict[str, Any]:
@@ -535,9 +528,7 @@ def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, 
         "curves": curves_path.name,
     }
     if diverged is not None:
-        records = [
-            json.loads(line) for line in curves_path.read_text().splitlines() if line.strip()
-        ] if curves_path.is_file() else []  # fmt: skip
+        records = read_records(curves_path)
         summary.update(
             status="diverged",
             diverged=diverged.as_dict(),

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 import fw_optax
 from benchmarks import parallel
+from benchmarks.curves import append_record, read_records
 from benchmarks.data import batches
 from benchmarks.tbptt import tbptt_step
 
@@ -765,7 +766,7 @@ def _train(
                 f"{steps} steps asked for: ask for at least {start}, or start over"
             )
         state = place(state)
-        history = [[row for row in _read_records(c) if row["step"] <= start] for c in curves]
+        history = [[row for row in read_records(c) if row["step"] <= start] for c in curves]
         evals_done = [
             rows[-1]["grad_evals"]
             if rows and (rows[-1]["step"] == start or gone is not None)
@@ -882,8 +883,7 @@ def _train(
                     continue
                 run_rows.append(row)
                 if path is not None:
-                    with path.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_record(path, row)
             stopping = bool(signals) and done < steps
             if manager is not None and (
                 done == steps or stopping or checkpoints.due(done - last_saved_step, last_save)
@@ -1078,12 +1078,6 @@ def _skipped(opt_state: Any, run: int | None) -> int | None:
         return None
     total = np.asarray(total)
     return int(total if run is None else total[run])
-
-
-def _read_records(curves: Path | None) -> list[dict[str, Any]]:
-    if curves is None or not curves.is_file():
-        return []
-    return [json.loads(line) for line in curves.read_text().splitlines() if line.strip()]
 
 
 def _manager(checkpoints: Checkpoints | None):
