@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 import fw_optax
-from benchmarks.data.adding import adding_batch
+from benchmarks.training.data.adding import adding_batch
 
 Batch = tuple[jax.Array, jax.Array]
 

@@ -30,11 +30,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from benchmarks import configs
-from benchmarks.curves import read_records
-from benchmarks.data.adding import PLATEAU_MSE
 from benchmarks.machine import describe
-from benchmarks.methods import METHODS
+from benchmarks.registry import configs
+from benchmarks.registry.methods import METHODS
+from benchmarks.training.curves import read_records
+from benchmarks.training.data.adding import PLATEAU_MSE
 
 ADDING_LENGTHS = (100, 200, 300, 400, 750)
 LEFT_PLATEAU = 0.1
@@ -1044,7 +1044,7 @@ def build(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         "not edit by hand. Paper numbers: Tables 1 and 2 of the poster (Yue et al., ICPR 2020, "
         "arXiv:2010.05397), copied into `benchmarks/report.py`. FW rows appear in two flavours: "
         "`alg1` (Algorithm 1 as written) and `authors` (the authors' code); see "
-        "`benchmarks/configs.py`.",
+        "`benchmarks/registry/configs.py`.",
         "",
         "![Fig. 2](figures/fig2_adding.png)",
         "",

@@ -6,12 +6,11 @@
     python -m benchmarks.run --task har2 --method fw --K 5 --seeds 0 1 2   # one program
     python -m benchmarks.run --task noisy_har2 --method all --preset cpu
 
-Settings come from the task and method registries (``benchmarks/tasks.py``,
-``benchmarks/methods.py``) through ``benchmarks/configs.py`` (``--preset paper``: the
-authors'; ``cpu``: a reduced budget); ``--set field=value`` changes any other field, checked
-against the configuration's fields and types before anything runs. Each run writes, under
-``--out`` (default ``runs``, which git ignores; the reproduction's ``results`` only when
-named):
+Settings come from the task and method registries (``benchmarks/registry/tasks.py``,
+``benchmarks/registry/methods.py``) through ``benchmarks/registry/configs.py`` (``--preset paper``:
+the authors'; ``cpu``: a reduced budget); ``--set field=value`` changes any other field, checked
+against the configuration's fields and types before anything runs. Each run writes, under ``--out``
+(default ``runs``, which git ignores; the reproduction's ``results`` only when named):
 
 * ``<task>/<run>.jsonl``: the curves, one record per evaluation, written as measured;
 * ``<task>/<run>.json``: the configuration, the overrides, the machine, the final numbers and
@@ -61,11 +60,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks import configs
-from benchmarks.configs import Config, get_config
-from benchmarks.curves import read_records
-from benchmarks.methods import METHODS, build_optimizer
-from benchmarks.tasks import (
+from benchmarks.registry import configs
+from benchmarks.registry.configs import Config, get_config
+from benchmarks.registry.methods import METHODS, build_optimizer
+from benchmarks.registry.tasks import (
     TASKS,
     TaskData,
     build_model,
@@ -75,12 +73,13 @@ from benchmarks.tasks import (
     make_objective,
     missing_packages,
 )
+from benchmarks.training.curves import read_records
 
 if TYPE_CHECKING:
     import jax
 
-    from benchmarks.data import Dataset
-    from benchmarks.train import TrainResult
+    from benchmarks.training.data import Dataset
+    from benchmarks.training.train import TrainResult
 
 # jax, the training loop and the devices are imported where a run trains, so that the
 # command line answers --help and refuses bad input at once.
@@ -286,20 +285,20 @@ def run_seeds(
     data_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """Trains configurations that differ only in their seed, in one compiled program
-    (``benchmarks.train.train_seeds``), and writes each seed's files as a separate run
+    (``benchmarks.training.train.train_seeds``), and writes each seed's files as a separate run
     would. ``one_program=False`` with one configuration is :func:`run_experiment`.
 
     ``dataset`` replaces the task's loader (toy data in tests); ``steps_per_call`` is
-    :func:`benchmarks.train.train`'s (outer steps per jitted call; default one evaluation
+    :func:`benchmarks.training.train.train`'s (outer steps per jitted call; default one evaluation
     interval). ``devices``: how many of the local devices train data-parallel (``None``:
     all of them); truncated BPTT and batches that do not split evenly run on one device.
     A run whose loss stops being finite writes a ``"diverged"`` summary (in one program the
-    other seeds train on and finish), then :class:`benchmarks.train.Diverged` is raised.
+    other seeds train on and finish), then :class:`benchmarks.training.train.Diverged` is raised.
     ``data_dir``: a local copy of the task's data (``Task.local_data`` says what it
     holds) instead of its data package. ``start_from``: another results folder; a run with
     no checkpoint under ``out`` yet continues from its checkpoint there
     (:func:`start_from_folder`). ``checkpoint_every_s`` or ``checkpoint_every_steps``: how
-    often the state is saved (:class:`benchmarks.train.Checkpoints`). Each run is locked
+    often the state is saved (:class:`benchmarks.training.train.Checkpoints`). Each run is locked
     while it trains (:class:`RunLocked` if another process holds it), and without
     ``restart`` a summary of other settings or a larger budget is not replaced
     (:class:`RunExists`, raised before anything is written).
@@ -359,8 +358,8 @@ def _train_group(
     import jax
     import jax.numpy as jnp
 
-    from benchmarks import train as training
     from benchmarks.machine import machine
+    from benchmarks.training import train as training
 
     first = configs_[0]
     seeds = [c.seed for c in configs_]
@@ -563,9 +562,9 @@ def _mesh(config: Config, devices: int | None) -> jax.sharding.Mesh | None:
     """The data mesh a run trains on, or ``None`` for one device.
 
     Truncated BPTT stays on one device: its chunk gradients are taken inside
-    ``benchmarks.tbptt``, outside the loss that ``benchmarks.parallel`` averages.
+    ``benchmarks.training.tbptt``, outside the loss that ``benchmarks.training.parallel`` averages.
     """
-    from benchmarks import parallel
+    from benchmarks.training import parallel
 
     mesh = parallel.training_mesh(devices, config.batch_size)
     return None if config.is_tbptt else mesh
@@ -684,7 +683,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         "--set",
         nargs="+",
         metavar="FIELD=VALUE",
-        help="any other setting of benchmarks.configs.Config, e.g. --set lr=3e-4 hidden=64",
+        help="any other setting of benchmarks.registry.configs.Config, e.g. --set lr=3e-4 "
+        "hidden=64",
     )
     parser.add_argument(
         "--gap-tol",
@@ -723,7 +723,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         "--devices",
         type=int,
         help="train data-parallel over this many devices (default: all; on CPU one device "
-        "per core, see benchmarks.parallel)",
+        "per core, see benchmarks.training.parallel)",
     )
     parser.add_argument(
         "--out",
@@ -850,8 +850,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 refuse_replacing(group, args.out)
         except RunExists as error:
             sys.exit(f"REFUSED {error}")
-    from benchmarks import parallel
-    from benchmarks.train import Diverged, Stopped
+    from benchmarks.training import parallel
+    from benchmarks.training.train import Diverged, Stopped
 
     parallel.start_cpu_devices(args.devices)
     every_s, every_steps = args.checkpoint_every

@@ -15,7 +15,7 @@ closed-form gradient (Ioffe & Szegedy, 2015):
 with bars the means over the normalized axes: one sweep for the two sums
 ``sum g``, ``sum g x_hat`` (which are also ``dbeta`` and ``dgamma``) and one for ``dx``.
 In the deep IndRNN's training step batch norm's share went from 33 to 24 ms
-(``benchmarks/perf_models.py``, section 6).
+(``benchmarks/perf/perf_models.py``, section 6).
 ``BatchNorm`` is ``flax.linen.BatchNorm`` with the statistics over all axes but the last:
 the same variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``),
 the same running averages and the same numbers up to float rounding

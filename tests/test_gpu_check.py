@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh, the one script a lent GPU runs: every step's command parses and
+"""benchmarks/perf/gpu_check.sh, the one script a lent GPU runs: every step's command parses and
 the steps fit the device's time, a toy step runs end to end on a CPU, and a failing step
 fails the run, named."""
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _gpu_check(out: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)],
+        ["bash", str(ROOT / "benchmarks" / "perf" / "gpu_check.sh"), str(out)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

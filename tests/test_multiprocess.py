@@ -1,7 +1,7 @@
 """Data-parallel Frank-Wolfe across processes: 2 processes on the loopback interface, 2 CPU
 devices each, one global mesh of 4 (``jax.distributed.initialize``, gloo CPU collectives).
 
-Three outer steps of synchronous and of local FW (``benchmarks.distributed``'s training
+Three outer steps of synchronous and of local FW (``benchmarks.perf.distributed``'s training
 loop) must give the parameters one process with 4 devices gives; synchronous also those of
 one device on the global batch. Every process is killed when the test ends, however it ends.
 """
@@ -40,7 +40,8 @@ _WORKER = textwrap.dedent(
             initialization_timeout=60)
 
     import jax.numpy as jnp, numpy as np
-    from benchmarks import distributed, parallel
+    from benchmarks.perf import distributed
+    from benchmarks.training import parallel
 
     rng = np.random.default_rng(0)
     params = {

@@ -8,7 +8,7 @@ from flax import nnx
 
 import fw_optax
 from benchmarks import nnx_rnn
-from benchmarks.data.adding import adding_batch
+from benchmarks.training.data.adding import adding_batch
 
 
 def test_training_from_the_command_line_lowers_the_test_loss(capsys):

@@ -3,7 +3,7 @@ recurrences, value and gradient, on sizes that are not multiples of their tiles.
 
 On a machine without the Pallas GPU lowering (CI) the kernels run through Pallas'
 interpreter: the same kernel code, so indexing, padding and the backward loops are checked
-here; ``benchmarks/gpu_check.sh`` runs this file on a GPU, compiled.
+here; ``benchmarks/perf/gpu_check.sh`` runs this file on a GPU, compiled.
 """
 
 import flax.linen as nn

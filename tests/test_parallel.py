@@ -1,4 +1,4 @@
-"""benchmarks.parallel: the batch split over CPU devices computes the single-device step.
+"""benchmarks.training.parallel: the batch split over CPU devices computes the single-device step.
 
 Several CPU devices exist only if JAX is told before it starts, so the multi-device checks
 run in one fresh Python process (``_WORKER``) that reports its measurements as JSON; the
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from benchmarks import parallel
+from benchmarks.training import parallel
 
 from worker import host_devices, run_worker
 
@@ -24,15 +24,15 @@ RTOL = 1e-5  # float32 after 2 outer steps; the sums over the batch are split di
 _WORKER = textwrap.dedent(
     """
     import functools, json
-    from benchmarks import parallel
+    from benchmarks.training import parallel
     count = parallel.use_cpu_devices()  # 2, from XLA_FLAGS: see the fixture
 
 
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import PartitionSpec as P
     import fw_optax
-    from benchmarks import perf_cores
-    from benchmarks.data.adding import adding_batch
+    from benchmarks.perf import perf_cores
+    from benchmarks.training.data.adding import adding_batch
     from models import RNNModel, mse_loss
 
     out = {"count": count, "devices": len(jax.devices())}

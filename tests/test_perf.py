@@ -6,7 +6,7 @@ import math
 import jax
 import numpy as np
 
-from benchmarks import perf
+from benchmarks.perf import fw_suite as perf
 
 
 def test_fw_suite_reports_all_ratios(capsys):
@@ -31,7 +31,7 @@ def test_fw_suite_reports_all_ratios(capsys):
 
 
 def test_perf_models_reports_every_section_at_toy_size(capsys):
-    from benchmarks import perf_models
+    from benchmarks.perf import perf_models
 
     args = perf_models.parse_args(["--quick", "--table"])
     args.sections = perf_models.SECTIONS  # --table alone runs sections 3 and 7
@@ -76,7 +76,7 @@ def test_perf_models_reports_every_section_at_toy_size(capsys):
 def test_the_landed_deep_indrnn_baseline_is_the_same_function_as_rnn_model():
     """Section 5's baseline differs from the model the runner trains only in how it is
     computed: the same parameter tree and, at evaluation, the same outputs."""
-    from benchmarks import perf_models
+    from benchmarks.perf import perf_models
 
     args = perf_models.parse_args(["--quick"])
     args.har_depth = 2

@@ -1,6 +1,6 @@
-"""benchmarks/perf_seeds.py runs both ways side by side and finds them computing the same."""
+"""benchmarks/perf/perf_seeds.py runs both ways side by side and finds them computing the same."""
 
-from benchmarks import perf_seeds
+from benchmarks.perf import perf_seeds
 
 
 def test_quick_times_both_ways_and_they_agree(tmp_path):
@@ -10,7 +10,9 @@ def test_quick_times_both_ways_and_they_agree(tmp_path):
     assert row["speedup"] == row["apart_s"] / row["together_s"]
     assert row["diff"] < 1e-4
     text = out.read_text()
-    assert text.startswith("$ python -m benchmarks.perf_seeds --quick") and "| toy adding" in text
+    assert (
+        text.startswith("$ python -m benchmarks.perf.perf_seeds --quick") and "| toy adding" in text
+    )
 
 
 def test_gradient_mode_times_both_ways_for_each_recurrence():

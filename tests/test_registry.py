@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import configs, run
-from benchmarks.methods import METHODS
-from benchmarks.tasks import TASKS
+from benchmarks import run
+from benchmarks.registry import configs
+from benchmarks.registry.methods import METHODS
+from benchmarks.registry.tasks import TASKS
 
 README = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.S)

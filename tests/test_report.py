@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import configs, report
-from benchmarks.configs import get_config
-from benchmarks.methods import METHODS
+from benchmarks import report
+from benchmarks.registry import configs
+from benchmarks.registry.configs import get_config
+from benchmarks.registry.methods import METHODS
 from benchmarks.report import PAPER_TABLE1, PAPER_TABLE2, TABLE2_ROWS
 
 MACHINE = {"cpu": "Fixture CPU 9000", "cores": 2, "backend": "cpu", "device": "cpu", "jax": "0"}

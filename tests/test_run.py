@@ -1,4 +1,4 @@
-"""The experiment runner (benchmarks/run.py, benchmarks/tasks.py): every registered (task,
+"""The experiment runner (benchmarks/run.py, benchmarks/registry/tasks.py): every registered (task,
 method) pair trains end to end on toy data, resumes exactly (from the previous checkpoint when
 the latest is damaged), extends, stops loudly on divergence, trains seeds in one program, and
 bad input is refused before any file."""
@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from benchmarks import configs, run
-from benchmarks import train as train_module
-from benchmarks.configs import get_config
-from benchmarks.data import Dataset, add_gaussian_noise
-from benchmarks.methods import METHODS
-from benchmarks.tasks import TASKS
-from benchmarks.train import Diverged, Stopped
+from benchmarks import run
+from benchmarks.registry import configs
+from benchmarks.registry.configs import get_config
+from benchmarks.registry.methods import METHODS
+from benchmarks.registry.tasks import TASKS
+from benchmarks.training import train as train_module
+from benchmarks.training.data import Dataset, add_gaussian_noise
+from benchmarks.training.train import Diverged, Stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 T, F = 8, 2
@@ -474,7 +475,8 @@ def test_a_checkpoint_from_before_machines_were_recorded_resumes_as_not_recorded
 ):
     import orbax.checkpoint as ocp
 
-    from benchmarks import report, train
+    from benchmarks import report
+    from benchmarks.training import train
 
     def save_as_before(manager, checkpoints, state, step, wall, trained_on, diverged):
         meta = {**checkpoints.meta, "step": step, "wall_time_s": wall}

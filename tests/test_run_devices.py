@@ -20,7 +20,8 @@ _WORKER = textwrap.dedent(
     import json, sys, tempfile
     from pathlib import Path
     sys.path.insert(0, "tests")
-    from benchmarks import parallel, run
+    from benchmarks.training import parallel
+    from benchmarks import run
     parallel.use_cpu_devices(2)
     from test_run import toy_config, toy_dataset
 

@@ -1,4 +1,5 @@
-"""Tests for benchmarks/tbptt.py: truncation, its equivalence to full BPTT, and TBPTT + FW."""
+"""Tests for benchmarks/training/tbptt.py: truncation, its equivalence to full BPTT, and
+TBPTT + FW."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import optax
 import pytest
 
 import fw_optax
-from benchmarks.tbptt import (
+from benchmarks.training.tbptt import (
     ChunkBatch,
     chunk_loss,
     rnn_chunk_fn,

@@ -1,4 +1,5 @@
-"""The one training loop (benchmarks/train.py): it learns, writes curves, and resumes exactly."""
+"""The one training loop (benchmarks/training/train.py): it learns, writes curves, and resumes
+exactly."""
 
 import dataclasses
 import json
@@ -13,8 +14,8 @@ import optax
 import pytest
 
 import fw_optax
-from benchmarks.data import add_gaussian_noise
-from benchmarks.train import (
+from benchmarks.training.data import add_gaussian_noise
+from benchmarks.training.train import (
     Checkpoints,
     Objective,
     Stopped,

@@ -1,8 +1,8 @@
 """One run's settings: the :class:`Config` built from the task and method registries.
 
 A configuration is read from three places, each later one winning: the task's preset
-(``benchmarks.tasks.TASKS[task].presets``), the method's settings
-(``benchmarks.methods.METHODS``, then the task's own ``method_settings``), and for
+(``benchmarks.registry.tasks.TASKS[task].presets``), the method's settings
+(``benchmarks.registry.methods.METHODS``, then the task's own ``method_settings``), and for
 Frank-Wolfe methods the flavour's settings; then the ``cpu`` preset's ``cpu_settings`` and
 finally the caller's overrides (``--set field=value`` on the command line).
 
@@ -41,8 +41,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from benchmarks.methods import METHODS, get_method
-from benchmarks.tasks import TASKS, get_task
+from benchmarks.registry.methods import METHODS, get_method
+from benchmarks.registry.tasks import TASKS, get_task
 
 PRESETS: tuple[str, ...] = ("cpu", "paper")
 FLAVOURS: tuple[str, ...] = ("alg1", "authors")

@@ -2,8 +2,8 @@
 
 A :class:`Method` says which configuration fields it sets (model and optimizer), whether it
 is a Frank-Wolfe method (then every run comes in the two flavours of
-``benchmarks.configs``), whether it trains by truncated BPTT, and how it builds its optax
-transformation from a :class:`benchmarks.configs.Config`. Adding a method is one entry in
+``benchmarks.registry.configs``), whether it trains by truncated BPTT, and how it builds its optax
+transformation from a :class:`benchmarks.registry.configs.Config`. Adding a method is one entry in
 :data:`METHODS` (see ``benchmarks/README.md``); a task lists the methods that fit it.
 """
 
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optax
 
-    from benchmarks.configs import Config
-    from benchmarks.tasks import Task
+    from benchmarks.registry.configs import Config
+    from benchmarks.registry.tasks import Task
 
 # jax, optax and fw_optax are imported where an optimizer is built, so that the registry
 # (names, descriptions, settings) loads without them: `python -m benchmarks.run --help`.

@@ -1,10 +1,10 @@
 """Frank-Wolfe on several devices: what one outer step communicates, and how synchronous and
 local Frank-Wolfe train at the same number of gradient evaluations.
 
-    python -m benchmarks.distributed                     # 4 fake CPU devices, 3 seeds
-    python -m benchmarks.distributed --quick --out /tmp/d    # a smoke test at toy size
-    python -m benchmarks.distributed --devices 8         # 8 GPUs of one machine
-    python -m benchmarks.distributed --devices 16 --coordinator host0:1234 \\
+    python -m benchmarks.perf.distributed                     # 4 fake CPU devices, 3 seeds
+    python -m benchmarks.perf.distributed --quick --out /tmp/d    # a smoke test at toy size
+    python -m benchmarks.perf.distributed --devices 8         # 8 GPUs of one machine
+    python -m benchmarks.perf.distributed --devices 16 --coordinator host0:1234 \\
         --num-processes 2 --process-id 0                 # and --process-id 1 on the other host
 
 The batch of ``chain(frank_wolfe(K, δ), sgd(η))`` is split over a 1-D mesh (axis
@@ -19,7 +19,7 @@ The batch of ``chain(frank_wolfe(K, δ), sgd(η))`` is split over a 1-D mesh (ax
   inner steps on its own shard and Δ_K is averaged once (one all-reduce).
 
 (a) The all-reduces (and all collectives) one outer step executes and the megabytes they
-return per device, read from the compiled program (``benchmarks.parallel.collectives``,
+return per device, read from the compiled program (``benchmarks.training.parallel.collectives``,
 loop trips counted), on the adding task's RNN.
 
 (b) ``sync`` against ``local`` from the same initial weights on the same batches, K=5
@@ -57,16 +57,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fw_optax
-from benchmarks import parallel
-from benchmarks.data import load_har2
-from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
+from benchmarks.training import parallel
+from benchmarks.training.data import load_har2
+from benchmarks.training.data.adding import adding_batch
 from models import RNNModel, get_head
 
 AXIS = parallel.DATA_AXIS
 MODES: tuple[str, ...] = ("jit", "sync", "local")
 TASKS: tuple[str, ...] = ("adding", "har2")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,8 @@ class Task:
 
 
 def adding_task(*, length: int, hidden: int, batch: int, steps: int, test_size: int) -> Task:
-    """The adding problem (``benchmarks.data.adding``): fresh batches from the seed's key."""
+    """The adding problem (``benchmarks.training.data.adding``): fresh batches from the seed's
+    key."""
     model = RNNModel(hidden_size=hidden, output_size=1, cell="simple")
     mse = get_head("regressor").loss
     chunk = min(steps, 100)
@@ -135,8 +136,8 @@ def adding_task(*, length: int, hidden: int, batch: int, steps: int, test_size: 
 
 
 def har2_task(*, hidden: int, batch: int, epochs: int, subset: int | None = None) -> Task:
-    """HAR-2 (``benchmarks.data.load_har2``), a new shuffle every epoch; ``subset`` keeps the
-    first windows of each split (for a smoke test)."""
+    """HAR-2 (``benchmarks.training.data.load_har2``), a new shuffle every epoch; ``subset``
+    keeps the first windows of each split (for a smoke test)."""
     data = load_har2()
     x_train, y_train = data.x_train[:subset], data.y_train[:subset]
     x_test, y_test = data.x_test[:subset], data.y_test[:subset]
@@ -234,7 +235,7 @@ def to_host(tree: Any) -> Any:
 
 def shard_steps(batches: Any, mesh: Mesh) -> Any:
     """Batches ``[steps, B, ...]`` split over ``mesh`` along B; a clear error when B is not a
-    multiple of the device count (``benchmarks.parallel.per_device_batch``)."""
+    multiple of the device count (``benchmarks.training.parallel.per_device_batch``)."""
     return parallel.shard_batch(batches, mesh, batch_axis=1)
 
 
@@ -383,7 +384,7 @@ def _commit() -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "fw_optax", "benchmarks/distributed.py")
+    changed = git("status", "--porcelain", "--", "fw_optax", "benchmarks/perf/distributed.py")
     return (git("rev-parse", "--short", "HEAD") or "unknown") + (" (modified)" if changed else "")
 
 
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "devices": args.devices,
         "device_kind": kind,
         "processes": jax.process_count(),
-        "command": " ".join(["python -m benchmarks.distributed", *argv]),
+        "command": " ".join(["python -m benchmarks.perf.distributed", *argv]),
         "commit": commit,
         "seeds": seeds,
         "communication": {"task": adding.name, "batch": adding.batch, "rows": communicated},

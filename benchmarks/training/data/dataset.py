@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.data.batches import Transform
+from benchmarks.training.data.batches import Transform
 
 
 class MissingDataPackageError(ImportError):

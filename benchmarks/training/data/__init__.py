@@ -9,7 +9,7 @@ plus the two packages below, installed without their dependencies) or from files
 
 Example::
 
-    from benchmarks.data import batches, load_noisy_har2
+    from benchmarks.training.data import batches, load_noisy_har2
 
     har = load_noisy_har2()
     for x, y in batches((har.x_train, har.y_train), 128, seed=0, epochs=1,
@@ -17,10 +17,16 @@ Example::
         ...  # x: float32 [128, 128, 9], y: int32 [128]
 """
 
-from benchmarks.data.batches import Batch, Transform, add_gaussian_noise, batches, steps_per_epoch
-from benchmarks.data.dataset import Dataset, MissingDataPackageError
-from benchmarks.data.har import AUTHORS_MEAN_STD, HAR2_POSITIVE, load_har2, load_noisy_har2
-from benchmarks.data.mnist import MNIST_MEAN, MNIST_STD, load_mnist, mnist_permutation
+from benchmarks.training.data.batches import (
+    Batch,
+    Transform,
+    add_gaussian_noise,
+    batches,
+    steps_per_epoch,
+)
+from benchmarks.training.data.dataset import Dataset, MissingDataPackageError
+from benchmarks.training.data.har import AUTHORS_MEAN_STD, HAR2_POSITIVE, load_har2, load_noisy_har2
+from benchmarks.training.data.mnist import MNIST_MEAN, MNIST_STD, load_mnist, mnist_permutation
 
 __all__ = [
     "AUTHORS_MEAN_STD",

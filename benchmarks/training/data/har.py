@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.data.batches import add_gaussian_noise
-from benchmarks.data.dataset import Dataset, MissingDataPackageError, package_dir
+from benchmarks.training.data.batches import add_gaussian_noise
+from benchmarks.training.data.dataset import Dataset, MissingDataPackageError, package_dir
 
 SAMPLE_RATE_HZ = 50.0
 WINDOW = 128

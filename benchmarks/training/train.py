@@ -53,10 +53,10 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 import fw_optax
-from benchmarks import parallel
-from benchmarks.curves import append_record, read_records
-from benchmarks.data import batches
-from benchmarks.tbptt import tbptt_step
+from benchmarks.training import parallel
+from benchmarks.training.curves import append_record, read_records
+from benchmarks.training.data import batches
+from benchmarks.training.tbptt import tbptt_step
 
 Batch = Any
 Params = Any
@@ -214,7 +214,7 @@ def _stop_on_signals(enabled: bool) -> tuple[list[int], Callable[[], None]]:
 
 @dataclasses.dataclass(frozen=True)
 class TBPTT:
-    """Truncated BPTT: how ``benchmarks.tbptt.tbptt_step`` runs the model chunk by chunk.
+    """Truncated BPTT: how ``benchmarks.training.tbptt.tbptt_step`` runs the model chunk by chunk.
 
     Attributes:
       chunk_fn: ``chunk_fn(model_state) -> (params, carry, x_chunk) -> (carry, y)``.
@@ -258,7 +258,7 @@ class Objective:
 class Stream:
     """Where mini-batches come from: ``generate(key)`` on device, or ``arrays`` on the host.
 
-    Host arrays are read by ``benchmarks.data.batches`` (seeded, reshuffled every epoch,
+    Host arrays are read by ``benchmarks.training.data.batches`` (seeded, reshuffled every epoch,
     ``transform`` applied on every read, e.g. fresh noise).
     """
 
@@ -375,7 +375,7 @@ def make_step(
 
 
 def _tbptt_update(objective, tx, params, model_state, opt_state, batch, key):
-    """``benchmarks.tbptt.tbptt_step`` on one batch; the loss is the full-sequence loss
+    """``benchmarks.training.tbptt.tbptt_step`` on one batch; the loss is the full-sequence loss
     before it."""
     spec = objective.tbptt
     x, y = batch[0], batch[1]
@@ -415,7 +415,7 @@ def make_steps_fn(
     """A jitted function running one optimizer step per key in ``keys``.
 
     The plain case of :func:`train`'s calls (no model state, one generated batch per step),
-    for ``benchmarks.perf``: ``run_steps(params, opt_state, keys) -> (params, opt_state,
+    for ``benchmarks.perf.fw_suite``: ``run_steps(params, opt_state, keys) -> (params, opt_state,
     losses)``; step ``i`` reads the batch ``make_batch(keys[i])``.
     """
     objective = Objective(
@@ -565,7 +565,7 @@ def train_seeds(
         ``eval_every``), ``checkpoints`` (:class:`Checkpoints`: save, resume, extend),
         ``desc`` and ``progress`` (the progress bar), ``on_record`` (called with every
         record after it is written), ``mesh`` (a 1-D data mesh,
-        ``benchmarks.parallel.data_mesh``: every mini-batch is split over its devices and
+        ``benchmarks.training.parallel.data_mesh``: every mini-batch is split over its devices and
         every gradient, the inner Frank-Wolfe ones included, is the mean over them, so a
         step equals the one-device step on the whole batch, batch norm aside: each device
         normalizes with its own shard's statistics), ``local_gradients`` (with a mesh: the
@@ -1035,8 +1035,9 @@ def _data_parallel(
     """
     if objective.tbptt is not None:
         raise ValueError(
-            "truncated BPTT differentiates its chunk losses inside benchmarks.tbptt, so its "
-            f"gradients would stay per-device: run it on one device, not on a mesh of {mesh.size}"
+            "truncated BPTT differentiates its chunk losses inside benchmarks.training.tbptt, so "
+            "its gradients would stay per-device: run it on one device, not on a mesh of "
+            f"{mesh.size}"
         )
     if stream.generate is None:
         parallel.per_device_batch(stream.batch_size, mesh.size)

@@ -13,12 +13,12 @@
 # still run. The exit status is 0 only if every step passed.
 #
 # Usage, from the repository root, on a machine with jax[cuda], torch (CUDA), flax, optax:
-#   bash benchmarks/gpu_check.sh [OUT_DIR]          # default results/gpu_h200
-#   GPU_CHECK_STEPS="tests perf" bash benchmarks/gpu_check.sh OUT   # some steps only
-#   GPU_CHECK_TOY=1 bash benchmarks/gpu_check.sh OUT   # toy sizes, runs on a CPU (the test)
-#   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh OUT   # print each step's command, run none
+#   bash benchmarks/perf/gpu_check.sh [OUT_DIR]          # default results/gpu_h200
+#   GPU_CHECK_STEPS="tests perf" bash benchmarks/perf/gpu_check.sh OUT   # some steps only
+#   GPU_CHECK_TOY=1 bash benchmarks/perf/gpu_check.sh OUT   # toy sizes, runs on a CPU (the test)
+#   GPU_CHECK_DRY=1 bash benchmarks/perf/gpu_check.sh OUT   # print each step's command, run none
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${1:-results/gpu_h200}
 mkdir -p "$out"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -92,27 +92,27 @@ fi
 if wants perf; then
     # perf_models writes its own file (MEASURED's entry names it); its log goes to stdout.
     step perf_models "${limits[1]}" /dev/null \
-        "$py" -m benchmarks.perf_models "${perf[@]}" --out "$out/perf_models.txt"
+        "$py" -m benchmarks.perf.perf_models "${perf[@]}" --out "$out/perf_models.txt"
 fi
 if wants compare; then
     step compare_torch "${limits[3]}" "$out/compare_torch.txt" \
-        "$py" -m benchmarks.compare_torch "${compare[@]}"
+        "$py" -m benchmarks.perf.compare_torch "${compare[@]}"
     if [ ${#compare_large[@]} -gt 0 ]; then
         step compare_torch_large "${limits[4]}" "$out/compare_torch.txt" \
-            "$py" -m benchmarks.compare_torch "${compare_large[@]}"
+            "$py" -m benchmarks.perf.compare_torch "${compare_large[@]}"
     fi
     if [ ${#compare32[@]} -gt 0 ]; then
         step compare_torch_float32 "${limits[4]}" "$out/compare_torch.txt" \
-            "$py" -m benchmarks.compare_torch "${compare32[@]}"
+            "$py" -m benchmarks.perf.compare_torch "${compare32[@]}"
     fi
 fi
 if wants seeds; then
     step perf_seeds "${limits[5]}" "$out/perf_seeds.txt" \
-        "$py" -m benchmarks.perf_seeds "${seeds[@]}"
+        "$py" -m benchmarks.perf.perf_seeds "${seeds[@]}"
 fi
 if wants perf; then
     step perf_models_float32 "${limits[2]}" /dev/null \
-        "$py" -m benchmarks.perf_models "${perf32[@]}" --out "$out/perf_models_float32.txt"
+        "$py" -m benchmarks.perf.perf_models "${perf32[@]}" --out "$out/perf_models_float32.txt"
 fi
 if wants tests; then
     step tests "${limits[0]}" "$out/test_pallas.log" \

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.data.dataset import Dataset, MissingDataPackageError, package_dir
+from benchmarks.training.data.dataset import Dataset, MissingDataPackageError, package_dir
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081

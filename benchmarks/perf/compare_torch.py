@@ -1,17 +1,17 @@
 """fw-optax against PyTorch: one vanilla RNN, one Frank-Wolfe optimizer, timed side by side.
 
     pip install -e ".[compare]"                  # the CPU build of torch
-    python -m benchmarks.compare_torch           # check, then time T=100 and T=400
-    python -m benchmarks.compare_torch --quick   # smoke run: tiny T, one repeat
-    python -m benchmarks.compare_torch --compile --lengths 100   # add a torch.compile set-up
-    python -m benchmarks.compare_torch --device cuda --precision tf32 --impls fused pallas \
+    python -m benchmarks.perf.compare_torch           # check, then time T=100 and T=400
+    python -m benchmarks.perf.compare_torch --quick   # smoke run: tiny T, one repeat
+    python -m benchmarks.perf.compare_torch --compile --lengths 100   # add a torch.compile set-up
+    python -m benchmarks.perf.compare_torch --device cuda --precision tf32 --impls fused pallas \
         --lengths 100 400 784 --out results/gpu/compare_torch.txt    # on a GPU, both sides
 
 The model is the adding task's: a tanh RNN (hidden 128, 2 inputs, batch 50) with a linear head
 on ``h_T`` and the MSE loss; fw-optax runs ``models.RNNModel(cell="simple")``, torch runs
 ``torch.nn.RNN`` (tanh, ``batch_first``) and an ``nn.Linear`` head, written as a PyTorch user
 would. Both start from the same weights (Flax's, copied into torch) and eat the same batches.
-Two optimizers, K = 5 inner steps, hyper-parameters from ``benchmarks.configs``:
+Two optimizers, K = 5 inner steps, hyper-parameters from ``benchmarks.registry.configs``:
 
 * ``alg1``, Algorithm 1: one L2 ball of radius δ over all parameters, inner gradient k taken
   at ``ω + Δ_{k-1}``, ``Δ_k = (1 - 1/k) Δ_{k-1} + s_k / k``, then ``ω ← ω + η Δ_K``;
@@ -31,17 +31,16 @@ ratio of the fastest torch set-up to the fastest fw-optax contender and to each 
 ``--impls`` names the ``models.RNNModel`` implementations to time, each its own contender
 ``fw-optax[IMPL]`` (by default ``auto``, on the CPU named plain ``fw-optax``).
 
-On the CPU (``--device cpu``, the default) the torch set-ups are threads 1 and 2 with
-flush-denormal on and off, and fw-optax runs as the runner trains: on one device, and, where
-the host has several CPU devices (one per core, ``benchmarks.parallel``), with each batch split
-over them. Each torch set-up runs in a process of its own whose settings are made before torch
-starts a thread (flush-denormal is per thread; OpenMP's workers copy it when they start), as a
-torch user sets them at start-up. On a loaded machine a torch set-up with more threads than free
-cores can take seconds per step; one whose median is over 3x the fastest torch set-up's is
-dropped after the round that shows it. ``torch.compile`` is only timed with ``--compile``:
-dynamo leaves ``nn.RNN`` in eager mode unless ``torch._dynamo.config.allow_rnn`` is set, and
-then it unrolls all T steps (on the 2-core CPU: minutes of compilation at T=100, see
-``results/cpu/compare_torch_compile.txt``).
+On the CPU (``--device cpu``, the default) the torch set-ups are threads 1 and 2 with flush-denormal
+on and off, and fw-optax runs as the runner trains: on one device, and, where the host has several
+CPU devices (one per core, ``benchmarks.training.parallel``), with each batch split over them. Each
+torch set-up runs in a process of its own whose settings are made before torch starts a thread
+(flush-denormal is per thread; OpenMP's workers copy it when they start), as a torch user sets them
+at start-up. On a loaded machine a torch set-up with more threads than free cores can take seconds
+per step; one whose median is over 3x the fastest torch set-up's is dropped after the round that
+shows it. ``torch.compile`` is only timed with ``--compile``: dynamo leaves ``nn.RNN`` in eager mode
+unless ``torch._dynamo.config.allow_rnn`` is set, and then it unrolls all T steps (on the 2-core
+CPU: minutes of compilation at T=100, see ``results/cpu/compare_torch_compile.txt``).
 
 On a GPU (``--device cuda``; JAX must run on the GPU, which torch then shares) fw-optax runs on
 that one device, and torch, each set-up again in a process of its own, in two set-ups a
@@ -83,18 +82,18 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 import fw_optax
-from benchmarks import parallel
-from benchmarks.configs import get_config
-from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
-from benchmarks.train import Objective, TrainState, make_step
+from benchmarks.registry.configs import get_config
+from benchmarks.training import parallel
+from benchmarks.training.data.adding import adding_batch
+from benchmarks.training.train import Objective, TrainState, make_step
 from models import RNNModel, mse_loss
 
 try:
     import torch
 except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "benchmarks.compare_torch needs PyTorch: pip install -e '.[compare]'"
+        "benchmarks.perf.compare_torch needs PyTorch: pip install -e '.[compare]'"
     ) from None
 
 Params = Any
@@ -119,7 +118,7 @@ class Variant:
     """One Frank-Wolfe optimizer, as both sides build it.
 
     Attributes:
-      name: ``"alg1"`` or ``"authors"`` (``benchmarks.configs`` flavours).
+      name: ``"alg1"`` or ``"authors"`` (``benchmarks.registry.configs`` flavours).
       K: inner steps.
       delta: the radius δ.
       eta: the outer learning rate η.
@@ -226,11 +225,11 @@ def jax_step(
 ) -> Callable[..., tuple[Params, Any, jax.Array]]:
     """``step(params, opt_state, x, y) -> (params, opt_state, loss)``, jitted.
 
-    One outer step of the project's training loop (``benchmarks.train.make_step``) on the
+    One outer step of the project's training loop (``benchmarks.training.train.make_step``) on the
     step's stacked mini-batches ``x [batches_per_step, B, T, 2]``, ``y [batches_per_step, B, 1]``,
     with the model's recurrence run by ``impl``. With a ``mesh``, each mini-batch is split over
-    its devices and every gradient averaged over them (``benchmarks.parallel``), as the runner
-    trains on CPU.
+    its devices and every gradient averaged over them (``benchmarks.training.parallel``), as the
+    runner trains on CPU.
     """
     loss = _loss_fn(flax_model(problem, impl))
     if mesh is not None:
@@ -1083,7 +1082,7 @@ def _compare(
     """The run ``main`` starts: the header, the float64 check, then a table per T and variant."""
     chosen = [variants(args.K)[name] for name in args.variants]
     setups = torch_setups(args.threads, args.compile, device=args.device, precision=args.precision)
-    print_fn(f"python -m benchmarks.compare_torch {' '.join(argv or sys.argv[1:])}")
+    print_fn(f"python -m benchmarks.perf.compare_torch {' '.join(argv or sys.argv[1:])}")
     with torch_processes(setups) as workers:
         where = f"torch on {workers[0].describe()}; " if args.device == "cuda" else ""
         print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {where}{_load()}")

@@ -25,7 +25,7 @@ parameters (``tests/test_fused.py``, ``tests/test_models.py``).
    without dropout, and without dropout and batch norm.
 7. The fused vanilla-RNN gradient with scan unroll 1, 2, 4 and 8.
 
-Run: ``python -m benchmarks.perf_models --out results/cpu/perf_models.txt`` (about 5
+Run: ``python -m benchmarks.perf.perf_models --out results/cpu/perf_models.txt`` (about 5
 minutes on 2 quiet CPU cores); ``--quick`` runs every section at toy size (the smoke test).
 """
 
@@ -48,8 +48,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from benchmarks import parallel
 from benchmarks.machine import describe, machine
+from benchmarks.training import parallel
 from models import (
     RNNModel,
     clip_indrnn_recurrent,
@@ -470,7 +470,7 @@ def indrnn_train_step(
 ) -> tuple[Callable[[Any, int], Any], Any]:
     """The deep IndRNN's jitted training step ``carry, i -> carry`` on batch ``i`` (Adam,
     recurrent weights clipped), and its first carry. With ``mesh``, the step is
-    data-parallel over its devices the way the runner trains (``benchmarks.parallel``:
+    data-parallel over its devices the way the runner trains (``benchmarks.training.parallel``:
     each device its shard of the batch and its own dropout masks, gradients averaged)."""
     x_all, y_all = data
     bound = indrnn_recurrent_bound(2.0, args.har_length)

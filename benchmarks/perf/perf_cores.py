@@ -1,8 +1,8 @@
 """How much of the CPU one training run uses: one device against the batch split over cores.
 
-    python -m benchmarks.perf_cores                  # T=100 and T=400, every variant
-    python -m benchmarks.perf_cores --quick          # a smoke test at toy size
-    python -m benchmarks.perf_cores --impls flax fused --out results/cpu/perf_cores.txt
+    python -m benchmarks.perf.perf_cores                  # T=100 and T=400, every variant
+    python -m benchmarks.perf.perf_cores --quick          # a smoke test at toy size
+    python -m benchmarks.perf.perf_cores --impls flax fused --out results/cpu/perf_cores.txt
 
 The adding-task RNN (``models.RNNModel``, vanilla, hidden 128, batch 50). Each optimizer runs
 three ways, on the same weights and batches:
@@ -10,13 +10,13 @@ three ways, on the same weights and batches:
 - ``1 device``: ``jax.jit`` on one CPU device (what a plain JAX program does);
 - ``jit+sharding``: ``jax.jit`` with the batch split over the host's CPU devices by a
   ``NamedSharding`` (the SPMD partitioner places the collectives);
-- ``shard_map``: ``benchmarks.parallel``: each device runs the single-device step on its
+- ``shard_map``: ``benchmarks.training.parallel``: each device runs the single-device step on its
   shard, the gradient averaged once per evaluation.
 
 For each it prints the time of one outer step, the speed-up over ``1 device``, the CPU
 cores the process kept busy (process CPU time / wall time), the collectives (all-reduces,
 all-gathers, ...) one outer step executes and the megabytes they move per device (read from
-the compiled program, loop trips counted: ``benchmarks.parallel.collectives``), and the
+the compiled program, loop trips counted: ``benchmarks.training.parallel.collectives``), and the
 largest relative difference of the parameters after the timed steps from ``1 device``'s.
 The variants are timed round after round, so a busy spell of a shared machine slows them
 alike; the load average is printed with each table.
@@ -39,9 +39,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fw_optax
-from benchmarks import parallel
-from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
+from benchmarks.training import parallel
+from benchmarks.training.data.adding import adding_batch
 from models import RNNModel, default_impl, mse_loss
 
 

@@ -1,8 +1,8 @@
 """Seeds in one program against separate runs: training throughput per seed, side by side.
 
-    python -m benchmarks.perf_seeds                  # adding T=100 and HAR-2, 3 seeds
-    python -m benchmarks.perf_seeds --quick          # a smoke test at toy size
-    python -m benchmarks.perf_seeds --out results/cpu/perf_seeds.txt
+    python -m benchmarks.perf.perf_seeds                  # adding T=100 and HAR-2, 3 seeds
+    python -m benchmarks.perf.perf_seeds --quick          # a smoke test at toy size
+    python -m benchmarks.perf.perf_seeds --out results/cpu/perf_seeds.txt
 
 For each case, the same configuration is trained for seeds 0..S-1 twice: as S separate runs
 (``benchmarks.run.run_experiment``, what ``--seed`` does) and as one compiled program
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import parallel
 from benchmarks.machine import describe, machine
+from benchmarks.training import parallel
 
 CASES = {
     "adding T=100, fw K=5 alg1, 400 steps": (
@@ -83,7 +83,7 @@ def gradient_rows(seeds: int, repeats: int, quick: bool) -> list[dict[str, Any]]
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.data.adding import adding_batch
+    from benchmarks.training.data.adding import adding_batch
     from models import RNNModel, mse_loss
 
     length, batch, hidden = (8, 4, 4) if quick else (100, 50, 128)
@@ -126,7 +126,7 @@ def gradient_rows(seeds: int, repeats: int, quick: bool) -> list[dict[str, Any]]
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.perf_seeds", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.perf.perf_seeds", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--seeds", type=int, default=3, help="S, seeds per configuration")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both ways")
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         _emit(lines, args.out, argv)
         return rows
     parallel.start_cpu_devices(args.devices)
-    from benchmarks.configs import get_config
+    from benchmarks.registry.configs import get_config
 
     cases = QUICK if args.quick else CASES
     if args.tasks is not None:
@@ -223,7 +223,7 @@ def _emit(lines: list[str], out: Path | None, argv: Sequence[str] | None) -> Non
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         shown = " ".join(sys.argv[1:] if argv is None else argv)
-        out.write_text(f"$ python -m benchmarks.perf_seeds {shown}\n\n{text}")
+        out.write_text(f"$ python -m benchmarks.perf.perf_seeds {shown}\n\n{text}")
 
 
 if __name__ == "__main__":

