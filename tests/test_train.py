@@ -6,6 +6,9 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -328,3 +331,23 @@ def test_a_switch_with_another_optimizer_state_is_refused():
         _train(_generated_stream(), _fw_adam(1), steps=4, then=[(2, optax.sgd(0.1), 1)])
     with pytest.raises(ValueError, match="multiples of eval_every"):
         _train(_generated_stream(), _fw_adam(1), steps=8, eval_every=4, then=[(2, _fw_adam(3), 1)])
+
+
+def test_a_second_signal_ends_the_process_at_once():
+    """The first SIGINT (Ctrl-C) only asks the loop to save and stop; the second one is not
+    waited on: the process ends by the signal."""
+    code = (
+        "import os, signal, time\n"
+        "from benchmarks.training.train import _stop_on_signals\n"
+        "received, restore = _stop_on_signals(True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "print(received, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+        "print('still running', flush=True)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.stdout.strip() == f"[{int(signal.SIGINT)}]"
+    assert done.returncode == -signal.SIGINT
