@@ -5,6 +5,7 @@ import math
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks.perf import fw_suite as perf
 
@@ -90,3 +91,19 @@ def test_the_landed_deep_indrnn_baseline_is_the_same_function_as_rnn_model():
     np.testing.assert_allclose(
         landed.apply(variables, x), now.apply(variables, x), rtol=1e-5, atol=1e-6
     )
+
+
+def test_the_one_timer_interleaves_the_variants_round_after_round():
+    from benchmarks.perf import timing
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = timing.rounds(fns, 3, warm_up=True)
+    # One untimed call of each, then three rounds of one call each, in turn.
+    assert calls == ["a", "b", "c"] * 4
+    assert all(len(ts) == 3 and all(t.wall >= 0 and t.cpu >= 0 for t in ts)
+               for ts in times.values())  # fmt: skip
+    assert set(timing.median_wall(times)) == {"a", "b", "c"}
+    assert timing.load_average().startswith("load average ")
+    with pytest.raises(ValueError, match="repeats=0"):
+        timing.rounds(fns, 0)

@@ -66,7 +66,6 @@ import dataclasses
 import functools
 import itertools
 import multiprocessing
-import os
 import pathlib
 import statistics
 import sys
@@ -83,6 +82,7 @@ from jax.sharding import PartitionSpec as P
 
 import fw_optax
 from benchmarks.machine import describe, machine
+from benchmarks.perf.timing import load_average
 from benchmarks.registry.configs import get_config
 from benchmarks.training import parallel
 from benchmarks.training.data.adding import adding_batch
@@ -961,13 +961,6 @@ def report(
     return ratio
 
 
-def _load() -> str:
-    try:
-        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "load average unknown"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config = get_config("adding", "fw", "cpu", flavour="alg1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -1085,7 +1078,9 @@ def _compare(
     print_fn(f"python -m benchmarks.perf.compare_torch {' '.join(argv or sys.argv[1:])}")
     with torch_processes(setups) as workers:
         where = f"torch on {workers[0].describe()}; " if args.device == "cuda" else ""
-        print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {where}{_load()}")
+        print_fn(
+            f"Machine: {describe(machine())}; torch {torch.__version__}; {where}{load_average()}"
+        )
         print_fn(
             f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}, "
             f"precision {args.precision}; "
@@ -1133,7 +1128,7 @@ def _compare(
                 )
                 key = (variant.name, length, args.batch, args.hidden)
                 ratios[key] = report(problem, variant, timing, print_fn)
-                print_fn(f"  ({_load()})")
+                print_fn(f"  ({load_average()})")
     return {"checks": checks, "ratios": ratios}
 
 

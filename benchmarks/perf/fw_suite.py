@@ -35,6 +35,7 @@ import optax
 
 import fw_optax
 from benchmarks.machine import describe, machine
+from benchmarks.perf import timing
 from benchmarks.training.data.adding import adding_batch
 from benchmarks.training.train import make_steps_fn
 from models import RNNModel, mse_loss
@@ -54,23 +55,10 @@ def _adding_problem(length: int, batch: int, hidden: int, cell: str = "simple"):
     return params, loss_fn, make_batch
 
 
-def _seconds(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - t0
-
-
 def _round_robin(runs: dict, repeats: int, per_call: int) -> dict:
-    """Median seconds per step of each run, timed once per round, round after round.
-
-    A slow spell of a shared machine then hits all variants alike instead of whichever
-    happened to run during it.
-    """
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name].append(_seconds(run) / per_call)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median seconds per step of each run, timed round-robin (``benchmarks.perf.timing``)."""
+    medians = timing.median_wall(timing.rounds(runs, repeats))
+    return {name: seconds / per_call for name, seconds in medians.items()}
 
 
 def _fw_tx(K: int) -> optax.GradientTransformation:

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 import fw_optax
 from benchmarks.machine import describe, machine
+from benchmarks.perf import timing
 from benchmarks.training import parallel
 from benchmarks.training.data.adding import adding_batch
 from models import RNNModel, default_impl, mse_loss
@@ -109,17 +108,6 @@ def _max_relative_difference(a: Any, b: Any) -> float:
     )
 
 
-def _timed(run: Callable[[], Any]) -> tuple[float, float]:
-    """``(wall, cpu)`` seconds of one call; cpu counts every thread of the process."""
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    jax.block_until_ready(run())
-    return time.perf_counter() - wall0, time.process_time() - cpu0
-
-
-def _load() -> str:
-    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
 def _adding_problem(args: argparse.Namespace, impl: str, length: int):
     """``(loss, params, batches)``: the adding-task RNN and ``args.steps`` batches."""
     model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple", impl=impl)
@@ -136,13 +124,9 @@ def _adding_problem(args: argparse.Namespace, impl: str, length: int):
 
 def _round_robin(runs: dict[Any, Callable[[], Any]], repeats: int):
     """``(walls, cpus)``: each run timed once per round, ``repeats`` rounds."""
-    walls = {key: [] for key in runs}
-    cpus = {key: [] for key in runs}
-    for _ in range(repeats):
-        for key, run in runs.items():
-            wall, cpu = _timed(run)
-            walls[key].append(wall)
-            cpus[key].append(cpu)
+    times = timing.rounds(runs, repeats)
+    walls = {key: [t.wall for t in ts] for key, ts in times.items()}
+    cpus = {key: [t.cpu for t in ts] for key, ts in times.items()}
     return walls, cpus
 
 
@@ -176,7 +160,7 @@ def measure_length(
             checks[opt_name, name] = _max_relative_difference(reference, new_params)
             collectives[opt_name, name] = parallel.collectives(compiled.as_text())
 
-    load_before = _load()
+    load_before = timing.load_average()
     walls, cpus = _round_robin(runs, args.repeats)
     rows = []
     for opt_name, name in runs:
@@ -200,7 +184,8 @@ def measure_length(
     print_fn(
         f"T={length}, recurrence impl={impl}, batch {args.batch} ({args.batch // args.devices} "
         f"per device on {args.devices} devices), hidden {args.hidden}, {args.steps} steps per "
-        f"call, median of {args.repeats} rounds; {load_before} before, {_load()} after"
+        f"call, median of {args.repeats} rounds; {load_before} before, "
+        f"{timing.load_average()} after"
     )
     _print_table(rows, print_fn)
     return rows

@@ -36,7 +36,6 @@ import functools
 import math
 import os
 import re
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks.machine import describe, machine
+from benchmarks.perf import timing
 from benchmarks.training import parallel
 from models import (
     RNNModel,
@@ -84,15 +84,7 @@ def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, fl
 
     Each function is called once first (compilation, warm-up) and not timed.
     """
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return timing.median_wall(timing.rounds(fns, repeats, warm_up=True))
 
 
 def matmul_peak(size: int = 1024) -> tuple[Callable[[], jax.Array], float]:
