@@ -50,6 +50,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -789,27 +790,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     return args, groups
 
 
+_INTERVAL = re.compile(r"(?P<steps>\d+)steps?|(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<unit>[smh])")
+_SECONDS_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def parse_interval(text: str) -> tuple[float, int | None]:
     """``--checkpoint-every``: ``'90s'``, ``'10m'``, ``'1h'`` -> ``(seconds, None)``;
     ``'500steps'`` -> ``(0.0, 500)``."""
-    value = text.strip().lower().replace(" ", "")
-    units = {"steps": None, "step": None, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit, scale in units.items():
-        number = value.removesuffix(unit)
-        if number == value or not number:
-            continue
-        try:
-            if scale is None:
-                steps = int(number)
-                if steps >= 1:
-                    return 0.0, steps
-            else:
-                seconds = float(number) * scale
-                if seconds >= 0 and seconds != float("inf"):
-                    return seconds, None
-        except ValueError:
-            pass
-        break
+    match = _INTERVAL.fullmatch(text.strip().lower().replace(" ", ""))
+    if match and match["steps"] is not None and int(match["steps"]) >= 1:
+        return 0.0, int(match["steps"])
+    if match and match["number"] is not None:
+        return float(match["number"]) * _SECONDS_PER[match["unit"]], None
     raise argparse.ArgumentTypeError(
         f"{text!r} is not an interval: give seconds ('90s', '10m', '1h', >= 0) or outer "
         "steps ('500steps', >= 1)"
@@ -819,18 +811,12 @@ def parse_interval(text: str) -> tuple[float, int | None]:
 def continue_command(argv: Sequence[str]) -> str:
     """The command that continues a stopped run: the same one, less ``--restart`` (which
     would start over) and ``--start-from`` (the run has its own checkpoint now)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = not arg.startswith("-")
-            if skip:
-                continue
-        if arg == "--restart":
-            continue
-        if arg == "--start-from" or arg.startswith("--start-from="):
-            skip = arg == "--start-from"
-            continue
-        kept.append(arg)
+    kept, args = [], iter(argv)
+    for arg in args:
+        if arg == "--start-from":
+            next(args, None)  # its folder
+        elif arg != "--restart" and not arg.startswith("--start-from="):
+            kept.append(arg)
     return shlex.join(["python", "-m", "benchmarks.run", *kept])
 
 
