@@ -294,13 +294,13 @@ def run_seeds(
     interval). ``devices``: how many of the local devices train data-parallel (``None``:
     all of them); truncated BPTT and batches that do not split evenly run on one device.
     A run whose loss stops being finite writes a ``"diverged"`` summary (in one program the
-    other seeds train on and finish), then :class:`benchmarks.training.train.Diverged` is raised.
+    other seeds train on and finish), then :class:`benchmarks.training.stopping.Diverged` is raised.
     ``data_dir``: a local copy of the task's data (``Task.local_data`` says what it
     holds) instead of its data package. ``start_from``: another results folder; a run with
     no checkpoint under ``out`` yet continues from its checkpoint there
     (:func:`start_from_folder`). ``checkpoint_every_s`` or ``checkpoint_every_steps``: how
-    often the state is saved (:class:`benchmarks.training.train.Checkpoints`). Each run is locked
-    while it trains (:class:`RunLocked` if another process holds it), and without
+    often the state is saved (:class:`benchmarks.training.checkpoints.Checkpoints`). Each run
+    is locked while it trains (:class:`RunLocked` if another process holds it), and without
     ``restart`` a summary of other settings or a larger budget is not replaced
     (:class:`RunExists`, raised before anything is written).
     Returns the summaries, in the order of ``configs_``.
@@ -361,6 +361,8 @@ def _train_group(
 
     from benchmarks.machine import machine
     from benchmarks.training import train as training
+    from benchmarks.training.checkpoints import Checkpoints
+    from benchmarks.training.stopping import Diverged
 
     first = configs_[0]
     seeds = [c.seed for c in configs_]
@@ -402,7 +404,7 @@ def _train_group(
         updates_per_step=plan.updates_per_step,
         grad_evals_per_step=plan.grad_evals_per_step,
         steps_per_call=steps_per_call,
-        checkpoints=training.Checkpoints(
+        checkpoints=Checkpoints(
             ckpt_dir,
             every_s=checkpoint_every_s,
             every_steps=checkpoint_every_steps,
@@ -416,7 +418,7 @@ def _train_group(
         skip_nonfinite=first.on_nonfinite == "skip",
     )
     t0 = time.perf_counter()
-    diverged: training.Diverged | None = None
+    diverged: Diverged | None = None
     try:
         if one_program:
             stack = lambda *xs: jnp.stack(xs)  # noqa: E731
@@ -441,7 +443,7 @@ def _train_group(
                 **options,
             )
             results = [result]
-    except training.Diverged as error:
+    except Diverged as error:
         diverged, results = error, [None] * len(configs_)
     summaries, failed = [], None
     for config, data, (summary_path, curves_path, _), result in zip(
@@ -837,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         except RunExists as error:
             sys.exit(f"REFUSED {error}")
     from benchmarks.training import parallel
-    from benchmarks.training.train import Diverged, Stopped
+    from benchmarks.training.stopping import Diverged, Stopped
 
     parallel.start_cpu_devices(args.devices)
     every_s, every_steps = args.checkpoint_every

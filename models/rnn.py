@@ -106,7 +106,7 @@ class RNNModel(nn.Module):
     running statistics in the ``batch_stats`` collection, the Flax way: ``train=True``
     normalizes with the batch's statistics and, when applied with
     ``mutable=["batch_stats"]``, returns the updated running averages; ``train=False``
-    uses the stored averages and changes nothing. ``benchmarks.training.train.make_train_loss``
+    uses the stored averages and changes nothing. ``benchmarks.training.step.make_train_loss``
     wraps this into a pure loss for ``jax.grad`` and ``frank_wolfe`` (see there how the
     statistics flow).
 

@@ -23,7 +23,8 @@ _WORKER = textwrap.dedent(
     sys.path.insert(0, "tests")
     import jax, numpy as np, optax
     import fw_optax
-    from benchmarks.training.train import Checkpoints, train
+    from benchmarks.training.checkpoints import Checkpoints
+    from benchmarks.training.train import train
     from test_train import PARAMS, _host_stream, _regression
 
     tx = optax.chain(fw_optax.frank_wolfe(2, 0.1), optax.adam(0.05))

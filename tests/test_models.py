@@ -14,7 +14,7 @@ import pytest
 
 import fw_optax
 import models.rnn as models_rnn
-from benchmarks.training.train import make_train_loss, split_variables
+from benchmarks.training.step import make_train_loss, split_variables
 from models import (
     CELL_NAMES,
     IMPLS,

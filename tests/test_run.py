@@ -23,7 +23,7 @@ from benchmarks.registry.methods import METHODS
 from benchmarks.registry.tasks import TASKS
 from benchmarks.training import train as train_module
 from benchmarks.training.data import Dataset, add_gaussian_noise
-from benchmarks.training.train import Diverged, Stopped
+from benchmarks.training.stopping import Diverged, Stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 T, F = 8, 2
@@ -476,7 +476,7 @@ def test_a_checkpoint_from_before_machines_were_recorded_resumes_as_not_recorded
     import orbax.checkpoint as ocp
 
     from benchmarks import report
-    from benchmarks.training import train
+    from benchmarks.training import checkpoints
 
     def save_as_before(manager, checkpoints, state, step, wall, trained_on, diverged):
         meta = {**checkpoints.meta, "step": step, "wall_time_s": wall}
@@ -484,7 +484,7 @@ def test_a_checkpoint_from_before_machines_were_recorded_resumes_as_not_recorded
         manager.save(step, args=args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "_save", save_as_before)
+        patch.setattr(checkpoints, "save", save_as_before)
         run.run_experiment(toy_config("adding", "sgd", steps=4), tmp_path, progress=False)
     summary = run.run_experiment(toy_config("adding", "sgd", steps=8), tmp_path, progress=False)
     assert summary["trained_on"] == [

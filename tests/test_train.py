@@ -4,11 +4,7 @@ exactly."""
 import dataclasses
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,19 +13,18 @@ import optax
 import pytest
 
 import fw_optax
+from benchmarks.training.checkpoints import Checkpoints
 from benchmarks.training.data import add_gaussian_noise
-from benchmarks.training.train import (
-    Checkpoints,
+from benchmarks.training.step import (
     Objective,
-    Stopped,
     Stream,
     TrainState,
-    _generated,
+    generated_batches,
     make_step,
     make_steps_fn,
-    train,
-    train_seeds,
 )
+from benchmarks.training.stopping import Stopped
+from benchmarks.training.train import train, train_seeds
 
 W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
 
@@ -198,15 +193,6 @@ def test_saves_come_every_so_many_steps_when_asked(every_steps, kept, tmp_path):
     assert sorted(int(p.name) for p in ckpt.directory.iterdir() if p.name.isdigit()) == kept
 
 
-@pytest.mark.parametrize(
-    ("every_s", "every_steps", "bad"),
-    [(-1.0, None, "every_s=-1.0"), (60.0, 0, "every_steps=0"), (60.0, 2.5, "every_steps=2.5")],
-)
-def test_bad_checkpoint_intervals_are_refused_by_name(every_s, every_steps, bad, tmp_path):
-    with pytest.raises(ValueError, match=re.escape(bad)):
-        Checkpoints(tmp_path, every_s=every_s, every_steps=every_steps)
-
-
 def _quartic() -> Objective:
     """Least squares plus ``b**4``: from ``b = 0`` SGD settles, from ``b = 1e3`` it overflows."""
     base = _regression()
@@ -311,7 +297,8 @@ def test_a_k_switch_changes_k_at_its_step_and_carries_the_optimizer_state_over()
     objective = _regression()
     state = TrainState.create(PARAMS, {}, _fw_adam(1), seed=3)
     steps = [
-        make_step(objective, _fw_adam(K), to_batches=_generated(stream.generate, 1)) for K in (1, 3)
+        make_step(objective, _fw_adam(K), to_batches=generated_batches(stream.generate, 1))
+        for K in (1, 3)
     ]
     for i in range(8):
         state, _ = jax.jit(steps[i >= 4])(state, (jnp.asarray(i), None))
@@ -331,23 +318,3 @@ def test_a_switch_with_another_optimizer_state_is_refused():
         _train(_generated_stream(), _fw_adam(1), steps=4, then=[(2, optax.sgd(0.1), 1)])
     with pytest.raises(ValueError, match="multiples of eval_every"):
         _train(_generated_stream(), _fw_adam(1), steps=8, eval_every=4, then=[(2, _fw_adam(3), 1)])
-
-
-def test_a_second_signal_ends_the_process_at_once():
-    """The first SIGINT (Ctrl-C) only asks the loop to save and stop; the second one is not
-    waited on: the process ends by the signal."""
-    code = (
-        "import os, signal, time\n"
-        "from benchmarks.training.train import _stop_on_signals\n"
-        "received, restore = _stop_on_signals(True)\n"
-        "os.kill(os.getpid(), signal.SIGINT)\n"
-        "print(received, flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGINT)\n"
-        "time.sleep(30)\n"
-        "print('still running', flush=True)\n"
-    )
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
-    assert done.stdout.strip() == f"[{int(signal.SIGINT)}]"
-    assert done.returncode == -signal.SIGINT

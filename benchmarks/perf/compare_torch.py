@@ -86,7 +86,7 @@ from benchmarks.perf.timing import load_average
 from benchmarks.registry.configs import get_config
 from benchmarks.training import parallel
 from benchmarks.training.data.adding import adding_batch
-from benchmarks.training.train import Objective, TrainState, make_step
+from benchmarks.training.step import Objective, TrainState, make_step
 from models import RNNModel, mse_loss
 
 try:
@@ -225,7 +225,7 @@ def jax_step(
 ) -> Callable[..., tuple[Params, Any, jax.Array]]:
     """``step(params, opt_state, x, y) -> (params, opt_state, loss)``, jitted.
 
-    One outer step of the project's training loop (``benchmarks.training.train.make_step``) on the
+    One outer step of the project's training loop (``benchmarks.training.step.make_step``) on the
     step's stacked mini-batches ``x [batches_per_step, B, T, 2]``, ``y [batches_per_step, B, 1]``,
     with the model's recurrence run by ``impl``. With a ``mesh``, each mini-batch is split over
     its devices and every gradient averaged over them (``benchmarks.training.parallel``), as the

@@ -37,7 +37,7 @@ import fw_optax
 from benchmarks.machine import describe, machine
 from benchmarks.perf import timing
 from benchmarks.training.data.adding import adding_batch
-from benchmarks.training.train import make_steps_fn
+from benchmarks.training.step import make_steps_fn
 from models import RNNModel, mse_loss
 
 TARGETS = {"step": 1.05, "compile": 1.2, "memory": 1.1, "tensors": 1.25}

@@ -6,7 +6,7 @@ sigmoid + MSE as in the authors' code, accuracy). A :class:`Task` holds its fact
 loader, head, metric), the methods that fit it and its settings per preset; adding a task is
 one entry in :data:`TASKS` (see ``benchmarks/README.md``). :func:`build_model` builds the
 network a configuration names, and :func:`make_objective` ties model and data into the
-:class:`benchmarks.training.train.Objective` the training loop runs.
+:class:`benchmarks.training.step.Objective` the training loop runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from benchmarks.registry.configs import Config
     from benchmarks.training.data import Dataset
-    from benchmarks.training.train import Objective, Stream
+    from benchmarks.training.step import Objective, Stream
     from models import RNNModel
 
 
@@ -64,7 +64,7 @@ def load_adding(config: Config, dataset: Dataset | None = None) -> TaskData:
     import jax
 
     from benchmarks.training.data.adding import PLATEAU_MSE, adding_batch
-    from benchmarks.training.train import Stream
+    from benchmarks.training.step import Stream
 
     if dataset is not None:
         raise ValueError("the adding task generates its data; it takes no dataset")
@@ -99,7 +99,7 @@ def dataset_loader(load: Callable[..., Dataset]) -> Callable[..., TaskData]:
         config: Config, dataset: Dataset | None = None, data_dir: str | None = None
     ) -> TaskData:
         from benchmarks.training.data import batches
-        from benchmarks.training.train import Stream
+        from benchmarks.training.step import Stream
 
         if dataset is not None:
             data = dataset
@@ -397,7 +397,7 @@ def init_variables(config: Config, model: RNNModel, data: TaskData) -> tuple[Any
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.training.train import split_variables
+    from benchmarks.training.step import split_variables
 
     x0 = jnp.zeros((2, data.sequence_length, data.num_features), jnp.float32)
     return split_variables(model.init(jax.random.key(config.seed), x0))
@@ -409,8 +409,8 @@ def make_objective(config: Config, model: RNNModel, data: TaskData) -> Objective
     import jax
     import jax.numpy as jnp
 
+    from benchmarks.training.step import TBPTT, Objective, make_train_loss
     from benchmarks.training.tbptt import rnn_chunk_fn
-    from benchmarks.training.train import TBPTT, Objective, make_train_loss
     from models import clip_indrnn_recurrent, get_head, indrnn_recurrent_bound
 
     spec = get_task(config.task)
