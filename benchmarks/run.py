@@ -210,13 +210,28 @@ class RunExists(ValueError):
     """A run's folder already holds a run that this command would replace."""
 
 
-def refuse_replacing(configs_: Sequence[Config], out: Path) -> None:
-    """Raises :class:`RunExists` if a run under ``out`` holds a summary (finished or
-    diverged) of the same run name with other settings or a larger budget than ``config``:
-    the command would overwrite it. A larger budget with the same settings extends it."""
+def refuse_replacing(
+    configs_: Sequence[Config], out: Path, *, start_from: Path | None = None
+) -> None:
+    """Raises :class:`RunExists` if a run under ``out`` would be overwritten: its summary
+    (finished or diverged) records other settings or a larger budget than the command asks
+    for (a larger budget with the same settings extends it), or it has curves past step 0 but
+    no summary and no checkpoint to continue them (a run cut where its checkpoints were not
+    kept: training would start over on them; ``start_from`` gives it another checkpoint)."""
     for config in configs_:
-        summary_path = run_files(config, out)[0]
+        summary_path, curves_path, ckpt = run_files(config, out)
         if not summary_path.is_file():
+            cut = max((r["step"] for r in read_records(curves_path)), default=0)
+            group = _group_checkpoints(configs_, out) if len(configs_) > 1 else ckpt
+            kept = _checkpoint_steps(ckpt) or _checkpoint_steps(group)
+            if cut and not kept and start_from is None:
+                raise RunExists(
+                    f"{curves_path} holds the curves of a run cut at step {cut}, with no "
+                    f"summary and no checkpoint under {ckpt.parent} to continue it; this "
+                    "command would train it from step 0 and replace them. Nothing was "
+                    "written. Choose another --out, give its checkpoint with --start-from, "
+                    "or --restart to replace it."
+                )
             continue
         summary = json.loads(summary_path.read_text())
         changed = _differences(config, summary)
@@ -319,7 +334,7 @@ def run_seeds(
     files = [run_files(c, out) for c in configs_]
     with _locked(configs_, out):
         if not restart:
-            refuse_replacing(configs_, out)
+            refuse_replacing(configs_, out, start_from=start_from)
             done = [_finished(c, f[0]) for c, f in zip(configs_, files, strict=True)]
             if all(done):
                 for summary in done:
@@ -835,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if not args.restart:
         try:
             for group in groups:
-                refuse_replacing(group, args.out)
+                refuse_replacing(group, args.out, start_from=args.start_from)
         except RunExists as error:
             sys.exit(f"REFUSED {error}")
     from benchmarks.training import parallel

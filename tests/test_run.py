@@ -6,6 +6,7 @@ bad input is refused before any file."""
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,6 +266,21 @@ def test_a_finished_run_is_not_replaced_by_other_settings_or_a_smaller_budget(tm
     assert run.run_experiment(dataclasses.replace(config, steps=2), tmp_path, progress=False,
                               restart=True)["steps"] == 2  # fmt: skip
     assert first["steps"] == 4
+
+
+def test_curves_of_a_cut_run_with_no_checkpoint_are_not_trained_over(tmp_path):
+    """A run cut where its checkpoints were lost (another machine, a fresh clone) left only
+    its curves: the same command refuses to start it over on them."""
+    config = toy_config("adding", "sgd", steps=4)
+    run.run_experiment(config, tmp_path, progress=False)
+    summary_path, curves_path, ckpt = run.run_files(config, tmp_path)
+    summary_path.unlink()
+    shutil.rmtree(ckpt)
+    kept = curves_path.read_text()
+    with pytest.raises(run.RunExists, match=r"cut at step 4, with no summary and no checkpoint"):
+        run.run_experiment(config, tmp_path, progress=False)
+    assert curves_path.read_text() == kept
+    assert run.run_experiment(config, tmp_path, progress=False, restart=True)["steps"] == 4
 
 
 def test_a_second_process_training_the_same_run_into_the_same_folder_is_refused(tmp_path):
