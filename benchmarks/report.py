@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from benchmarks.machine import describe
 from benchmarks.registry import configs
 from benchmarks.registry.methods import METHODS
+from benchmarks.training import summaries
 from benchmarks.training.curves import read_records
 from benchmarks.training.data.adding import PLATEAU_MSE
 
@@ -42,7 +43,6 @@ LEFT_PLATEAU = 0.1
 averaged over its seeds, is below this."""
 FIG3_METHODS = ("sgd", "adam", "tbptt", "fw", "tbptt_fw")
 NOT_RUN = "not yet run"
-SUMMARY_KEYS = {"task", "method", "run", "config", "final", "machine", "curves"}
 DIVERGED = "diverged"
 STALL_FACTOR = 10
 STALL_MIN_S = 60.0
@@ -134,11 +134,15 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
 def load_run(path: Path) -> dict[str, Any] | None:
     """One run summary with its curve records (``None`` if the file is no run summary)."""
     try:
-        summary = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ResultsError(f"{path}: not a readable JSON file ({error})") from error
-    if not isinstance(summary, dict) or not SUMMARY_KEYS <= set(summary):
+    if not summaries.is_summary(record):
         return None
+    try:
+        summary = summaries.RunSummary.from_json(record).to_json()
+    except (TypeError, ValueError) as error:
+        raise ResultsError(f"{path}: not a run summary ({error})") from error
     curves = path.with_name(summary["curves"])
     if not curves.exists() and not _diverged(summary):
         raise ResultsError(f"{curves}: curves of {path.name} missing")

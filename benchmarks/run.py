@@ -75,6 +75,7 @@ from benchmarks.registry.tasks import (
     missing_packages,
 )
 from benchmarks.training.curves import read_records
+from benchmarks.training.summaries import RunSummary, read_summary, write_summary
 
 if TYPE_CHECKING:
     import jax
@@ -185,20 +186,19 @@ def _finished(config: Config, summary_path: Path) -> dict[str, Any] | None:
     """The summary at ``summary_path`` if it records a finished run of exactly ``config``
     (every field, the budget included, as :func:`_differences` compares them), else
     ``None``."""
-    if not summary_path.is_file():
+    summary = read_summary(summary_path)
+    if summary is None or summary.status != "finished" or _differences(config, summary):
         return None
-    summary = json.loads(summary_path.read_text())
-    same = not _differences(config, summary)
-    return summary if same and summary.get("status", "finished") == "finished" else None
+    return summary.to_json()
 
 
-def _differences(config: Config, summary: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def _differences(config: Config, summary: RunSummary) -> dict[str, tuple[Any, Any]]:
     """``{field: (recorded, asked)}`` where ``summary``'s configuration and ``config`` differ.
 
     A field added to :class:`Config` after the summary was written counts as its default
     there; a field the summary has and ``Config`` no longer has differs (asked: ``None``).
     """
-    recorded = configs.recorded_config(summary.get("config", {}))
+    recorded = configs.recorded_config(summary.config)
     current = configs.as_json(dataclasses.asdict(config))
     names = sorted(set(recorded) | set(current))
     return {
@@ -233,7 +233,9 @@ def refuse_replacing(
                     "or --restart to replace it."
                 )
             continue
-        summary = json.loads(summary_path.read_text())
+        summary = read_summary(summary_path)
+        if summary is None:
+            continue
         changed = _differences(config, summary)
         extends = set(changed) <= set(configs.RESUMABLE) and all(
             asked is not None and (old is None or asked >= old) for old, asked in changed.values()
@@ -242,7 +244,7 @@ def refuse_replacing(
             was = ", ".join(f"{k}={old!r}" for k, (old, _) in changed.items())
             now = ", ".join(f"{k}={asked!r}" for k, (_, asked) in changed.items())
             raise RunExists(
-                f"{summary_path} holds a {summary.get('status', 'finished')} run with {was}; "
+                f"{summary_path} holds a {summary.status} run with {was}; "
                 f"this command asks for {now} and would replace it. Nothing was written. "
                 "Choose another --out, or --restart to replace it."
             )
@@ -466,16 +468,14 @@ def _train_group(
     ):
         gone = diverged if result is None else result.diverged
         failed = failed or gone
-        summary = _summary(config, data, plan, result, curves_path, mesh, gone)
-        summary["process_time_s"] = time.perf_counter() - t0
-        summary["steps_per_call"] = steps_per_call or plan.eval_every
-        if one_program:
-            summary["seeds_in_program"] = seeds
-        if origin is not None:
-            summary["started_from"] = origin
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(summary_path, json.dumps(summary, indent=1))
-        summaries.append(summary)
+        summary = _summary(config, data, plan, result, curves_path, mesh, gone).replace(
+            process_time_s=time.perf_counter() - t0,
+            steps_per_call=steps_per_call or plan.eval_every,
+            seeds_in_program=seeds if one_program else None,
+            started_from=origin,
+        )
+        write_summary(summary_path, summary)
+        summaries.append(summary.to_json())
     if failed is not None:
         raise failed
     return summaries
@@ -523,43 +523,44 @@ def start_from_folder(source: Path, out: Path, configs_: Sequence[Config], ckpt_
           flush=True)  # fmt: skip
 
 
-def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, diverged):
+def _summary(
+    config, data, plan, result: TrainResult | None, curves_path, mesh, diverged
+) -> RunSummary:
     from benchmarks.machine import machine
 
     spec = get_task(config.task)
     devices = mesh.size if mesh is not None else 1
-    summary: dict[str, Any] = {
-        "task": config.task,
-        "title": spec.title,
-        "method": config.method,
-        "run": config.run_name,
-        "status": "finished",
-        "config": dataclasses.asdict(config),
-        "overrides": {k: v for k, v in config.overrides.items()},
-        "plan": dataclasses.asdict(plan),
-        "machine": machine(),
-        "data": dict(data.card),
-        "metric": spec.metric,
-        "devices": devices,
-        "per_device_batch": config.batch_size // devices,
-        "curves": curves_path.name,
-    }
+    summary = RunSummary(
+        task=config.task,
+        title=spec.title,
+        method=config.method,
+        run=config.run_name,
+        config=dataclasses.asdict(config),
+        overrides=dict(config.overrides),
+        plan=dataclasses.asdict(plan),
+        machine=machine(),
+        data=dict(data.card),
+        metric=spec.metric,
+        devices=devices,
+        per_device_batch=config.batch_size // devices,
+        curves=curves_path.name,
+        final=None,
+    )
     if diverged is not None:
         records = read_records(curves_path)
-        summary.update(
+        return summary.replace(
             status="diverged",
             diverged=diverged.as_dict(),
             final=records[-1] if records else None,
             steps=records[-1]["step"] if records else 0,
-        )  # fmt: skip
-        return summary
+        )
     metric = f"test_{spec.metric}"
     final = result.records[-1]
-    best = (min if spec.metric == "loss" else max)(r[metric] for r in result.records)
     epochs = final.get("epoch")
-    summary.update(
+    resumed_elsewhere = [s["machine"] for s in result.trained_on] != [summary.machine]
+    return summary.replace(
         final=dict(final),
-        best_test=best,
+        best_test=(min if spec.metric == "loss" else max)(r[metric] for r in result.records),
         steps=result.steps,
         updates=result.updates,
         batches=result.batches,
@@ -568,12 +569,9 @@ def _summary(config, data, plan, result: TrainResult | None, curves_path, mesh, 
         wall_time_s=result.wall_time_s,
         time_per_epoch_s=result.wall_time_s / epochs if epochs else None,
         compile_time_s=result.compile_time_s,
+        skipped_updates=result.skipped_updates,
+        trained_on=result.trained_on if resumed_elsewhere else None,
     )
-    if result.skipped_updates is not None:
-        summary["skipped_updates"] = result.skipped_updates
-    if [stretch["machine"] for stretch in result.trained_on] != [summary["machine"]]:
-        summary["trained_on"] = result.trained_on  # resumed on another machine
-    return summary
 
 
 def _mesh(config: Config, devices: int | None) -> jax.sharding.Mesh | None:
