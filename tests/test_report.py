@@ -458,3 +458,91 @@ def test_the_main_jobs_figure_says_test_mse_explains_the_plateau_and_tells_metho
     for i, a in enumerate(colours):
         for b in colours[i + 1 :]:
             assert np.linalg.norm(_lab(a) - _lab(b)) > 35, (a, b)
+
+
+def _mnist_run(folder, task, method, losses, accuracies, K=None, updates_per_epoch=100):
+    """A paper-preset MNIST run of ``len(losses)`` epochs with these training losses and test
+    accuracies (%), one evaluation per epoch."""
+    flavour = "authors" if K else None
+    config = get_config(task, method, "paper", K=K, flavour=flavour, epochs=len(losses))
+    write_run(folder, config, accuracy=0.5, epochs=len(losses))
+    records = [{"step": 0, "updates": 0, "epoch": 0.0, "train_loss": None, "test_loss": 2.3,
+                "test_accuracy": 0.1}]  # fmt: skip
+    for i, (loss, acc) in enumerate(zip(losses, accuracies, strict=True), start=1):
+        step = i * updates_per_epoch
+        records.append({"step": step, "updates": step, "epoch": float(i), "train_loss": loss,
+                        "test_accuracy": acc / 100})  # fmt: skip
+    path = folder / config.task_dir / f"{config.run_name}.json"
+    summary = json.loads(path.read_text())
+    summary |= {"final": records[-1], "data": {"sizes": {"train": 60000, "test": 10000}}}
+    path.write_text(json.dumps(summary))
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    path.with_suffix(".jsonl").write_text(lines)
+
+
+def _claims(folder) -> dict[int, str]:
+    table = report.fig3_claims_table(report.load_results(folder))
+    rows = [line.split(" | ") for line in table if line.startswith("| ") and line[2].isdigit()]
+    return {int(row[0][2:]): row[3] for row in rows}
+
+
+def _paper_story(folder, epochs=20, k5_faster=True):
+    """Curves as the paper tells them: SGD flat, TBPTT a little better (more on Permuted, its
+    loss going up and down on Pixel), FW and TBPTT + FW lower and higher, K = 5 faster."""
+    down = [2.3 * 0.9**i for i in range(1, epochs + 1)]
+    for task, gain in (("pixel_mnist", 1.0), ("permuted_mnist", 8.0)):
+        _mnist_run(folder, task, "sgd", [2.3 - 0.001 * i for i in range(epochs)], [11.0] * epochs)
+        bumpy = [2.2 + (0.2 if i % 2 else 0.0) for i in range(epochs)]
+        _mnist_run(folder, task, "tbptt", bumpy, [11.0 + gain] * epochs)
+        _mnist_run(folder, task, "fw", down, [60.0] * epochs, K=1)
+        _mnist_run(folder, task, "tbptt_fw", down, [70.0] * epochs, K=1)
+        _mnist_run(folder, task, "fw", down, [65.0] * epochs, K=5, updates_per_epoch=20 if
+                   k5_faster else 200)  # fmt: skip
+        _mnist_run(folder, task, "adam", down, [80.0] * epochs)
+
+
+def test_fig3_claims_hold_on_curves_that_tell_the_papers_story(tmp_path):
+    _paper_story(tmp_path)
+    assert _claims(tmp_path) == {n: "yes" for n in range(1, 7)}
+    figure = report.figure3(report.load_results(tmp_path))
+    assert figure.startswith(b"\x89PNG")
+
+
+def test_fig3_claims_fail_where_the_curves_disagree_and_early_reads_say_so(tmp_path):
+    _paper_story(tmp_path / "slow_k5", k5_faster=False)
+    assert _claims(tmp_path / "slow_k5")[6] == "no"
+    _paper_story(tmp_path / "early", epochs=3)
+    assert _claims(tmp_path / "early")[1] == "yes (early)"
+    for task in ("pixel_mnist", "permuted_mnist"):  # SGD learns as fast as FW
+        _mnist_run(tmp_path / "slow_k5", task, "sgd", [2.3 * 0.9**i for i in range(1, 21)],
+                   [60.0] * 20)  # fmt: skip
+    claims = _claims(tmp_path / "slow_k5")
+    assert claims[1] == "no"
+    assert claims[3] == "no"  # FW is no faster than SGD
+    assert claims[4] == "no"  # TBPTT + FW's CE is no lower than SGD's
+    (tmp_path / "nothing").mkdir()
+    assert _claims(tmp_path / "nothing") == {n: "–" for n in range(1, 7)}
+
+
+def test_k5_at_k1s_outer_steps_gets_its_row_with_steps_data_passes_and_decays(tmp_path):
+    def har_run(K, seed, accuracy, steps, updates_per_epoch, **overrides):
+        config = get_config("har2", "fw", "paper", K=K, flavour="authors", seed=seed, **overrides)
+        write_run(tmp_path, config, accuracy=accuracy, steps=steps)
+        path = tmp_path / "har2" / f"{config.run_name}.json"
+        summary = json.loads(path.read_text())
+        summary |= {"plan": {"updates_per_epoch": updates_per_epoch}, "batches": steps * K,
+                    "data": {"sizes": {"train": 7415, "test": 2947}}}  # fmt: skip
+        path.write_text(json.dumps(summary))
+
+    for seed, accuracy in enumerate((0.90, 0.92, 0.94)):
+        har_run(1, seed, accuracy, 17100, 57)
+        har_run(5, seed, accuracy - 0.02, 3300, 11)
+        har_run(5, seed, accuracy + 0.01, 17105, 11, epochs=1555, lr_decay_epochs=(518, 1036))
+    table = report.k_outer_steps_table(report.load_results(tmp_path))
+    rows = [line for line in table if line.startswith("| FW")]
+    assert rows[0].startswith("| FW K=1 (authors), 300 epochs | 17100 | 17100 | 300.0 | "
+                              "5700, 11400 | 92.00 ± 2.00 (n=3")  # fmt: skip
+    assert rows[1].startswith("| FW K=5 (authors), 300 epochs | 3300 | 16500 | 289.5 | "
+                              "1100, 2200 | 90.00 ± 2.00 (n=3")  # fmt: skip
+    assert rows[2].startswith("| FW K=5 (authors), K=1's outer steps | 17105 | 85525 | 1500.4 | "
+                              "5698, 11396 | 93.00 ± 2.00 (n=3")  # fmt: skip
