@@ -25,7 +25,7 @@ STEP_RULES: tuple[str, ...] = ("average", "open_loop")
 
 
 class FrankWolfeState(NamedTuple):
-    """State of :func:`frank_wolfe`.
+    """State of [`frank_wolfe`][fw_optax.frank_wolfe].
 
     Attributes:
       count: the number of outer steps taken so far (int32); the schedule of δ reads it.
@@ -171,18 +171,18 @@ def frank_wolfe(
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Frank-Wolfe RNN optimizer: K linear-minimization steps in a ball around ω.
 
-    At outer step t, with δ_t the radius and C(δ) the constraint set (by default the Lp ball
-    of radius δ centred at 0), Algorithm 1 of the paper runs, from Δ_{t,0} = 0,
+    At outer step t, with ``δ_t`` the radius and ``C(δ)`` the constraint set (by default the
+    Lp ball of radius δ centred at 0), Algorithm 1 of the paper runs, from ``Δ_{t,0} = 0``,
 
-    .. math::
+    ```text
+    g_k     = ∇F(ω_{t-1} + Δ_{t,k-1})
+    s_{t,k} = argmin_{s ∈ C(δ_t)} <s, g_k>
+    Δ_{t,k} = (1 - γ_k) Δ_{t,k-1} + γ_k s_{t,k}
+    ```
 
-      s_{t,k} = \arg\min_{s \in C(\delta_t)} \langle s, g_k \rangle, \quad
-      g_k = \nabla F(\omega_{t-1} + \Delta_{t,k-1}), \quad
-      \Delta_{t,k} = (1 - \gamma_k) \Delta_{t,k-1} + \gamma_k s_{t,k},
-
-    for k = 1..K with γ_k = 1/k (``step_rule="average"``: Δ_{t,K} is the mean of the s_{t,k})
-    or γ_k = 2/(k+1) (``"open_loop"``, the classic Frank-Wolfe rule), and then
-    ω_t = ω_{t-1} + η Δ_{t,K}. This transformation emits ``-Δ_{t,K}``, so
+    for k = 1..K with ``γ_k = 1/k`` (``step_rule="average"``: ``Δ_{t,K}`` is the mean of the
+    ``s_{t,k}``) or ``γ_k = 2/(k+1)`` (``"open_loop"``, the classic Frank-Wolfe rule), and then
+    ``ω_t = ω_{t-1} + η Δ_{t,K}``. This transformation emits ``-Δ_{t,K}``, so
 
     - ``optax.chain(frank_wolfe(K, δ, p), optax.sgd(η))`` is Algorithm 1 exactly, and
     - ``optax.chain(frank_wolfe(K, δ, 2, scope="leaf", cumulative=True), optax.adam(η))`` is
@@ -190,14 +190,14 @@ def frank_wolfe(
       normalization ignores up to its ε).
 
     **The Frank-Wolfe gap.** Inner step k also computes, at no extra gradient,
-    gap_k = <g_k, Δ_{k-1} - s_k> >= 0 (gap_1 = δ ||g_1||_q for the Lp ball): an upper bound on
-    how much the linearized loss can still drop inside C. ``state.gap`` holds the gap of the
-    last gradient evaluated and ``state.inner_steps`` how many gradients the step evaluated.
-    With ``gap_tol``, the inner loop stops at the first k >= 2 with
-    gap_k <= gap_tol · gap_1 and emits -Δ_{k-1}, the iterate that gap certifies: K is then a
-    maximum, and the program (a ``lax.while_loop``) still compiles once.
+    ``gap_k = <g_k, Δ_{k-1} - s_k> >= 0`` (``gap_1 = δ ||g_1||_q`` for the Lp ball): an upper
+    bound on how much the linearized loss can still drop inside C. ``state.gap`` holds the gap
+    of the last gradient evaluated and ``state.inner_steps`` how many gradients the step
+    evaluated. With ``gap_tol``, the inner loop stops at the first k >= 2 with
+    ``gap_k <= gap_tol · gap_1`` and emits ``-Δ_{k-1}``, the iterate that gap certifies: K is
+    then a maximum, and the program (a ``lax.while_loop``) still compiles once.
 
-    The incoming ``updates`` must be the gradient at ω_{t-1}: it is the first inner gradient
+    The incoming ``updates`` must be the gradient at ``ω_{t-1}``: it is the first inner gradient
     (k = 1), so an outer step costs K gradient evaluations in all (fewer with ``gap_tol``).
     The inner steps k = 2..K differentiate ``value_fn`` inside one ``jax.lax.scan``: the
     program compiles once, whatever K. The running average, the gap and the built-in oracle
@@ -214,16 +214,18 @@ def frank_wolfe(
     compiler inserts the collectives its gradients need. Inside ``jax.shard_map`` (or
     ``jax.pmap``) each device sees its own shard: name the mesh axis the batch is split over
     in ``batch_axis_name``, pass this device's own gradient as ``updates`` and this device's
-    loss on its shard as ``value_fn``, the same way with ``check_vma=True`` or ``False``::
+    loss on its shard as ``value_fn``, the same way with ``check_vma=True`` or ``False``:
 
-      def train_step(params, opt_state, shard):  # inside shard_map, batch split over "data"
-          loss = lambda w: loss_fn(w, shard)  # this device's loss on its shard
-          grads = jax.grad(loss)(fw_optax.per_device(params, "data"))
-          updates, opt_state = tx.update(grads, opt_state, params, value_fn=loss)
-          return optax.apply_updates(params, updates), opt_state  # out_specs P()
+    ```python
+    def train_step(params, opt_state, shard):  # inside shard_map, batch split over "data"
+        loss = lambda w: loss_fn(w, shard)  # this device's loss on its shard
+        grads = jax.grad(loss)(fw_optax.per_device(params, "data"))
+        updates, opt_state = tx.update(grads, opt_state, params, value_fn=loss)
+        return optax.apply_updates(params, updates), opt_state  # out_specs P()
+    ```
 
-    (:func:`per_device` makes the gradient the device's own: with ``check_vma=True`` a plain
-    ``jax.grad(loss)(params)`` is the sum over the devices.) Then
+    ([`per_device`][fw_optax.per_device] makes the gradient the device's own: with
+    ``check_vma=True`` a plain ``jax.grad(loss)(params)`` is the sum over the devices.) Then
 
     - ``local=False`` (synchronous): every gradient the transform uses, the incoming one and
       each inner one, is averaged over the axis (``lax.pmean``, K all-reduces per outer
@@ -249,17 +251,17 @@ def frank_wolfe(
         ``ω + Δ_{k-1}``. ``True`` (the authors' code, which adds Δ_k to the weights after each
         inner step): at ``ω + Δ_1 + ... + Δ_{k-1}``. The two agree for K <= 2.
       oracle: the constraint set, as its linear minimization oracle ``oracle(grads, delta)``
-        returning a pytree like ``grads`` (see :class:`fw_optax.Oracle`): e.g.
+        returning a pytree like ``grads`` (see [`Oracle`][fw_optax.Oracle]): e.g.
         ``functools.partial(fw_optax.k_sparse_lmo, k=100)``, ``fw_optax.nuclear_lmo``, or your
         own. ``None``: the Lp ball given by ``p`` and ``scope`` (which must keep their defaults
         when an oracle is given).
       gap_tol: ``None`` (always K inner steps) or a float > 0: stop early once
         gap_k <= gap_tol · gap_1.
       step_rule: ``"average"`` (γ_k = 1/k, the paper) or ``"open_loop"`` (γ_k = 2/(k+1)).
-      relative_radius: if ``True``, the radius of each tensor ω_i is δ_t ||ω_i||_2 (see
-        :func:`fw_optax.relative_radii`), measured at ω_{t-1}; the oracle then gets a pytree of
-        per-tensor radii, so it must be a per-tensor one (``scope="leaf"``,
-        ``group_l2_lmo``, ``nuclear_lmo``).
+      relative_radius: if ``True``, the radius of each tensor ``ω_i`` is ``δ_t ||ω_i||_2``
+        (see [`relative_radii`][fw_optax.relative_radii]), measured at ``ω_{t-1}``; the
+        oracle then gets a pytree of per-tensor radii, so it must be a per-tensor one
+        (``scope="leaf"``, ``group_l2_lmo``, ``nuclear_lmo``).
       batch_axis_name: ``None`` (one device, or ``jax.jit`` with shardings), or inside
         ``jax.shard_map``/``jax.pmap`` the mesh axis the batch is split over (static).
       local: with ``batch_axis_name``, ``False`` averages every gradient over the axis
@@ -273,7 +275,7 @@ def frank_wolfe(
       when K > 1; other keyword arguments are ignored, so the transform sits in any ``chain``.
       Under ``optax.inject_hyperparams``, list ``K``, ``p`` and ``oracle`` in ``static_args``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, fw_optax
       >>> loss_fn = lambda w: jnp.sum((w - 1.0) ** 2)
       >>> params = jnp.zeros(3)
@@ -421,7 +423,8 @@ def frank_wolfe(
 
 
 def frank_wolfe_stats(opt_state: Any) -> dict[str, jax.Array] | None:
-    """The counters of the one :func:`frank_wolfe` state inside any optimizer state.
+    """The counters of the one [`frank_wolfe`][fw_optax.frank_wolfe] state inside any
+    optimizer state.
 
     Found by name, as ``optax.tree_utils.tree_get`` finds a hyper-parameter, wherever the
     transformation sits: in ``optax.chain``, ``inject_hyperparams``, ``MultiSteps``,
@@ -432,15 +435,16 @@ def frank_wolfe_stats(opt_state: Any) -> dict[str, jax.Array] | None:
       opt_state: the state of any optax transformation.
 
     Returns:
-      ``{"outer_steps", "gap", "inner_steps"}`` (:class:`FrankWolfeState`'s ``count``,
-      ``gap`` and ``inner_steps``: the gradients the last outer step evaluated), or ``None``
-      if no ``frank_wolfe`` is inside.
+      ``{"outer_steps", "gap", "inner_steps"}``
+      ([`FrankWolfeState`][fw_optax.FrankWolfeState]'s ``count``, ``gap`` and
+      ``inner_steps``: the gradients the last outer step evaluated), or ``None`` if no
+      ``frank_wolfe`` is inside.
 
     Raises:
       ValueError: several ``frank_wolfe`` states are inside (e.g. one per partition of
         ``optax.multi_transform``), naming where they are; read each partition's own.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, fw_optax
       >>> tx = optax.chain(fw_optax.frank_wolfe(K=3, delta=0.1), optax.adam(1e-2))
       >>> params = jnp.ones(2)
@@ -484,7 +488,7 @@ def per_device(tree: Any, axis_name: str) -> Any:
     to varying over ``axis_name`` (``jax.lax.pcast(tree, axis_name, to="varying")``) the
     parameters give each device its own. With ``check_vma=False``, and under ``jax.pmap``,
     the cast does nothing: the gradient is already the device's own. The first gradient
-    of :func:`frank_wolfe` with ``batch_axis_name`` set is taken this way.
+    of [`frank_wolfe`][fw_optax.frank_wolfe] with ``batch_axis_name`` set is taken this way.
 
     Args:
       tree: a pytree of arrays replicated over ``axis_name`` (e.g. the parameters).
@@ -493,7 +497,7 @@ def per_device(tree: Any, axis_name: str) -> Any:
     Returns:
       ``tree``, varying over ``axis_name``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, numpy as np, fw_optax
       >>> from jax.sharding import Mesh, PartitionSpec as P
       >>> mesh = Mesh(np.array(jax.devices()[:1]), ("data",))

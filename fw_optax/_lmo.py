@@ -3,11 +3,12 @@ r"""Linear minimization oracles (LMOs) over pytrees.
 An LMO answers ``s = argmin_{s in C(δ)} <s, g>`` for a constraint set ``C(δ)`` of radius δ.
 Frank-Wolfe needs nothing else from ``C``: no projection, only this oracle. Every oracle here is
 a plain function ``oracle(grads, delta, ...)`` returning a pytree like ``grads``, and any of them
-(or a user's own, see :class:`Oracle`) plugs into ``frank_wolfe(..., oracle=...)``.
+(or a user's own, see [`Oracle`][fw_optax.Oracle]) plugs into ``frank_wolfe(..., oracle=...)``.
 
 ``delta`` is one radius for the whole set, or, for oracles that are a product of one set per
 tensor, a pytree of per-tensor radii with the structure of ``grads`` (what
-``frank_wolfe(..., relative_radius=True)`` hands them, see :func:`relative_radii`).
+``frank_wolfe(..., relative_radius=True)`` hands them, see
+[`relative_radii`][fw_optax.relative_radii]).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SCOPES: tuple[str, ...] = ("global", "leaf")
 
 
 class Oracle(Protocol):
-    r"""A linear minimization oracle, the constraint set of :func:`fw_optax.frank_wolfe`.
+    r"""A linear minimization oracle, the constraint set of [`frank_wolfe`][fw_optax.frank_wolfe].
 
     ``oracle(grads, delta)`` returns ``s = argmin_{s in C(δ)} <s, grads>``, a pytree with the
     structure and shapes of ``grads``. ``delta`` is a scalar radius (possibly traced: it may
@@ -103,7 +104,7 @@ def relative_radii(params: Any, delta: Any) -> Any:
     does not move), so keep zero-initialized biases out of it (``optax.multi_transform``) or
     use absolute radii for them.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from fw_optax import relative_radii
       >>> relative_radii({"w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}, 0.1)
@@ -184,7 +185,7 @@ def lp_ball_lmo(
     Returns:
       A pytree ``s`` with the structure, shapes and dtypes of ``grads``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from fw_optax import lp_ball_lmo
       >>> lp_ball_lmo({"w": jnp.array([3.0, -4.0])}, delta=1.0, p=2)["w"]
@@ -226,7 +227,7 @@ def k_sparse_lmo(grads: Any, delta: Any, k: int) -> Any:
     Returns:
       A pytree ``s`` with the structure, shapes and dtypes of ``grads``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from fw_optax import k_sparse_lmo
       >>> k_sparse_lmo({"a": jnp.array([0.5, -3.0]), "b": jnp.array([2.0, 0.1])}, 1.0, k=2)
@@ -284,7 +285,7 @@ def group_l2_lmo(grads: Any, delta: Any, *, axis: int = -1) -> Any:
     Returns:
       A pytree ``s`` with the structure, shapes and dtypes of ``grads``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from fw_optax import group_l2_lmo
       >>> group_l2_lmo(jnp.array([[3.0, 0.0], [4.0, -2.0]]), 1.0)
@@ -326,7 +327,7 @@ def nuclear_lmo(grads: Any, delta: Any) -> Any:
     Returns:
       A pytree ``s`` with the structure, shapes and dtypes of ``grads``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from fw_optax import nuclear_lmo
       >>> nuclear_lmo(jnp.array([[2.0, 0.0], [0.0, 1.0]]), 3.0)
