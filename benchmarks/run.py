@@ -708,7 +708,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         type=float,
         help="FW adaptive K: stop the inner loop once the FW gap is <= gap_tol x the first one",
     )
-    parser.add_argument("--step-rule", dest="step_rule", choices=configs.STEP_RULES)
+    parser.add_argument(
+        "--step-rule",
+        dest="step_rule",
+        help="FW step size γ_k, frank_wolfe's step_rule: average (1/k, the paper; default) "
+        "or open_loop (2/(k+1))",
+    )
     parser.add_argument(
         "--on-nonfinite",
         dest="on_nonfinite",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import chex
 import jax
@@ -21,7 +21,7 @@ from fw_optax._lmo import (
 )
 
 StepRule = Literal["average", "open_loop"]
-STEP_RULES: tuple[str, ...] = ("average", "open_loop")
+STEP_RULES: tuple[str, ...] = get_args(StepRule)
 
 
 class FrankWolfeState(NamedTuple):

@@ -46,7 +46,6 @@ from benchmarks.registry.tasks import TASKS, get_task
 
 PRESETS: tuple[str, ...] = ("cpu", "paper")
 FLAVOURS: tuple[str, ...] = ("alg1", "authors")
-STEP_RULES: tuple[str, ...] = ("average", "open_loop")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
 FW_MODES: tuple[str, ...] = ("sync", "local")
@@ -272,6 +271,8 @@ def validate(config: Config) -> None:
 
     _check_choice("cell", config.cell, CELL_NAMES)
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    from fw_optax._frank_wolfe import STEP_RULES  # here: fw_optax imports jax
+
     _check_choice("step_rule", config.step_rule, STEP_RULES)
     _check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
     _check_choice("fw_mode", config.fw_mode, FW_MODES)
