@@ -124,6 +124,7 @@ def test_wheel_and_sdist_hold_the_library_alone_and_the_wheel_runs_on_its_own(tm
     assert "\nLicense-Expression: Apache-2.0\n" in metadata
     assert "\nClassifier: Typing :: Typed\n" in metadata
     assert "\nDescription-Content-Type: text/markdown\n" in metadata
+    assert "\nProject-URL: Paper, https://arxiv.org/abs/2010.05397\n" in metadata
 
     with tarfile.open(sdist) as archive:
         top = {Path(name).parts[1] for name in archive.getnames() if len(Path(name).parts) > 1}
