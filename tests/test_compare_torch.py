@@ -39,9 +39,10 @@ def test_weights_copied_into_torch_give_the_flax_outputs():
     x, _ = ct.make_batches(TINY, 1, seed=4)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        apply = jax.jit(ct.flax_model(TINY).apply)
+        apply = jax.jit(TINY.task().model.apply)
         carry = (jnp.zeros((TINY.batch, TINY.hidden)),)
-        flax_out = np.asarray(apply(p64, jnp.asarray(x[0], jnp.float64), initial_carry=carry))
+        x64 = jnp.asarray(x[0], jnp.float64)
+        flax_out = np.asarray(apply({"params": p64}, x64, initial_carry=carry))
     torch_out = ct.torch_model(params, torch.float64)(torch.from_numpy(x[0]).double())
     np.testing.assert_allclose(torch_out.detach().numpy(), flax_out, rtol=1e-12, atol=1e-14)
 

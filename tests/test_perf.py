@@ -107,3 +107,40 @@ def test_the_one_timer_interleaves_the_variants_round_after_round():
     assert timing.load_average().startswith("load average ")
     with pytest.raises(ValueError, match="repeats=0"):
         timing.rounds(fns, 0)
+
+
+def test_the_scripts_adding_problem_is_the_runners_task():
+    """``adding_problem``, which every perf script builds its set-up with, computes what the
+    runner trains: the registry's model and initial weights, its batches and its loss."""
+    from benchmarks.registry.configs import get_config
+    from benchmarks.registry.tasks import (
+        adding_problem,
+        build_model,
+        init_variables,
+        load_task_data,
+        make_objective,
+    )
+    from benchmarks.training.data.adding import adding_batch
+
+    problem = adding_problem(length=6, batch_size=4, hidden=5, cell="gru", impl="fused", seed=2)
+    config = get_config("adding", "sgd", "cpu", seed=2, length=6, batch_size=4, hidden=5,
+                        cell="gru", test_size=4)  # fmt: skip
+    data = load_task_data(config)
+    model = build_model(config, data)
+    params, state = init_variables(config, model, data)
+    batch = problem.make_batch(jax.random.key(7))
+    for got, want in zip(batch, adding_batch(jax.random.key(7), 4, 6), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(jax.tree.leaves(problem.init()), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(got, want)
+    other = zip(jax.tree.leaves(problem.init(3)), jax.tree.leaves(params), strict=True)
+    assert not all(np.allclose(a, b) for a, b in other)  # a seed of its own
+    runner_loss, _ = make_objective(config, model, data).loss(params, state, batch, None)
+    np.testing.assert_allclose(problem.loss(params, batch), runner_loss, rtol=1e-5)
+    assert problem.model.impl == "fused" and model.impl == "auto"
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        b64 = jax.tree.map(lambda a: np.asarray(a, np.float64), batch)
+        assert problem.loss(p64, b64).dtype == np.float64
+    with pytest.raises(ValueError, match="impl"):
+        adding_problem(length=6, batch_size=4, hidden=5, impl="no-such-impl")

@@ -83,11 +83,10 @@ from jax.sharding import PartitionSpec as P
 import fw_optax
 from benchmarks.machine import describe, machine
 from benchmarks.perf.timing import load_average
+from benchmarks.registry import tasks
 from benchmarks.registry.configs import get_config
 from benchmarks.training import parallel
-from benchmarks.training.data.adding import adding_batch
 from benchmarks.training.step import Objective, TrainState, make_step
-from models import RNNModel, mse_loss
 
 try:
     import torch
@@ -154,11 +153,19 @@ def variants(K: int = 5) -> dict[str, Variant]:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """The benchmark's size: sequence length T, batch B, hidden H."""
+    """The benchmark's size: sequence length T, batch B, hidden H; its model, loss and
+    batches are the adding task's (``benchmarks.registry.tasks.adding_problem``)."""
 
     length: int
     batch: int
     hidden: int
+
+    def task(self, impl: str = "auto") -> tasks.Problem:
+        """The adding task at this size, the recurrence run by ``impl`` (which
+        ``models.RNNModel`` checks)."""
+        return tasks.adding_problem(
+            length=self.length, batch_size=self.batch, hidden=self.hidden, impl=impl
+        )
 
 
 # --------------------------------------------------------------------------- data and weights
@@ -167,25 +174,19 @@ class Problem:
 def make_batches(problem: Problem, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``count`` adding-task batches as host arrays ``x [count, B, T, 2]``, ``y [count, B, 1]``."""
     keys = jax.random.split(jax.random.key(seed), count)
-    x, y = jax.vmap(lambda k: adding_batch(k, problem.batch, problem.length))(keys)
+    x, y = jax.vmap(problem.task().make_batch)(keys)
     return np.array(x), np.array(y)
-
-
-def flax_model(problem: Problem, impl: str = "auto") -> RNNModel:
-    """The fw-optax side's model; ``impl`` is ``RNNModel``'s (which checks it)."""
-    return RNNModel(hidden_size=problem.hidden, output_size=1, cell="simple", impl=impl)
 
 
 def init_params(problem: Problem, seed: int = 0) -> Params:
     """Flax's initial weights (float32), the starting point of both sides."""
-    x = jnp.zeros((problem.batch, problem.length, INPUTS), jnp.float32)
-    return flax_model(problem).init(jax.random.key(seed), x)
+    return problem.task().init(seed)
 
 
 def _flax_leaves(params: Params) -> dict[tuple[str, ...], np.ndarray]:
     flat = {
         tuple(k.key for k in path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params["params"])
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
     expected = {path for path, _, _ in _LAYOUT}
     if set(flat) != expected:
@@ -206,16 +207,6 @@ def jax_tx(variant: Variant) -> optax.GradientTransformation:
     return optax.chain(fw, outer)
 
 
-def _loss_fn(model: RNNModel) -> Callable[[Params, Any], jax.Array]:
-    def loss(params, batch):
-        x, y = batch
-        # RNNModel's zero carry is float32 whatever the weights: cast it for the float64 check.
-        carry = jax.tree.map(lambda c: c.astype(x.dtype), model.initialize_carry(x.shape[0]))
-        return mse_loss(model.apply(params, x, initial_carry=carry), y)
-
-    return loss
-
-
 @functools.cache
 def jax_step(
     problem: Problem,
@@ -231,7 +222,7 @@ def jax_step(
     its devices and every gradient averaged over them (``benchmarks.training.parallel``), as the
     runner trains on CPU.
     """
-    loss = _loss_fn(flax_model(problem, impl))
+    loss = problem.task(impl).loss
     if mesh is not None:
         loss = parallel.data_parallel_loss(loss, mesh.axis_names[0])
     objective = Objective(
@@ -255,20 +246,23 @@ def jax_step(
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def jax_direction(problem: Problem, variant: Variant, params: Params, x, y) -> Params:
     """``-Δ_K``: what ``frank_wolfe`` hands the outer optimizer on these batches."""
-    loss = _loss_fn(flax_model(problem))
+    loss = problem.task().loss  # built outside the trace: it draws the task's data
     fw = fw_optax.frank_wolfe(
         variant.K, variant.delta, 2, scope=variant.scope, cumulative=variant.cumulative
     )
-    grads = jax.grad(loss)(params, (x[0], y[0]))
-    if variant.fresh_batches:
-        extra = {"value_fn": loss, "inner_batches": (x[1:], y[1:])}
-    else:
-        extra = {"value_fn": lambda w: loss(w, (x[0], y[0]))}
-    direction, _ = fw.update(grads, fw.init(params), params, **extra)
-    return direction
+
+    @jax.jit
+    def direction(params, x, y):
+        grads = jax.grad(loss)(params, (x[0], y[0]))
+        if variant.fresh_batches:
+            extra = {"value_fn": loss, "inner_batches": (x[1:], y[1:])}
+        else:
+            extra = {"value_fn": lambda w: loss(w, (x[0], y[0]))}
+        return fw.update(grads, fw.init(params), params, **extra)[0]
+
+    return direction(params, x, y)
 
 
 # --------------------------------------------------------------------------- the torch side
@@ -530,7 +524,7 @@ def check_first_step(
         p1, _, _ = jax_step(problem, variant)(p0, tx.init(p0), x64, y64)
         direction = jax_direction(problem, variant, p0, x64, y64)
         jax_p0, jax_p1 = _flax_leaves(p0), _flax_leaves(p1)
-        jax_dir = _flax_leaves({"params": direction["params"]})
+        jax_dir = _flax_leaves(direction)
 
     model = torch_model(params0, torch.float64)
     if perturb is not None:
@@ -1021,7 +1015,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"sequence lengths must be >= 2 (the adding task), got {args.lengths}")
     for impl in args.impls:
         try:
-            flax_model(Problem(2, args.batch, args.hidden), impl)  # RNNModel checks the name
+            Problem(2, args.batch, args.hidden).task(impl)  # RNNModel checks the name
         except ValueError as error:
             parser.error(f"--impls: {error}")
     if args.device == "cpu" and args.precision == "tf32":

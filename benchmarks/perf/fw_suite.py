@@ -36,23 +36,16 @@ import optax
 import fw_optax
 from benchmarks.machine import describe, machine
 from benchmarks.perf import timing
-from benchmarks.training.data.adding import adding_batch
+from benchmarks.registry.tasks import adding_problem
 from benchmarks.training.step import make_steps_fn
-from models import RNNModel, mse_loss
 
 TARGETS = {"step": 1.05, "compile": 1.2, "memory": 1.1, "tensors": 1.25}
 
 
 def _adding_problem(length: int, batch: int, hidden: int, cell: str = "simple"):
-    model = RNNModel(hidden_size=hidden, output_size=1, cell=cell)
-    make_batch = functools.partial(adding_batch, batch_size=batch, length=length)
-    params = model.init(jax.random.key(0), make_batch(jax.random.key(0))[0])
-
-    def loss_fn(params, batch):
-        x, y = batch
-        return mse_loss(model.apply(params, x), y)
-
-    return params, loss_fn, make_batch
+    """``(params, loss, make_batch)`` of the adding task (``benchmarks.registry.tasks``)."""
+    problem = adding_problem(length=length, batch_size=batch, hidden=hidden, cell=cell)
+    return problem.init(0), problem.loss, problem.make_batch
 
 
 def _round_robin(runs: dict, repeats: int, per_call: int) -> dict:

@@ -39,9 +39,9 @@ from jax.sharding import PartitionSpec as P
 import fw_optax
 from benchmarks.machine import describe, machine
 from benchmarks.perf import timing
+from benchmarks.registry.tasks import adding_problem
 from benchmarks.training import parallel
-from benchmarks.training.data.adding import adding_batch
-from models import RNNModel, default_impl, mse_loss
+from models import default_impl
 
 
 def _optimizers(K: int) -> dict[str, Any]:
@@ -109,17 +109,11 @@ def _max_relative_difference(a: Any, b: Any) -> float:
 
 
 def _adding_problem(args: argparse.Namespace, impl: str, length: int):
-    """``(loss, params, batches)``: the adding-task RNN and ``args.steps`` batches."""
-    model = RNNModel(hidden_size=args.hidden, output_size=1, cell="simple", impl=impl)
-    keys = jax.random.split(jax.random.key(1), args.steps)
-    batches = jax.vmap(lambda k: adding_batch(k, args.batch, length))(keys)
-    params = model.init(jax.random.key(0), batches[0][:1, 0])
-
-    def loss(params, batch):
-        x, y = batch
-        return mse_loss(model.apply(params, x), y)
-
-    return loss, params, batches
+    """``(loss, params, batches)``: the adding-task RNN (``benchmarks.registry.tasks``) and
+    ``args.steps`` batches."""
+    problem = adding_problem(length=length, batch_size=args.batch, hidden=args.hidden, impl=impl)
+    batches = jax.vmap(problem.make_batch)(jax.random.split(jax.random.key(1), args.steps))
+    return problem.loss, problem.init(0), batches
 
 
 def _round_robin(runs: dict[Any, Callable[[], Any]], repeats: int):

@@ -32,6 +32,7 @@ minutes on 2 quiet CPU cores); ``--quick`` runs every section at toy size (the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -49,15 +50,14 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks.machine import describe, machine
 from benchmarks.perf import timing
+from benchmarks.registry.tasks import adding_problem
 from benchmarks.training import parallel
 from models import (
-    RNNModel,
     clip_indrnn_recurrent,
     deep_indrnn,
     default_impl,
     default_unroll,
     indrnn_recurrent_bound,
-    mse_loss,
     sigmoid_mse_loss,
 )
 from models.cells import IndRNNCell
@@ -101,17 +101,20 @@ def rnn_gradient(
     *,
     batch: int = 50,
     hidden: int = 128,
-    features: int = 2,
     unroll: int | None = None,
 ) -> functools.partial:
-    """The compiled gradient of an MSE loss of ``RNNModel`` w.r.t. its parameters, bound to
-    them: call it to run, read its ``.func.as_text()`` for the optimized HLO."""
-    model = RNNModel(hidden, 1, cell=cell, impl=impl, unroll=unroll)
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (batch, seq_len, features))
-    y = jax.random.normal(ky, (batch, 1))
-    params = model.init(kp, x)["params"]
-    grad = jax.jit(jax.grad(lambda p: mse_loss(model.apply({"params": p}, x), y)))
+    """The compiled gradient of the adding task's loss (``benchmarks.registry.tasks``: one
+    ``RNNModel`` layer, MSE) w.r.t. its parameters, on one batch, bound to them: call it to
+    run, read its ``.func.as_text()`` for the optimized HLO."""
+    problem = adding_problem(
+        length=seq_len, batch_size=batch, hidden=hidden, cell=cell, impl=impl, unroll=unroll
+    )
+    if cell == "indrnn":  # the recurrence alone, as for every cell: no batch norm
+        bare = problem.model.clone(layer_batch_norm=False, recurrent_bound=None)
+        problem = dataclasses.replace(problem, model=bare)
+    batch_xy = problem.make_batch(jax.random.key(0))
+    params = problem.init(0)
+    grad = jax.jit(jax.grad(lambda p: problem.loss(p, batch_xy)))
     return functools.partial(grad.lower(params).compile(), params)
 
 

@@ -83,19 +83,18 @@ def gradient_rows(seeds: int, repeats: int, quick: bool) -> list[dict[str, Any]]
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.training.data.adding import adding_batch
-    from models import RNNModel, mse_loss
+    from benchmarks.registry.tasks import adding_problem
 
     length, batch, hidden = (8, 4, 4) if quick else (100, 50, 128)
-    x, y = adding_batch(jax.random.key(0), batch, length)
     rows = []
     for impl in ("fused", "flax"):
-        model = RNNModel(hidden_size=hidden, output_size=1, cell="simple", impl=impl)
+        problem = adding_problem(length=length, batch_size=batch, hidden=hidden, impl=impl)
+        x, y = problem.make_batch(jax.random.key(0))
 
-        def grad(params, x, y, model=model):
-            return jax.grad(lambda p: mse_loss(model.apply({"params": p}, x), y))(params)
+        def grad(params, x, y, loss=problem.loss):
+            return jax.grad(loss)(params, (x, y))
 
-        params = [model.init(jax.random.key(s), x)["params"] for s in range(seeds)]
+        params = [problem.init(s) for s in range(seeds)]
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
         xs, ys = jnp.stack([x] * seeds), jnp.stack([y] * seeds)
         one, batched = jax.jit(grad), jax.jit(jax.vmap(grad))

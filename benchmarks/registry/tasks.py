@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from benchmarks.registry.configs import Config
     from benchmarks.training.data import Dataset
     from benchmarks.training.step import Objective, Stream
-    from models import RNNModel
+    from models import Impl, RNNModel
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -474,3 +474,77 @@ def stack_test(
         y.reshape(n, size, *y.shape[1:]),
         mask.reshape(n, size),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A task's model, loss and data as the measurement scripts (``benchmarks.perf``) use
+    them: built from the registry as a run is (:func:`build_model`, :func:`init_variables`,
+    the task's head and data loader), as one loss of the parameters and a batch.
+
+    Attributes:
+      config: the configuration it was built from.
+      data: the task's data (:func:`load_task_data`).
+      model: the network (:func:`build_model`), its recurrence run by the ``impl`` asked for.
+    """
+
+    config: Config
+    data: TaskData
+    model: RNNModel
+
+    def init(self, seed: int | None = None) -> Any:
+        """The initial parameters of ``seed`` (default the config's), as a run draws them."""
+        config = self.config if seed is None else dataclasses.replace(self.config, seed=seed)
+        params, _ = init_variables(config, self.model, self.data)
+        return params
+
+    def make_batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One training batch ``(x, y)`` of generated data, a function of ``key`` alone."""
+        if self.data.stream.generate is None:
+            raise ValueError(f"the {self.config.task} task reads its data; it generates none")
+        return self.data.stream.generate(key)
+
+    def output_loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        """The task head's loss of the model's ``outputs`` (MSE for the adding task)."""
+        from models import get_head
+
+        return get_head(get_task(self.config.task).head).loss(outputs, targets)
+
+    def loss(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """The loss of ``params`` on ``batch`` (evaluation mode: a model without batch
+        statistics or dropout). The zero initial carry takes the inputs' dtype, so float64
+        inputs and parameters run in float64 (the model's own carry is float32)."""
+        import jax
+
+        x, y = batch
+        carry = jax.tree.map(lambda c: c.astype(x.dtype), self.model.initialize_carry(len(x)))
+        return self.output_loss(self.model.apply({"params": params}, x, initial_carry=carry), y)
+
+
+def adding_problem(
+    *,
+    length: int,
+    batch_size: int,
+    hidden: int,
+    cell: str = "simple",
+    impl: Impl = "auto",
+    unroll: int | None = None,
+    seed: int = 0,
+    test_size: int | None = None,
+) -> Problem:
+    """The adding task (T = ``length``, batches of ``batch_size``) with a one-layer RNN of
+    ``hidden`` units, as the registry builds it; ``impl`` is ``models.RNNModel``'s (which
+    checks it), a setting the registry leaves to the models' default. The test set holds
+    ``test_size`` samples (default ``batch_size``: the scripts time training).
+
+    The registry's IndRNN (``cell="indrnn"``) is the paper's deep one, batch norm after each
+    layer; a script that times the bare recurrence clones it without.
+    """
+    from benchmarks.registry.configs import get_config
+
+    config = get_config(
+        "adding", "sgd", "cpu", seed=seed, length=length, batch_size=batch_size, hidden=hidden,
+        cell=cell, unroll=unroll, test_size=batch_size if test_size is None else test_size,
+    )  # fmt: skip
+    data = load_task_data(config)
+    return Problem(config, data, build_model(config, data).clone(impl=impl))
