@@ -27,9 +27,11 @@ import optax
 from flax import nnx
 
 import fw_optax
-from benchmarks.training.data.adding import adding_batch
+from benchmarks.registry.tasks import adding_problem, get_task
+from models import get_head
 
 Batch = tuple[jax.Array, jax.Array]
+_OUTPUT_LOSS = get_head(get_task("adding").head).loss  # the adding task's: MSE
 
 
 class AddingRNN(nnx.Module):
@@ -47,9 +49,10 @@ class AddingRNN(nnx.Module):
 
 
 def loss_fn(model: AddingRNN, batch: Batch) -> jax.Array:
-    """Mean squared error of the model on ``(x, y)``."""
+    """The adding task's loss (``benchmarks.registry.tasks``: mean squared error) of the
+    model on ``(x, y)``."""
     x, y = batch
-    return jnp.mean((model(x) - y) ** 2)
+    return _OUTPUT_LOSS(model(x), y)
 
 
 def make_value_fn(model: nnx.Module, batch: Batch) -> Callable[[nnx.State], jax.Array]:
@@ -96,16 +99,20 @@ def train(
     steps: int = 300,
     seed: int = 0,
 ) -> tuple[AddingRNN, list[float]]:
-    """Trains ``AddingRNN`` with ``chain(frank_wolfe(K, δ), sgd(η))``; returns it and its test
+    """Trains ``AddingRNN`` with ``chain(frank_wolfe(K, δ), sgd(η))`` on the adding task's
+    batches and test set of 512 (``benchmarks.registry.tasks``); returns it and its test
     losses before training and after every tenth of ``steps``."""
+    problem = adding_problem(
+        length=length, batch_size=batch_size, hidden=hidden_size, seed=seed, test_size=512
+    )
     model = AddingRNN(hidden_size, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
     tx = optax.chain(fw_optax.frank_wolfe(K, delta), optax.sgd(eta))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    keys = jax.random.split(jax.random.key(seed + 2), steps + 1)
-    test = adding_batch(keys[-1], 512, length)
+    keys = jax.random.split(jax.random.key(seed + 2), steps)
+    test = (jnp.asarray(problem.data.x_test), jnp.asarray(problem.data.y_test))
     losses = [float(eval_loss(model, test))]
     for step in range(steps):
-        train_step(model, optimizer, adding_batch(keys[step], batch_size, length))
+        train_step(model, optimizer, problem.make_batch(keys[step]))
         if (step + 1) % max(1, steps // 10) == 0:
             losses.append(float(eval_loss(model, test)))
     return model, losses
