@@ -283,7 +283,12 @@ def test_benchmark_quick_measures_and_writes_its_tables(four_devices):
     counts = {(r["mode"], r["K"]): r["all_reduces"] for r in summary["communication"]["rows"]}
     assert counts[("sync", 5)] == 5 and counts[("local", 5)] == 1
     assert counts[("sync", 1)] == counts[("local", 1)] == 1
-    assert {r["task"] for r in summary["accuracy"]} == {"adding T=8", "HAR-2"}
+    # The runner's loop trained both: 4 outer steps, and one pass of 64 windows in batches of 8.
+    steps = {r["task"]: r["outer_steps"] for r in summary["accuracy"]}
+    assert steps == {"adding T=8": 4, "HAR-2": 8}
+    assert {(r["task"], r["mode"]) for r in summary["runs"]} == {
+        (task, mode) for task in steps for mode in ("sync", "local")
+    }
     for row in summary["accuracy"]:
         for mode in ("sync", "local"):
             assert np.isfinite(row[mode]["mean"])

@@ -20,13 +20,16 @@ The batch of ``chain(frank_wolfe(K, δ), sgd(η))`` is split over a 1-D mesh (ax
 
 (a) The all-reduces (and all collectives) one outer step executes and the megabytes they
 return per device, read from the compiled program (``benchmarks.training.parallel.collectives``,
-loop trips counted), on the adding task's RNN.
+loop trips counted), on the adding task's RNN (``benchmarks.registry.tasks.adding_problem``).
 
 (b) ``sync`` against ``local`` from the same initial weights on the same batches, K=5
-gradient evaluations per outer step on every device in both: the adding task (T=100,
-vanilla RNN of 128 units, δ=0.1, η=1, 2000 outer steps, test MSE on 1000 samples) and
-HAR-2 (vanilla RNN of 80 units, binary head, δ=1, η=0.05, batch 128, 5 epochs, test
-accuracy). The adding batch is 52: the paper's 50 rounded up to a multiple of 4 devices.
+gradient evaluations per outer step on every device in both. Each run is built from the
+registry as the runner builds it (the ``cpu`` preset, Algorithm 1's flavour, ``fw_mode``
+``sync`` or ``local``) and trained by the one loop (``benchmarks.training.train``) on the
+mesh: the adding task (T=100, vanilla RNN of 128 units, δ=0.1, η=1, 2000 outer steps, test
+MSE on 1000 samples) and HAR-2 (vanilla RNN of 80 units, binary head, δ=1, η=0.05, batch
+128, 5 epochs of whole passes, test accuracy). The adding batch is 52: the paper's 50
+rounded up to a multiple of 4 devices.
 
 On CPU the devices are ``--devices`` fake ones (``jax_num_cpu_devices``, set before JAX
 starts; with several processes each makes its share). Elsewhere the mesh takes the first
@@ -38,19 +41,16 @@ starts; with several processes each makes its share). Elsewhere the mesh takes t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -58,118 +58,49 @@ from jax.sharding import PartitionSpec as P
 
 import fw_optax
 from benchmarks.machine import describe, machine
+from benchmarks.registry.configs import Config, get_config
+from benchmarks.registry.methods import build_optimizer
+from benchmarks.registry.tasks import (
+    adding_problem,
+    build_model,
+    get_task,
+    init_variables,
+    load_task_data,
+    make_objective,
+)
+from benchmarks.run import make_plan
 from benchmarks.training import parallel
-from benchmarks.training.data import load_har2
-from benchmarks.training.data.adding import adding_batch
-from models import RNNModel, get_head
+from benchmarks.training import train as training
 
 AXIS = parallel.DATA_AXIS
 MODES: tuple[str, ...] = ("jit", "sync", "local")
 TASKS: tuple[str, ...] = ("adding", "har2")
 ROOT = Path(__file__).resolve().parents[2]
+SETTINGS: dict[str, dict[str, Any]] = {
+    "adding": {"batch_size": 52},  # a multiple of 4 devices
+    "har2": {"evals_per_epoch": 1},  # whole passes: 5 x 57 outer steps
+}
+"""What the runs change in the registry's ``cpu`` preset (Algorithm 1's flavour, K=5)."""
+QUICK: dict[str, dict[str, Any]] = {
+    "adding": {"length": 8, "hidden": 8, "steps": 4, "eval_every": 4, "test_size": 16},
+    "har2": {"hidden": 8, "epochs": 1, "evals_per_epoch": 1, "train_size": 64, "test_size": 64},
+}
+"""``--quick``'s toy sizes (with a batch of 2 per device)."""
+METRICS = {"adding": "test MSE", "har2": "test accuracy"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """A training problem: model, loss, data in chunks of outer steps, and a test metric.
-
-    Attributes:
-      name: what the tables call it.
-      model: the Flax model.
-      loss: ``loss(params, (x, y))`` of one batch (or one device's shard of it).
-      example: an input batch ``x`` for ``model.init``.
-      chunks: ``chunks(seed)`` yields ``(x, y)`` with a leading axis of outer steps, the
-        batch on axis 1; the same for every mode.
-      metric: ``metric(params)`` on the test set.
-      metric_name: what ``metric`` measures.
-      K, delta, lr: ``chain(frank_wolfe(K, delta), sgd(lr))``.
-      batch: the global batch size.
-      steps: outer steps per run.
-    """
-
-    name: str
-    model: RNNModel
-    loss: Callable[[Any, Any], jax.Array]
-    example: jax.Array
-    chunks: Callable[[int], Iterator[tuple[Any, Any]]]
-    metric: Callable[[Any], float]
-    metric_name: str
-    K: int
-    delta: float
-    lr: float
-    batch: int
-    steps: int
+def task_config(
+    name: str, *, quick: bool, devices: int, seed: int = 0, mode: str = "sync"
+) -> Config:
+    """The run of task ``name`` from ``seed`` in ``mode`` (``"sync"`` or ``"local"``): the
+    settings of the module docstring, or toy ones."""
+    settings = {**QUICK[name], "batch_size": 2 * devices} if quick else SETTINGS[name]
+    return get_config(name, "fw", "cpu", seed=seed, K=5, flavour="alg1", fw_mode=mode, **settings)
 
 
-def adding_task(*, length: int, hidden: int, batch: int, steps: int, test_size: int) -> Task:
-    """The adding problem (``benchmarks.training.data.adding``): fresh batches from the seed's
-    key."""
-    model = RNNModel(hidden_size=hidden, output_size=1, cell="simple")
-    mse = get_head("regressor").loss
-    chunk = min(steps, 100)
-
-    def loss(params: Any, batch_xy: Any) -> jax.Array:
-        x, y = batch_xy
-        return mse(model.apply(params, x), y)
-
-    def chunks(seed: int) -> Iterator[tuple[Any, Any]]:
-        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), steps)
-        for start in range(0, steps, chunk):
-            yield jax.vmap(lambda k: adding_batch(k, batch, length))(keys[start : start + chunk])
-
-    x_test, y_test = adding_batch(jax.random.key(10**6), test_size, length)
-    test_loss = jax.jit(loss)
-    return Task(
-        name=f"adding T={length}",
-        model=model,
-        loss=loss,
-        example=x_test[:1],
-        chunks=chunks,
-        metric=lambda params: float(test_loss(params, (x_test, y_test))),
-        metric_name="test MSE",
-        K=5,
-        delta=0.1,
-        lr=1.0,
-        batch=batch,
-        steps=steps,
-    )
-
-
-def har2_task(*, hidden: int, batch: int, epochs: int, subset: int | None = None) -> Task:
-    """HAR-2 (``benchmarks.training.data.load_har2``), a new shuffle every epoch; ``subset``
-    keeps the first windows of each split (for a smoke test)."""
-    data = load_har2()
-    x_train, y_train = data.x_train[:subset], data.y_train[:subset]
-    x_test, y_test = data.x_test[:subset], data.y_test[:subset]
-    model = RNNModel(hidden_size=hidden, output_size=1)
-    head = get_head("binary")
-    per_epoch = len(x_train) // batch
-
-    def loss(params: Any, batch_xy: Any) -> jax.Array:
-        x, y = batch_xy
-        return head.loss(model.apply(params, x), y)
-
-    def chunks(seed: int) -> Iterator[tuple[Any, Any]]:
-        rng = np.random.default_rng(seed)
-        for _ in range(epochs):
-            rows = rng.permutation(len(x_train))[: per_epoch * batch].reshape(per_epoch, batch)
-            yield x_train[rows], y_train[rows]
-
-    predict = jax.jit(lambda params, x: head.predict(model.apply(params, x)))
-    return Task(
-        name="HAR-2",
-        model=model,
-        loss=loss,
-        example=jnp.asarray(x_train[:1]),
-        chunks=chunks,
-        metric=lambda params: float(np.mean(np.asarray(predict(params, x_test)) == y_test)),
-        metric_name="test accuracy",
-        K=5,
-        delta=1.0,
-        lr=0.05,
-        batch=batch,
-        steps=epochs * per_epoch,
-    )
+def title(config: Config) -> str:
+    """What the tables call the task of ``config``."""
+    return f"adding T={config.length}" if config.task == "adding" else get_task(config.task).title
 
 
 def optimizer(K: int, delta: float, lr: float, mode: str) -> optax.GradientTransformation:
@@ -244,15 +175,18 @@ _NOT_ALL_REDUCE = re.compile(
 )
 
 
-def communication(task: Task, mesh: Mesh, mode: str, K: int) -> dict[str, Any]:
-    """The collectives one outer step of ``mode`` executes and the megabytes they return per
-    device: all kinds, and the all-reduces alone."""
-    tx = optimizer(K, task.delta, task.lr, mode)
-    params = task.model.init(jax.random.key(0), task.example)
-    batch = next(iter(task.chunks(0)))
-    one_step = shard_steps(jax.tree.map(lambda a: a[:1], batch), mesh)
+def communication(config: Config, mesh: Mesh, mode: str, K: int) -> dict[str, Any]:
+    """The collectives one outer step of ``mode`` executes on the adding task of ``config``
+    and the megabytes they return per device: all kinds, and the all-reduces alone."""
+    problem = adding_problem(
+        length=config.length, batch_size=config.batch_size, hidden=config.hidden
+    )
+    tx = optimizer(K, config.delta, config.lr, mode)
+    params = problem.init(0)
+    batch = problem.make_batch(jax.random.key(0))
+    one_step = shard_steps(jax.tree.map(lambda a: a[None], batch), mesh)
     compiled = (
-        train_chunk(task.loss, tx, mesh, mode)
+        train_chunk(problem.loss, tx, mesh, mode)
         .lower(replicate(params, mesh), replicate(tx.init(params), mesh), one_step)
         .compile()
     )
@@ -270,42 +204,61 @@ def communication(task: Task, mesh: Mesh, mode: str, K: int) -> dict[str, Any]:
     }
 
 
-def train(task: Task, mesh: Mesh, mode: str, seed: int) -> dict[str, Any]:
-    """One run of ``task`` in ``mode`` from ``seed``'s initial weights; its test metric."""
-    tx = optimizer(task.K, task.delta, task.lr, mode)
-    run = train_chunk(task.loss, tx, mesh, mode)
-    params = task.model.init(jax.random.key(seed), task.example)
-    params, opt_state = replicate((params, tx.init(params)), mesh)
-    start = time.perf_counter()
-    for batches in task.chunks(seed):
-        params, opt_state = run(params, opt_state, shard_steps(batches, mesh))
-    params = to_host(params)
-    return {
-        "task": task.name,
-        "mode": mode,
-        "seed": seed,
-        "metric": task.metric(params),
-        "seconds": time.perf_counter() - start,
+def train(config: Config, mesh: Mesh) -> tuple[dict[str, Any], int]:
+    """One run of ``config`` on ``mesh``, built from the registry as the runner builds it and
+    trained by the one loop: its row (test metric, seconds with compilation) and its outer
+    steps."""
+    data = load_task_data(config)
+    plan = make_plan(config, data)
+    model = build_model(config, data)
+    params, model_state = init_variables(config, model, data)
+    local = config.fw_mode == "local" and mesh.size > 1
+    axis = mesh.axis_names[0] if local else None
+    _, _, result = training.train(
+        objective=make_objective(config, model, data),
+        tx=build_optimizer(config, plan.updates_per_epoch, batch_axis_name=axis),
+        params=params,
+        model_state=model_state,
+        stream=data.stream,
+        steps=plan.steps,
+        eval_every=plan.eval_every,
+        seed=config.seed,
+        grad_evals_per_step=plan.grad_evals_per_step,
+        mesh=mesh,
+        local_gradients=local,
+        progress=False,
+    )
+    row = {
+        "task": title(config),
+        "mode": config.fw_mode,
+        "seed": config.seed,
+        "metric": result.final_eval,
+        "seconds": result.wall_time_s + result.compile_time_s,
     }
+    return row, result.steps
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(runs: list[dict[str, Any]], tasks: Sequence[Task]) -> list[dict[str, Any]]:
-    """Per task: the metric of ``sync`` and ``local`` over the seeds (mean, std, values)."""
+def summarize(
+    runs: list[dict[str, Any]], configs: Sequence[Config], steps: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """Per task (its ``configs``, and ``steps`` by task name): the metric of ``sync`` and
+    ``local`` over the seeds (mean, std, values)."""
     rows = []
-    for task in tasks:
+    for config in configs:
+        name = title(config)
         row: dict[str, Any] = {
-            "task": task.name,
-            "metric": task.metric_name,
-            "K": task.K,
-            "outer_steps": task.steps,
-            "batch": task.batch,
+            "task": name,
+            "metric": METRICS[config.task],
+            "K": config.K,
+            "outer_steps": steps[config.task],
+            "batch": config.batch_size,
         }
         for mode in ("sync", "local"):
-            values = [r["metric"] for r in runs if r["task"] == task.name and r["mode"] == mode]
+            values = [r["metric"] for r in runs if r["task"] == name and r["mode"] == mode]
             mean, std = _mean_std(values)
             row[mode] = {"mean": mean, "std": std, "values": values}
         rows.append(row)
@@ -358,33 +311,16 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_tasks(names: Sequence[str], *, quick: bool, devices: int) -> dict[str, Task]:
-    """The tasks called ``names``: the settings of the module docstring, or toy ones."""
-    if quick:
-        makers = {
-            "adding": lambda: adding_task(
-                length=8, hidden=8, batch=2 * devices, steps=4, test_size=16
-            ),
-            "har2": lambda: har2_task(hidden=8, batch=2 * devices, epochs=1, subset=64),
-        }
-    else:
-        makers = {
-            "adding": lambda: adding_task(
-                length=100, hidden=128, batch=52, steps=2000, test_size=1000
-            ),
-            "har2": lambda: har2_task(hidden=80, batch=128, epochs=5),
-        }
-    return {name: makers[name]() for name in names}
-
-
 def _commit() -> str:
-    """The commit the numbers come from, flagged if this file or the library has changed."""
+    """The commit the numbers come from, flagged if the library, the registry, the loop or
+    the measurement scripts have changed."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "fw_optax", "benchmarks/perf/distributed.py")
+    paths = ("fw_optax", "benchmarks/registry", "benchmarks/training", "benchmarks/perf")
+    changed = git("status", "--porcelain", "--", *paths)
     return (git("rev-parse", "--short", "HEAD") or "unknown") + (" (modified)" if changed else "")
 
 
@@ -423,9 +359,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--devices {args.devices}: JAX has only {len(jax.devices())} devices")
     mesh = parallel.data_mesh(jax.devices()[: args.devices])
     seeds = [0] if args.quick else list(range(args.seeds))
-    tasks = make_tasks(
-        list(dict.fromkeys(["adding", *args.tasks])), quick=args.quick, devices=args.devices
-    )
+    configs = {
+        name: task_config(name, quick=args.quick, devices=args.devices)
+        for name in dict.fromkeys(["adding", *args.tasks])
+    }
     commit = _commit()  # now: the files may change while the runs go on
     say = print if jax.process_index() == 0 else (lambda *_, **__: None)
     kind = jax.devices()[0].device_kind
@@ -434,15 +371,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     communicated = []
     for K in (1, 5):
         for mode in MODES:
-            communicated.append(communication(tasks["adding"], mesh, mode, K))
+            communicated.append(communication(configs["adding"], mesh, mode, K))
             say(communicated[-1], flush=True)
-    runs = []
+    runs, steps = [], {}
     for name in args.tasks:
         for seed in seeds:
             for mode in ("sync", "local"):
-                runs.append(train(tasks[name], mesh, mode, seed))
-                say(runs[-1], flush=True)
-    adding = tasks["adding"]
+                config = task_config(
+                    name, quick=args.quick, devices=args.devices, seed=seed, mode=mode
+                )
+                row, steps[name] = train(config, mesh)
+                runs.append(row)
+                say(row, flush=True)
+    adding = configs["adding"]
     summary = {
         "machine": machine(),
         "devices": args.devices,
@@ -451,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python -m benchmarks.perf.distributed", *argv]),
         "commit": commit,
         "seeds": seeds,
-        "communication": {"task": adding.name, "batch": adding.batch, "rows": communicated},
-        "accuracy": summarize(runs, [tasks[name] for name in args.tasks]),
+        "communication": {"task": title(adding), "batch": adding.batch_size, "rows": communicated},
+        "accuracy": summarize(runs, [configs[name] for name in args.tasks], steps),
         "runs": runs,
     }
     if jax.process_index() == 0:
