@@ -546,3 +546,9 @@ def test_k5_at_k1s_outer_steps_gets_its_row_with_steps_data_passes_and_decays(tm
                               "1100, 2200 | 90.00 ± 2.00 (n=3")  # fmt: skip
     assert rows[2].startswith("| FW K=5 (authors), K=1's outer steps | 17105 | 85525 | 1500.4 | "
                               "5698, 11396 | 93.00 ± 2.00 (n=3")  # fmt: skip
+
+
+def test_an_epoch_a_few_batches_short_of_a_pass_counts_as_that_epoch():
+    run = {"records": [{"epoch": e, "train_loss": 3.0 - e} for e in (1.0, 2.0, 3.0)]}
+    assert report._at_epoch(run, 1.996, "train_loss") == 1.0  # epoch 2 of K = 5, authors
+    assert report._at_epoch(run, 1.9, "train_loss") == 2.0
