@@ -216,15 +216,17 @@ def refuse_replacing(
     """Raises :class:`RunExists` if a run under ``out`` would be overwritten: its summary
     (finished or diverged) records other settings or a larger budget than the command asks
     for (a larger budget with the same settings extends it), or it has curves past step 0 but
-    no summary and no checkpoint to continue them (a run cut where its checkpoints were not
-    kept: training would start over on them; ``start_from`` gives it another checkpoint)."""
+    no summary and no checkpoint folder (a run cut where its checkpoints were not kept:
+    training would start over on them; ``start_from`` gives it another checkpoint)."""
     for config in configs_:
         summary_path, curves_path, ckpt = run_files(config, out)
         if not summary_path.is_file():
             cut = max((r["step"] for r in read_records(curves_path)), default=0)
             group = _group_checkpoints(configs_, out) if len(configs_) > 1 else ckpt
-            kept = _checkpoint_steps(ckpt) or _checkpoint_steps(group)
-            if cut and not kept and start_from is None:
+            # A checkpoint folder without a step: killed here before its first save, so
+            # training anew recomputes those curves. No folder: trained elsewhere.
+            trained_here = ckpt.is_dir() or group.is_dir()
+            if cut and not trained_here and start_from is None:
                 raise RunExists(
                     f"{curves_path} holds the curves of a run cut at step {cut}, with no "
                     f"summary and no checkpoint under {ckpt.parent} to continue it; this "

@@ -280,6 +280,12 @@ def test_curves_of_a_cut_run_with_no_checkpoint_are_not_trained_over(tmp_path):
     with pytest.raises(run.RunExists, match=r"cut at step 4, with no summary and no checkpoint"):
         run.run_experiment(config, tmp_path, progress=False)
     assert curves_path.read_text() == kept
+    ckpt.mkdir()  # killed here before its first save: trained anew, to the same curves
+    assert run.run_experiment(config, tmp_path, progress=False)["steps"] == 4
+    steps = [json.loads(line)["step"] for line in curves_path.read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in kept.splitlines()]
+    shutil.rmtree(ckpt)
+    summary_path.unlink()
     assert run.run_experiment(config, tmp_path, progress=False, restart=True)["steps"] == 4
 
 
