@@ -106,11 +106,11 @@ def make_plan(config: Config, data: TaskData) -> Plan:
     flavour eats K of them per outer step. TBPTT makes ``ceil(n / K)`` updates per batch
     (n chunks), each K chunk gradients of ``L / T`` of a sequence.
     """
-    bps = config.batches_per_step
-    updates, grads = 1, float(config.K if config.is_fw else 1)
-    if config.is_tbptt:
+    bps = configs.batches_per_step(config)
+    K = config.K if configs.is_fw(config) else 1
+    updates, grads = 1, float(K)
+    if configs.is_tbptt(config):
         n = data.sequence_length // config.chunk_length
-        K = config.K if config.is_fw else 1
         updates = -(-n // K)
         grads = updates * K / n
     per_epoch = data.stream.batches_per_epoch
@@ -158,20 +158,21 @@ def epoch_note(config: Config, data: TaskData, plan: Plan) -> str | None:
 
 def run_files(config: Config, out: Path) -> tuple[Path, Path, Path]:
     """``(summary .json, curves .jsonl, checkpoint folder)`` of a run under ``out``."""
-    folder = out / config.task_dir
-    return (
-        folder / f"{config.run_name}.json",
-        folder / f"{config.run_name}.jsonl",
-        folder / "ckpt" / config.run_name,
-    )
+    folder, name = out / configs.task_dir(config), configs.run_name(config)
+    return folder / f"{name}.json", folder / f"{name}.jsonl", folder / "ckpt" / name
+
+
+def _label(config: Config) -> str:
+    """How messages name a run: its folder and name."""
+    return f"{configs.task_dir(config)} {configs.run_name(config)}"
 
 
 def _group_checkpoints(configs_: Sequence[Config], out: Path) -> Path:
     """The checkpoint folder of seeds trained in one program."""
     first = configs_[0]
     seeds = "-".join(str(c.seed) for c in configs_)
-    name = first.run_name.rsplit("_seed", 1)[0] + f"_seeds{seeds}"
-    return out / first.task_dir / "ckpt" / name
+    name = configs.run_name(first).rsplit("_seed", 1)[0] + f"_seeds{seeds}"
+    return out / configs.task_dir(first) / "ckpt" / name
 
 
 def _checkpoint_meta(config: Config, plan: Plan, seeds: Sequence[int]) -> dict[str, Any]:
@@ -269,8 +270,8 @@ def _locked(configs_: Sequence[Config], out: Path):
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunLocked(
-                    f"{config.task_dir} {config.run_name} is training in another process "
-                    f"into {out}; wait for it to end, or choose another --out"
+                    f"{_label(config)} is training in another process into {out}; wait for it "
+                    "to end, or choose another --out"
                 ) from None
         yield
 
@@ -343,7 +344,7 @@ def run_seeds(
             if all(done):
                 for summary in done:
                     print(
-                        f"{first.task_dir} {summary['run']}: finished before "
+                        f"{configs.task_dir(first)} {summary['run']}: finished before "
                         f"({summary['steps']} outer steps); not trained again (--restart "
                         "trains it anew)",
                         flush=True,
@@ -389,7 +390,7 @@ def _train_group(
     plan = make_plan(first, datas[0])
     note = epoch_note(first, datas[0], plan)
     if note:
-        print(f"{first.task_dir} {first.run_name}: {note}", flush=True)
+        print(f"{_label(first)}: {note}", flush=True)
     model = build_model(first, datas[0])
     variables = [init_variables(c, model, d) for c, d in zip(configs_, datas, strict=True)]
     objective = make_objective(first, model, datas[0])
@@ -430,7 +431,7 @@ def _train_group(
             meta=_checkpoint_meta(first, plan, seeds),
             machine=machine(),
         ),
-        desc=f"{first.task_dir} {first.run_name}" + (f" seeds {seeds}" if one_program else ""),
+        desc=_label(first) + (f" seeds {seeds}" if one_program else ""),
         progress=progress,
         on_record=on_record,
         mesh=mesh,
@@ -508,9 +509,11 @@ def start_from_folder(source: Path, out: Path, configs_: Sequence[Config], ckpt_
         return  # trained here before: its own checkpoint goes on
     source_ckpt = source / ckpt_dir.relative_to(out)
     steps = _checkpoint_steps(source_ckpt)
+    label = f"{configs.task_dir(configs_[0])} {ckpt_dir.name}"
     if not steps:
-        print(f"{configs_[0].task_dir} {ckpt_dir.name}: no checkpoint at {source_ckpt} to "
-              "start from; trains from step 0", flush=True)  # fmt: skip
+        print(
+            f"{label}: no checkpoint at {source_ckpt} to start from; trains from step 0", flush=True
+        )
         return
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     shutil.copytree(source_ckpt, ckpt_dir)
@@ -521,8 +524,7 @@ def start_from_folder(source: Path, out: Path, configs_: Sequence[Config], ckpt_
             shutil.copyfile(source_curves, curves)
     origin = {"folder": str(source), "checkpoint_steps": steps}
     _write_atomic(_origin(ckpt_dir), json.dumps(origin))
-    print(f"{configs_[0].task_dir} {ckpt_dir.name}: starts from {source_ckpt} (steps {steps})",
-          flush=True)  # fmt: skip
+    print(f"{label}: starts from {source_ckpt} (steps {steps})", flush=True)
 
 
 def _summary(
@@ -536,9 +538,9 @@ def _summary(
         task=config.task,
         title=spec.title,
         method=config.method,
-        run=config.run_name,
+        run=configs.run_name(config),
         config=dataclasses.asdict(config),
-        overrides=dict(config.overrides),
+        overrides=configs.overrides(config),
         plan=dataclasses.asdict(plan),
         machine=machine(),
         data=dict(data.card),
@@ -585,7 +587,7 @@ def _mesh(config: Config, devices: int | None) -> jax.sharding.Mesh | None:
     from benchmarks.training import parallel
 
     mesh = parallel.training_mesh(devices, config.batch_size)
-    return None if config.is_tbptt else mesh
+    return None if configs.is_tbptt(config) else mesh
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -888,8 +890,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             sys.exit(2)
         except Stopped as error:
             print(
-                f"STOPPED {group[0].task_dir} {group[0].run_name}: {error}\n"
-                f"continue with: {continue_command(argv)}",
+                f"STOPPED {_label(group[0])}: {error}\ncontinue with: {continue_command(argv)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -898,7 +899,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             final = summary["final"]
             metric = f"test_{summary['metric']}"
             print(
-                f"{config.task_dir} {config.run_name}: {metric} {final[metric]:.4f} "
+                f"{_label(config)}: {metric} {final[metric]:.4f} "
                 f"(best {summary['best_test']:.4f}), train loss {final['train_loss']:.4f}, "
                 f"{summary['steps']} steps, {summary['grad_evals']:.0f} grad evals, "
                 f"{summary['wall_time_s']:.1f} s",

@@ -1,13 +1,22 @@
 """One run's settings (benchmarks/registry/configs.py on the task and method registries): every row
 resolves, flavours, overrides by name and type, run names, errors."""
 
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from benchmarks.registry import configs
+from benchmarks.registry import config, configs
 from benchmarks.registry.configs import get_config, parse_setting, parse_settings, table_for
 from benchmarks.registry.methods import METHODS
 from benchmarks.registry.tasks import TASKS
 from benchmarks.report import PAPER_TABLE1, PAPER_TABLE2, TABLE2_ROWS
+from benchmarks.training.summaries import is_summary
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PAIRS = [(task, method) for task in TASKS for method in configs.task_methods(task)]
 
@@ -53,7 +62,7 @@ def test_authors_flavour_is_adam_with_delta_equal_to_lr_and_fresh_batches(K):
     config = get_config("har2", "fw", "paper", K=K, flavour="authors")
     assert config.optimizer == "adam"
     assert config.delta == config.lr
-    assert config.batches_per_step == K
+    assert configs.batches_per_step(config) == K
     # The authors' K=10 runs used lr 6e-4 and batch 32, K=1 and K=5 lr 1e-3 and batch 128.
     assert (config.lr, config.batch_size) == ((6e-4, 32) if K == 10 else (1e-3, 128))
 
@@ -61,12 +70,12 @@ def test_authors_flavour_is_adam_with_delta_equal_to_lr_and_fresh_batches(K):
 def test_alg1_flavour_is_sgd_on_one_batch_per_step():
     config = get_config("adding", "fw", "cpu", K=5, flavour="alg1")
     assert config.optimizer == "sgd"
-    assert config.batches_per_step == 1 and (config.delta, config.lr) == (0.1, 1.0)
+    assert configs.batches_per_step(config) == 1 and (config.delta, config.lr) == (0.1, 1.0)
 
 
 def test_tbptt_fw_takes_its_inner_steps_from_chunks_not_batches():
     config = get_config("pixel_mnist", "tbptt_fw", "paper", K=5, flavour="authors")
-    assert config.batches_per_step == 1 and config.chunk_length == 196
+    assert configs.batches_per_step(config) == 1 and config.chunk_length == 196
 
 
 def test_paper_preset_follows_the_authors_scripts():
@@ -95,9 +104,9 @@ def test_cpu_preset_is_a_smaller_budget_than_paper():
 @pytest.mark.parametrize("task", list(TASKS))
 def test_table_runs_have_distinct_names(task, preset):
     runs = table_for(task, preset)
-    names = [run.run_name for run in runs]
+    names = [configs.run_name(run) for run in runs]
     assert len(names) == len(set(names))
-    fw = [run for run in runs if run.is_fw]
+    fw = [run for run in runs if configs.is_fw(run)]
     assert {run.flavour for run in fw} == set(configs.FLAVOURS)
 
 
@@ -179,17 +188,56 @@ def test_an_override_changes_the_config_and_its_run_name_but_the_budget_does_not
     plain = get_config("har2", "sgd", "cpu")
     changed = get_config("har2", "sgd", "cpu", **parse_settings(["lr=0.05", "hidden=64"]))
     assert (changed.lr, changed.hidden) == (0.05, 64)
-    assert changed.overrides == {"lr": 0.05, "hidden": 64}
-    assert changed.run_name == "sgd_hidden64_lr0.05_cpu_seed0" != plain.run_name
+    assert configs.overrides(changed) == {"lr": 0.05, "hidden": 64}
+    assert configs.run_name(changed) == "sgd_hidden64_lr0.05_cpu_seed0" != configs.run_name(plain)
     longer = get_config("har2", "sgd", "cpu", epochs=50)
-    assert longer.overrides == {"epochs": 50} and longer.run_name == plain.run_name
+    assert configs.overrides(longer) == {"epochs": 50}
+    assert configs.run_name(longer) == configs.run_name(plain)
     # Setting a field to its table value is no override.
-    assert get_config("har2", "sgd", "cpu", lr=plain.lr).run_name == plain.run_name
+    same = get_config("har2", "sgd", "cpu", lr=plain.lr)
+    assert configs.run_name(same) == configs.run_name(plain)
 
 
 def test_fw_names_keep_k_flavour_and_adaptive_k_tags():
     config = get_config("adding", "fw", "cpu", K=5, flavour="alg1", gap_tol=0.3, length=200)
-    assert config.run_name == "fw_K5_alg1_gaptol0.3_cpu_seed0"
-    assert config.task_dir == "adding_T200"
+    assert configs.run_name(config) == "fw_K5_alg1_gaptol0.3_cpu_seed0"
+    assert configs.task_dir(config) == "adding_T200"
     open_loop = get_config("har2", "fw", "cpu", K=5, flavour="alg1", step_rule="open_loop")
-    assert open_loop.run_name == "fw_K5_alg1_open_loop_cpu_seed0"
+    assert configs.run_name(open_loop) == "fw_K5_alg1_open_loop_cpu_seed0"
+
+
+def test_every_committed_summary_is_named_and_filed_as_its_configuration_says():
+    """The committed runs keep their files: each summary's recorded configuration (fields it
+    predates at their defaults, fields since removed dropped) gives its name and folder."""
+    fields = {f.name for f in dataclasses.fields(configs.Config)}
+    summaries = [p for p in sorted((ROOT / "results").rglob("*.json"))
+                 if is_summary(json.loads(p.read_text()))]  # fmt: skip
+    assert len(summaries) > 100
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        recorded = configs.recorded_config(summary["config"])
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+        run = configs.Config(**{k: v for k, v in values.items() if k in fields})
+        assert configs.run_name(run) == summary["run"] == path.stem, path
+        assert configs.task_dir(run) == path.parent.name, path
+
+
+def test_overrides_hold_the_configs_own_values_though_equal_configs_share_the_cache():
+    as_int = get_config("har2", "sgd", "cpu", lr=1)
+    as_float = get_config("har2", "sgd", "cpu", lr=1.0)
+    assert as_int == as_float and hash(as_int) == hash(as_float)
+    assert json.dumps(configs.overrides(as_int)) == '{"lr": 1}'
+    assert json.dumps(configs.overrides(as_float)) == '{"lr": 1.0}'
+    configs.overrides(as_int)["hidden"] = 3  # a copy: the next caller's is untouched
+    assert configs.overrides(as_int) == {"lr": 1}
+
+
+def test_config_is_plain_data_that_imports_no_registry():
+    assert configs.Config is config.Config  # configs re-exports it
+    code = (
+        "import sys, benchmarks.registry.config\n"
+        "print(*sorted(m for m in sys.modules if m.startswith('benchmarks')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["benchmarks", "benchmarks.registry", "benchmarks.registry.config"]

@@ -31,9 +31,9 @@ def write_run(
     summary = {
         "task": config.task,
         "method": config.method,
-        "run": config.run_name,
+        "run": configs.run_name(config),
         "config": dataclasses.asdict(config),
-        "overrides": config.overrides,
+        "overrides": configs.overrides(config),
         "machine": machine or MACHINE,
         "status": "finished",
         "data": {"sizes": {"train": 100, "test": 20}},
@@ -45,7 +45,7 @@ def write_run(
         "wall_time_s": 12.5,
         "time_per_epoch_s": 6.25 if epochs else None,
         "epochs": epochs,
-        "curves": f"{config.run_name}.jsonl",
+        "curves": f"{configs.run_name(config)}.jsonl",
     }
     if diverged_at is not None:
         records = [r for r in records if r["step"] < diverged_at]
@@ -53,11 +53,11 @@ def write_run(
         summary |= {"final": records[-1], "steps": records[-1]["step"]}
         for key in ("best_test", "grad_evals", "wall_time_s", "time_per_epoch_s", "epochs"):
             del summary[key]
-    target = folder / config.task_dir
+    target = folder / configs.task_dir(config)
     target.mkdir(parents=True, exist_ok=True)
-    (target / f"{config.run_name}.json").write_text(json.dumps(summary))
+    (target / f"{configs.run_name(config)}.json").write_text(json.dumps(summary))
     lines = "".join(json.dumps(r) + "\n" for r in records)
-    (target / f"{config.run_name}.jsonl").write_text(lines)
+    (target / f"{configs.run_name(config)}.jsonl").write_text(lines)
 
 
 @pytest.fixture
@@ -142,7 +142,8 @@ def test_missing_results_folder_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("broken", ["summary", "curves"])
 def test_unreadable_file_is_named_and_nothing_is_written(results, broken, capsys):
     config = get_config("har2", "sgd", "cpu")
-    path = results / "har2" / f"{config.run_name}.{'json' if broken == 'summary' else 'jsonl'}"
+    suffix = "json" if broken == "summary" else "jsonl"
+    path = results / "har2" / f"{configs.run_name(config)}.{suffix}"
     path.write_text("{not json")
     with pytest.raises(SystemExit):
         report.main(["--results", str(results)])
@@ -167,20 +168,20 @@ def test_adaptive_k_rows_pair_each_run_with_its_fixed_k_twin_and_stay_out_of_tab
     write_run(folder, fixed, accuracy=0.75)
     write_run(folder, adaptive, accuracy=0.5)
     write_run(folder, orphan, accuracy=0.5)
-    summary = folder / "har2" / f"{adaptive.run_name}.json"
+    summary = folder / "har2" / f"{configs.run_name(adaptive)}.json"
     run = json.loads(summary.read_text())
     run["grad_evals"] = 40  # the twin spent 10 x 10 = 100
     summary.write_text(json.dumps(run))
 
     runs = report.load_results(folder)
     lines = report.adaptive_k_table(runs)
-    (paired,) = [line for line in lines if f"| {adaptive.run_name} |" in line]
+    (paired,) = [line for line in lines if f"| {configs.run_name(adaptive)} |" in line]
     cells = [cell.strip() for cell in paired.split("|")]
     assert cells[3:9] == ["0.5", "0.7500", "0.5000", "100", "40", "60%"]
-    (alone,) = [line for line in lines if f"| {orphan.run_name} |" in line]
+    (alone,) = [line for line in lines if f"| {configs.run_name(orphan)} |" in line]
     assert report.NOT_RUN in alone
     assert report._pick(runs, task="har2", preset="cpu", method="fw", K=10) == [
-        r for r in runs if r["run"] == fixed.run_name
+        r for r in runs if r["run"] == configs.run_name(fixed)
     ]
 
 
@@ -239,7 +240,7 @@ def _adding_run(folder, method, length, seed, curve, **kwargs):
     steps = 5000 * (len(curve) - 1)
     config = get_config("adding", method, "cpu", seed=seed, length=length, steps=steps, **kwargs)
     write_run(folder, config, mse=0.5, steps=steps)
-    path = folder / config.task_dir / f"{config.run_name}.jsonl"
+    path = folder / configs.task_dir(config) / f"{configs.run_name(config)}.jsonl"
     rows = [{"step": 5000 * i, "grad_evals": 5000.0 * i, "train_loss": None, "test_loss": mse}
             for i, mse in enumerate(curve)]  # fmt: skip
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -324,7 +325,7 @@ def _timed_run(folder, walls, trained_on=None, **kwargs):
     config = get_config("har2", "sgd", "cpu", **kwargs)
     steps = 10 * len(walls)
     write_run(folder, config, accuracy=0.8, steps=steps)
-    path = folder / config.task_dir / config.run_name
+    path = folder / configs.task_dir(config) / configs.run_name(config)
     rows = [{"step": 10 * (i + 1), "grad_evals": 10.0 * (i + 1), "wall_time_s": wall,
              "train_loss": 0.5, "test_loss": 0.5, "test_accuracy": 0.8}
             for i, wall in enumerate(walls)]  # fmt: skip
@@ -472,7 +473,7 @@ def _mnist_run(folder, task, method, losses, accuracies, K=None, updates_per_epo
         step = i * updates_per_epoch
         records.append({"step": step, "updates": step, "epoch": float(i), "train_loss": loss,
                         "test_accuracy": acc / 100})  # fmt: skip
-    path = folder / config.task_dir / f"{config.run_name}.json"
+    path = folder / configs.task_dir(config) / f"{configs.run_name(config)}.json"
     summary = json.loads(path.read_text())
     summary |= {"final": records[-1], "data": {"sizes": {"train": 60000, "test": 10000}}}
     path.write_text(json.dumps(summary))
@@ -528,7 +529,7 @@ def test_k5_at_k1s_outer_steps_gets_its_row_with_steps_data_passes_and_decays(tm
     def har_run(K, seed, accuracy, steps, updates_per_epoch, **overrides):
         config = get_config("har2", "fw", "paper", K=K, flavour="authors", seed=seed, **overrides)
         write_run(tmp_path, config, accuracy=accuracy, steps=steps)
-        path = tmp_path / "har2" / f"{config.run_name}.json"
+        path = tmp_path / "har2" / f"{configs.run_name(config)}.json"
         summary = json.loads(path.read_text())
         summary |= {"plan": {"updates_per_epoch": updates_per_epoch}, "batches": steps * K,
                     "data": {"sizes": {"train": 7415, "test": 2947}}}  # fmt: skip

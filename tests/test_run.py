@@ -252,7 +252,7 @@ def test_a_finished_run_is_not_replaced_by_other_settings_or_a_smaller_budget(tm
     summary_path, curves_path, _ = run.run_files(config, tmp_path)
     kept = summary_path.read_text(), curves_path.read_text()
     for other in (dataclasses.replace(config, steps=2), dataclasses.replace(config, unroll=2)):
-        assert other.run_name == config.run_name  # the same files
+        assert configs.run_name(other) == configs.run_name(config)  # the same files
         with pytest.raises(run.RunExists, match=r"holds a finished run with .*Nothing was"):
             run.run_experiment(other, tmp_path, progress=False)
         assert (summary_path.read_text(), curves_path.read_text()) == kept
@@ -311,7 +311,7 @@ def test_method_all_expands_to_every_row_of_the_task():
 def test_several_methods_ks_and_seeds_make_one_group_per_configuration():
     argv = ["--task", "adding", "--method", "sgd", "fw", "--K", "1", "5", "--seeds", "0", "3"]
     _, groups = run.parse_args(argv)
-    assert [[c.run_name for c in g] for g in groups] == [
+    assert [[configs.run_name(c) for c in g] for g in groups] == [
         ["sgd_cpu_seed0", "sgd_cpu_seed3"],
         ["fw_K1_authors_cpu_seed0", "fw_K1_authors_cpu_seed3"],
         ["fw_K5_authors_cpu_seed0", "fw_K5_authors_cpu_seed3"],
@@ -333,7 +333,7 @@ def test_a_diverging_run_stops_with_the_step_and_loss_and_a_diverged_summary(tmp
     config = toy_config("adding", "sgd", lr=1e4, steps=20, eval_every=2)
     with pytest.raises(Diverged, match=r"training loss is (nan|inf) at outer step \d+") as info:
         run.run_experiment(config, tmp_path, progress=False)
-    assert config.run_name in str(info.value)
+    assert configs.run_name(config) in str(info.value)
     summary_path, curves_path, _ = run.run_files(config, tmp_path)
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "diverged"
@@ -419,7 +419,7 @@ def test_extending_a_finished_run_equals_one_longer_run(task, budget, tmp_path):
     longer = toy_config(task, method, **kwargs, **{budget: long})
     whole = run.run_experiment(longer, tmp_path / "a", dataset=dataset, progress=False)
     first = toy_config(task, method, **kwargs, **{budget: short})
-    assert first.run_name == longer.run_name
+    assert configs.run_name(first) == configs.run_name(longer)
     half = run.run_experiment(first, tmp_path / "b", dataset=dataset, progress=False)
     extended = run.run_experiment(longer, tmp_path / "b", dataset=dataset, progress=False)
     assert half["steps"] * 2 == extended["steps"] == whole["steps"]
@@ -533,7 +533,7 @@ def test_seeds_in_one_program_equal_separate_runs(task, method, tmp_path):
 
 def test_the_k_switch_protocol_runs_k1_then_k_and_is_named():
     config = toy_config("adding", "fw", flavour="authors", K=3, k1_steps=2)
-    assert "_k1steps2_" in config.run_name
+    assert "_k1steps2_" in configs.run_name(config)
     import tempfile
     from pathlib import Path
 

@@ -22,6 +22,7 @@ _WORKER = textwrap.dedent(
     sys.path.insert(0, "tests")
     from benchmarks.training import parallel
     from benchmarks import run
+    from benchmarks.registry import configs
     parallel.use_cpu_devices(2)
     from test_run import toy_config, toy_dataset
 
@@ -84,7 +85,7 @@ _WORKER = textwrap.dedent(
     local = toy_config("adding", "fw", flavour="alg1", K=3, fw_mode="local")
     out["local"] = {d: final(run.run_experiment(local, tmp / f"local{d}", progress=False,
                                                 devices=d)) for d in (1, 2)}
-    out["local_name"] = local.run_name
+    out["local_name"] = configs.run_name(local)
     seeds = [toy_config("adding", "fw", flavour="alg1", K=3, seed=s) for s in (0, 1)]
     out["seeds_two_devices"] = [
         {**final(s), "devices": s["devices"]}

@@ -1,4 +1,5 @@
-"""One run's settings: the :class:`Config` built from the task and method registries.
+"""One run's settings: the :class:`Config` built from the task and method registries, and
+what follows from it through them (:func:`is_fw`, :func:`run_name`, :func:`task_dir`...).
 
 A configuration is read from three places, each later one winning: the task's preset
 (``benchmarks.registry.tasks.TASKS[task].presets``), the method's settings
@@ -24,7 +25,7 @@ Two Frank-Wolfe flavours for every FW row (``flavour``):
 They agree in their data and perturbation only for K = 1 (the outer step still differs);
 for K >= 3 they differ in all three.
 
-A run's name (:attr:`Config.run_name`) is its method, K and flavour, every setting that
+A run's name (:func:`run_name`) is its method, K and flavour, every setting that
 differs from the tables (except the budget and the sequence length, which names the adding
 task's folder), its preset and seed. The budget (``steps``, ``epochs``) is the one thing a
 run may change when it resumes: asking a finished run for more continues it.
@@ -41,6 +42,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from benchmarks.registry.config import Config
 from benchmarks.registry.methods import METHODS, get_method
 from benchmarks.registry.tasks import TASKS, get_task
 
@@ -59,109 +61,60 @@ UNNAMED: tuple[str, ...] = (*RESUMABLE, "length", "unroll", "eval_batch_size")
 folder), and how a run computes rather than what (``unroll``, ``eval_batch_size``)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything one run needs; built by :func:`get_config` from the registries.
+def is_fw(config: Config) -> bool:
+    """Whether ``config``'s method is a Frank-Wolfe method (its :data:`METHODS` row)."""
+    return get_method(config.method).frank_wolfe
 
-    Budget: ``steps`` outer steps for generated data (adding), else ``epochs`` passes over the
-    training set (an FW outer step of the ``authors`` flavour eats K mini-batches, so it has
-    K times fewer outer steps per epoch). ``eval_every`` is in outer steps (adding) and
-    ``evals_per_epoch`` sets it for datasets: an epoch is then ``evals_per_epoch`` intervals
-    of ``floor(steps_per_epoch / evals_per_epoch)`` outer steps, so a run may see up to
-    ``evals_per_epoch`` outer steps per epoch fewer than a full pass (the summaries record
-    the epochs actually run). ``lr`` is the outer learning rate of every method (Algorithm
-    1's η for Frank-Wolfe).
-    """
 
-    task: str
-    method: str
-    preset: str
-    seed: int = 0
-    # model
-    cell: str = "simple"
-    hidden: int = 128
-    depth: int = 1
-    batch_norm: bool = False
-    layer_batch_norm: bool = False
-    dropout: float = 0.0
-    indrnn_gamma: float = 2.0
-    unroll: int | None = None  # None: the models' own per-backend default (models.default_unroll)
-    # optimizer
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    clip: float | None = None
-    grad_clamp: float | None = None
-    weight_decay: float = 0.0
-    lr_decay_epochs: tuple[int, ...] = ()
-    lr_decay_factor: float = 1.0
-    on_nonfinite: str = "stop"  # "skip": optax.apply_if_finite skips non-finite updates
-    # Frank-Wolfe
-    flavour: str | None = None
-    K: int = 1
-    delta: float | None = None
-    p: float = 2.0
-    gap_tol: float | None = None  # adaptive K: stop once the FW gap is below gap_tol * gap_1
-    step_rule: str = "average"  # "average" (1/k, the paper) or "open_loop" (2/(k+1))
-    fw_mode: str = "sync"  # on several devices: "sync" (every gradient averaged) or "local"
-    k1_steps: int | None = None  # the authors' adding protocol: K = 1 for these outer steps
-    # truncated BPTT
-    chunk_length: int | None = None
-    # data and budget
-    batch_size: int = 128
-    length: int | None = None
-    steps: int | None = None
-    eval_every: int | None = None
-    epochs: int | None = None
-    evals_per_epoch: int = 1
-    train_size: int | None = None
-    test_size: int | None = None
-    eval_batch_size: int = 1000
+def is_tbptt(config: Config) -> bool:
+    """Whether ``config``'s method trains by truncated BPTT (its :data:`METHODS` row)."""
+    return get_method(config.method).tbptt
 
-    @property
-    def is_fw(self) -> bool:
-        return get_method(self.method).frank_wolfe
 
-    @property
-    def is_tbptt(self) -> bool:
-        return get_method(self.method).tbptt
+def fresh_batches(config: Config) -> bool:
+    """The authors' flavour draws a fresh mini-batch per inner step (not under TBPTT)."""
+    return config.flavour == "authors" and not is_tbptt(config) and config.K > 1
 
-    @property
-    def fresh_batches(self) -> bool:
-        """The authors' flavour draws a fresh mini-batch per inner step (not under TBPTT)."""
-        return self.flavour == "authors" and not self.is_tbptt and self.K > 1
 
-    @property
-    def batches_per_step(self) -> int:
-        return self.K if self.fresh_batches else 1
+def batches_per_step(config: Config) -> int:
+    """Mini-batches one outer step eats: K for :func:`fresh_batches`, else 1."""
+    return config.K if fresh_batches(config) else 1
 
-    @functools.cached_property
-    def overrides(self) -> dict[str, Any]:
-        """The settings that differ from the tables (:func:`get_config` without overrides);
-        computed once per configuration (it builds and checks the default one)."""
-        default = get_config(
-            self.task, self.method, self.preset, seed=self.seed, K=self.K if self.is_fw else None,
-            flavour=self.flavour,
-        )  # fmt: skip
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
 
-    @property
-    def run_name(self) -> str:
-        """File stem of the run: method, K and flavour for FW rows, every named override
-        (sorted by field; ``gap_tol`` reads ``gaptol``), preset and seed."""
-        fw = f"_K{self.K}_{self.flavour}" if self.is_fw else ""
-        named = sorted((k, v) for k, v in self.overrides.items() if k not in UNNAMED)
-        tags = "".join(f"_{_tag(k, v)}" for k, v in named)
-        return f"{self.method}{fw}{tags}_{self.preset}_seed{self.seed}"
+def overrides(config: Config) -> dict[str, Any]:
+    """The settings of ``config`` that differ from the tables (:func:`get_config` without
+    overrides), as ``config`` holds them."""
+    return {name: getattr(config, name) for name in _overridden(config)}
 
-    @property
-    def task_dir(self) -> str:
-        """Folder of the task's results (the adding task has one per sequence length)."""
-        folder = get_task(self.task).folder
-        return self.task if folder is None else folder(self)
+
+@functools.lru_cache(maxsize=1024)
+def _overridden(config: Config) -> tuple[str, ...]:
+    """The fields of :func:`overrides`: the tables' configuration is built and checked once
+    per configuration, not each time a run's name is read."""
+    default = get_config(
+        config.task, config.method, config.preset, seed=config.seed,
+        K=config.K if is_fw(config) else None, flavour=config.flavour,
+    )  # fmt: skip
+    return tuple(
+        f.name
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    )
+
+
+def run_name(config: Config) -> str:
+    """File stem of the run: method, K and flavour for FW rows, every named override
+    (sorted by field; ``gap_tol`` reads ``gaptol``), preset and seed."""
+    fw = f"_K{config.K}_{config.flavour}" if is_fw(config) else ""
+    named = sorted((k, v) for k, v in overrides(config).items() if k not in UNNAMED)
+    tags = "".join(f"_{_tag(k, v)}" for k, v in named)
+    return f"{config.method}{fw}{tags}_{config.preset}_seed{config.seed}"
+
+
+def task_dir(config: Config) -> str:
+    """Folder of the task's results (the adding task has one per sequence length)."""
+    folder = get_task(config.task).folder
+    return config.task if folder is None else folder(config)
 
 
 def _tag(name: str, value: Any) -> str:
@@ -276,13 +229,13 @@ def validate(config: Config) -> None:
     _check_choice("step_rule", config.step_rule, STEP_RULES)
     _check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
     _check_choice("fw_mode", config.fw_mode, FW_MODES)
-    if config.fw_mode == "local" and not (config.is_fw and not config.is_tbptt):
+    if config.fw_mode == "local" and not (is_fw(config) and not is_tbptt(config)):
         raise ValueError(
             f"fw_mode='local' needs a Frank-Wolfe method without truncated BPTT, not "
             f"{config.method!r}"
         )
     if config.k1_steps is not None:
-        if not config.is_fw or config.is_tbptt or config.K == 1:
+        if not is_fw(config) or is_tbptt(config) or config.K == 1:
             raise ValueError(
                 f"k1_steps switches Frank-Wolfe from K=1 to K={config.K}: it needs an FW "
                 f"method without TBPTT and K > 1, not {config.method!r} with K={config.K}"
@@ -303,7 +256,7 @@ def validate(config: Config) -> None:
             )
     if config.fw_mode == "local" and config.gap_tol is not None:
         raise ValueError("fw_mode='local' stops every device at its own k: drop gap_tol")
-    if config.is_fw and config.delta is None:
+    if is_fw(config) and config.delta is None:
         raise ValueError(f"method {config.method!r} needs delta")
     budget = get_task(config.task).presets[config.preset]
     if "steps" in budget:
@@ -318,7 +271,7 @@ def validate(config: Config) -> None:
             )
     elif config.epochs is None:
         raise ValueError(f"task {config.task!r} needs epochs")
-    if config.is_tbptt and config.chunk_length is None:
+    if is_tbptt(config) and config.chunk_length is None:
         raise ValueError(f"method {config.method!r} needs chunk_length")
 
 

@@ -3,8 +3,8 @@
 A :class:`Method` says which configuration fields it sets (model and optimizer), whether it
 is a Frank-Wolfe method (then every run comes in the two flavours of
 ``benchmarks.registry.configs``), whether it trains by truncated BPTT, and how it builds its optax
-transformation from a :class:`benchmarks.registry.configs.Config`. Adding a method is one entry in
-:data:`METHODS` (see ``benchmarks/README.md``); a task lists the methods that fit it.
+transformation from a :class:`benchmarks.registry.config.Config`. Adding a method is one entry
+in :data:`METHODS` (see ``benchmarks/README.md``); a task lists the methods that fit it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.registry.config import Config
+
 if TYPE_CHECKING:
     import optax
 
-    from benchmarks.registry.configs import Config
     from benchmarks.registry.tasks import Task
 
 # jax, optax and fw_optax are imported where an optimizer is built, so that the registry

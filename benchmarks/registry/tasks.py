@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmarks.registry.config import Config
 from benchmarks.registry.methods import get_method
 from benchmarks.training.data.packages import (
     KCC2020_HAR,
@@ -33,7 +34,6 @@ from benchmarks.training.data.packages import (
 if TYPE_CHECKING:
     import jax
 
-    from benchmarks.registry.configs import Config
     from benchmarks.training.data import Dataset
     from benchmarks.training.step import Objective, Stream
     from models import Impl, RNNModel
