@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     import jax
 
     from benchmarks.training.data import Dataset
+    from benchmarks.training.stopping import Diverged
     from benchmarks.training.train import TrainResult
 
 # jax, the training loop and the devices are imported where a run trains, so that the
@@ -350,51 +351,154 @@ def run_seeds(
                         flush=True,
                     )
                 return done
-        return _train_group(
-            configs_, out, files, dataset=dataset, restart=restart, progress=progress,
-            checkpoint_every_s=checkpoint_every_s, checkpoint_every_steps=checkpoint_every_steps,
-            steps_per_call=steps_per_call, on_record=on_record, devices=devices,
-            one_program=one_program, start_from=start_from, data_dir=data_dir,
+        options = _Options(
+            dataset, restart, progress, checkpoint_every_s, checkpoint_every_steps,
+            steps_per_call, on_record, devices, one_program, start_from, data_dir,
         )  # fmt: skip
+        return _train_group(configs_, out, files, options)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """:func:`run_seeds`'s keyword arguments, passed on as one."""
+
+    dataset: Dataset | None
+    restart: bool
+    progress: bool
+    checkpoint_every_s: float
+    checkpoint_every_steps: int | None
+    steps_per_call: int | None
+    on_record: Callable[[dict[str, Any]], None] | None
+    devices: int | None
+    one_program: bool
+    start_from: Path | None
+    data_dir: str | None
+
+
+Files = list[tuple[Path, Path, Path]]
 
 
 def _train_group(
-    configs_: Sequence[Config],
-    out: Path,
-    files: list[tuple[Path, Path, Path]],
-    *,
-    dataset: Dataset | None,
-    restart: bool,
-    progress: bool,
-    checkpoint_every_s: float,
-    checkpoint_every_steps: int | None,
-    steps_per_call: int | None,
-    on_record: Callable[[dict[str, Any]], None] | None,
-    devices: int | None,
-    one_program: bool,
-    start_from: Path | None,
-    data_dir: str | None,
+    configs_: Sequence[Config], out: Path, files: Files, options: _Options
 ) -> list[dict[str, Any]]:
-    """:func:`run_seeds` once the runs are locked and due to train."""
-    import jax
-    import jax.numpy as jnp
-
-    from benchmarks.machine import machine
-    from benchmarks.training import train as training
-    from benchmarks.training.checkpoints import Checkpoints
-    from benchmarks.training.stopping import Diverged
-
+    """:func:`run_seeds` once the runs are locked and due to train: the data and the plan,
+    the checkpoint folder made ready, the loop, then one summary per seed."""
     first = configs_[0]
-    seeds = [c.seed for c in configs_]
-    datas = [load_task_data(c, dataset, data_dir) for c in configs_]
+    datas = [load_task_data(c, options.dataset, options.data_dir) for c in configs_]
     plan = make_plan(first, datas[0])
     note = epoch_note(first, datas[0], plan)
     if note:
         print(f"{_label(first)}: {note}", flush=True)
+    one_program = options.one_program
+    ckpt_dir = _group_checkpoints(configs_, out) if one_program else files[0][2]
+    origin = _ready_checkpoints(configs_, out, files, ckpt_dir, options)
+    mesh = _mesh(first, options.devices)
+    t0 = time.perf_counter()
+    results, diverged = _fit(configs_, datas, plan, files, ckpt_dir, mesh, options)
+    extra = dict(
+        process_time_s=time.perf_counter() - t0,
+        steps_per_call=options.steps_per_call or plan.eval_every,
+        seeds_in_program=[c.seed for c in configs_] if one_program else None,
+        started_from=origin,
+    )
+    summaries, failed = [], None
+    for config, data, (summary_path, curves_path, _), result in zip(
+        configs_, datas, files, results, strict=True
+    ):
+        gone = diverged if result is None else result.diverged
+        failed = failed or gone
+        summary = _summary(config, data, plan, result, curves_path, mesh, gone).replace(**extra)
+        write_summary(summary_path, summary)
+        summaries.append(summary.to_json())
+    if failed is not None:
+        raise failed
+    return summaries
+
+
+def _ready_checkpoints(
+    configs_: Sequence[Config], out: Path, files: Files, ckpt_dir: Path, options: _Options
+) -> dict[str, Any] | None:
+    """Clears the runs' checkpoints and curves for ``restart``, or copies another folder's
+    checkpoint in for ``start_from``; returns where the checkpoint came from, if copied."""
+    if options.restart:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _origin(ckpt_dir).unlink(missing_ok=True)
+        for _, curves, _ in files:
+            curves.unlink(missing_ok=True)
+    if options.start_from is not None:
+        start_from_folder(Path(options.start_from), out, configs_, ckpt_dir)
+    origin = _origin(ckpt_dir)
+    return json.loads(origin.read_text()) if origin.is_file() else None
+
+
+def _fit(
+    configs_: Sequence[Config],
+    datas: Sequence[TaskData],
+    plan: Plan,
+    files: Files,
+    ckpt_dir: Path,
+    mesh: jax.sharding.Mesh | None,
+    options: _Options,
+) -> tuple[list[TrainResult | None], Diverged | None]:
+    """Builds the model, objective and optimizer and trains the seeds, in one program or as
+    one run; returns each seed's ``TrainResult`` (``None`` for all when the run diverged)
+    and the divergence."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.training import train as training
+    from benchmarks.training.stopping import Diverged
+
+    first = configs_[0]
     model = build_model(first, datas[0])
     variables = [init_variables(c, model, d) for c, d in zip(configs_, datas, strict=True)]
     objective = make_objective(first, model, datas[0])
-    mesh = _mesh(first, devices)
+    loop = _loop_options(configs_, plan, ckpt_dir, mesh, options)
+    try:
+        if options.one_program:
+            tests = [make_objective(c, model, d).test for c, d in zip(configs_, datas, strict=True)]
+            objective = dataclasses.replace(
+                objective, test=jax.tree.map(lambda *xs: np.stack(xs), *tests)
+            )
+            stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+            _, results = training.train_seeds(
+                objective=objective,
+                stream=datas[0].stream,
+                params=jax.tree.map(stack, *[v[0] for v in variables]),
+                model_state=jax.tree.map(stack, *[v[1] for v in variables]),
+                seeds=[c.seed for c in configs_],
+                curves=[curves for _, curves, _ in files],
+                **loop,
+            )
+            return list(results), None
+        (params, model_state), (_, curves, _) = variables[0], files[0]
+        _, _, result = training.train(
+            objective=objective,
+            stream=datas[0].stream,
+            params=params,
+            model_state=model_state,
+            seed=first.seed,
+            curves=curves,
+            **loop,
+        )
+        return [result], None
+    except Diverged as error:
+        return [None] * len(configs_), error
+
+
+def _loop_options(
+    configs_: Sequence[Config],
+    plan: Plan,
+    ckpt_dir: Path,
+    mesh: jax.sharding.Mesh | None,
+    options: _Options,
+) -> dict[str, Any]:
+    """The keyword arguments of ``benchmarks.training.train.train`` that the configuration
+    and plan set: the optimizer (and the K = 1 phase of ``k1_steps``), budget, checkpoints."""
+    from benchmarks.machine import machine
+    from benchmarks.training.checkpoints import Checkpoints
+
+    first, seeds = configs_[0], [c.seed for c in configs_]
     local = first.fw_mode == "local" and mesh is not None
     axis = mesh.axis_names[0] if local else None
     tx = build_optimizer(first, plan.updates_per_epoch, batch_axis_name=axis)
@@ -403,85 +507,30 @@ def _train_group(
         warmup = dataclasses.replace(first, K=1, k1_steps=None)
         then = [(first.k1_steps, tx, plan.batches_per_step)]
         tx = build_optimizer(warmup, plan.updates_per_epoch, batch_axis_name=axis)
-    ckpt_dir = files[0][2] if not one_program else _group_checkpoints(configs_, out)
-    if restart:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        _origin(ckpt_dir).unlink(missing_ok=True)
-        for _, curves, _ in files:
-            curves.unlink(missing_ok=True)
-    if start_from is not None:
-        start_from_folder(Path(start_from), out, configs_, ckpt_dir)
-    origin = json.loads(_origin(ckpt_dir).read_text()) if _origin(ckpt_dir).is_file() else None
-    options = dict(
+    checkpoints = Checkpoints(
+        ckpt_dir,
+        every_s=options.checkpoint_every_s,
+        every_steps=options.checkpoint_every_steps,
+        meta=_checkpoint_meta(first, plan, seeds),
+        machine=machine(),
+    )
+    return dict(
+        tx=tx,
         then=then,
         local_gradients=local,
-        objective=objective,
-        tx=tx,
-        stream=datas[0].stream,
         steps=plan.steps,
         eval_every=plan.eval_every,
         batches_per_step=plan.batches_per_step if not then else 1,
         updates_per_step=plan.updates_per_step,
         grad_evals_per_step=plan.grad_evals_per_step,
-        steps_per_call=steps_per_call,
-        checkpoints=Checkpoints(
-            ckpt_dir,
-            every_s=checkpoint_every_s,
-            every_steps=checkpoint_every_steps,
-            meta=_checkpoint_meta(first, plan, seeds),
-            machine=machine(),
-        ),
-        desc=_label(first) + (f" seeds {seeds}" if one_program else ""),
-        progress=progress,
-        on_record=on_record,
+        steps_per_call=options.steps_per_call,
+        checkpoints=checkpoints,
+        desc=_label(first) + (f" seeds {seeds}" if options.one_program else ""),
+        progress=options.progress,
+        on_record=options.on_record,
         mesh=mesh,
         skip_nonfinite=first.on_nonfinite == "skip",
     )
-    t0 = time.perf_counter()
-    diverged: Diverged | None = None
-    try:
-        if one_program:
-            stack = lambda *xs: jnp.stack(xs)  # noqa: E731
-            tests = [make_objective(c, model, d).test for c, d in zip(configs_, datas, strict=True)]
-            options["objective"] = dataclasses.replace(
-                objective, test=jax.tree.map(lambda *xs: np.stack(xs), *tests)
-            )
-            _, results = training.train_seeds(
-                params=jax.tree.map(stack, *[v[0] for v in variables]),
-                model_state=jax.tree.map(stack, *[v[1] for v in variables]),
-                seeds=seeds,
-                curves=[curves for _, curves, _ in files],
-                **options,
-            )
-        else:
-            params, model_state = variables[0]
-            _, _, result = training.train(
-                params=params,
-                model_state=model_state,
-                seed=first.seed,
-                curves=files[0][1],
-                **options,
-            )
-            results = [result]
-    except Diverged as error:
-        diverged, results = error, [None] * len(configs_)
-    summaries, failed = [], None
-    for config, data, (summary_path, curves_path, _), result in zip(
-        configs_, datas, files, results, strict=True
-    ):
-        gone = diverged if result is None else result.diverged
-        failed = failed or gone
-        summary = _summary(config, data, plan, result, curves_path, mesh, gone).replace(
-            process_time_s=time.perf_counter() - t0,
-            steps_per_call=steps_per_call or plan.eval_every,
-            seeds_in_program=seeds if one_program else None,
-            started_from=origin,
-        )
-        write_summary(summary_path, summary)
-        summaries.append(summary.to_json())
-    if failed is not None:
-        raise failed
-    return summaries
 
 
 def _origin(ckpt_dir: Path) -> Path:
