@@ -32,6 +32,7 @@ parameters stop it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -457,7 +458,9 @@ def _train(
     local_gradients: bool = False,
     then: Sequence[tuple[int, optax.GradientTransformation, int]] = (),
 ) -> tuple[TrainState, list[TrainResult]]:
-    """The loop behind :func:`train` (one run, ``vmapped=False``) and :func:`train_seeds`."""
+    """The loop behind :func:`train` (one run, ``vmapped=False``) and :func:`train_seeds`:
+    set up, resume, then one compiled program per evaluation interval, each followed by the
+    actions (divergence, evaluation, curves, checkpoint, callback, progress, stop)."""
     steps_per_call = eval_every if steps_per_call is None else steps_per_call
     _check_budget(steps, eval_every, steps_per_call)
     if len(curves) != len(seeds):
@@ -471,60 +474,48 @@ def _train(
     state = placement.init_state(tx, params, model_state, seeds)
     for phase in phases[1:]:
         _check_same_state(phase.tx, None if vmapped else params, state.opt_state)
-    state = placement.place(state)
     evaluate = Evaluation(objective, placement, phases, updates_per_step, stream.batches_per_epoch)
     history, saver = Curves(curves), Saver(checkpoints)
-
-    resumed = _resume(saver, history, state, steps, grad_evals_per_step)
-    state, start, wall, diverged, evals_done = resumed
-    state = placement.place(state)
-    runs = len(seeds)
-    live = [gone is None for gone in diverged]
-    if not history.reach(start, live):
-        history.restart(start, evaluate(state, start, [None] * runs, evals_done, wall), live)
+    run = _Seeds(*_resume(saver, history, placement.place(state), steps, grad_evals_per_step))
+    run.state = placement.place(run.state)
+    if not history.reach(run.start, run.live):
+        rows = evaluate(run.state, run.start, [None] * len(seeds), run.evals_done, run.wall)
+        history.restart(run.start, rows, run.live)
     history.write()
 
     # Inputs of the next call are read while the device runs the current one (async dispatch).
-    feed = _feed(stream, seeds, start, steps, steps_per_call, batches_per_step, placement)
+    feed = _feed(stream, seeds, run.start, steps, steps_per_call, batches_per_step, placement)
     inputs = next(feed, None)
     programs = Programs(phases, placement, objective, stream, shard_batches, grad_evals_per_step)
     if inputs is not None:
-        programs.at(start, state, inputs)
-    bar = Progress(steps, start, desc, progress, evaluate.metric)
+        programs.at(run.start, run.state, inputs)
+    bar = Progress(steps, run.start, desc, progress, evaluate.metric)
+    check = functools.partial(nonfinite, seeds=seeds, desc=desc, skip_nonfinite=skip_nonfinite,
+                              vmapped=vmapped)  # fmt: skip
     saver.begin()
     # A run stopped by an exception (a kill, a failing callback) still finishes writing its
     # last checkpoint, so a resumed run never races a half-written one; a signal saves first.
     try:
         with stop_on_signals(saver.enabled) as signals:
-            for interval in range(start, steps, eval_every):
-                if not any(live):
+            for interval in range(run.start, steps, eval_every):
+                if not any(run.live):
                     break
-                before = state
-                program = programs.at(interval, state, inputs)
-                state, inputs, losses, evals, seconds = _interval(
-                    program, state, inputs, feed, eval_every // steps_per_call, runs
+                before = run.state
+                program = programs.at(interval, run.state, inputs)
+                run.state, inputs, losses, evals, seconds = _interval(
+                    program, run.state, inputs, feed, eval_every // steps_per_call, len(seeds)
                 )
-                wall += seconds
-                errors = nonfinite(losses, state, interval, seeds, desc, skip_nonfinite, vmapped)
-                for r, error in errors.items():
-                    if not vmapped:
-                        raise error
-                    if live[r]:
-                        diverged[r], live[r] = error, False
-                if not any(live):
+                run.wall += seconds
+                run.drop_diverged(check(losses, run.state, interval), before, placement)
+                if not any(run.live):
                     break
-                if not all(live):
-                    state = placement.place(freeze(state, before, live))
-                mean = np.nanmean if skip_nonfinite else np.mean  # skipped steps: NaN losses
-                train_loss = [float(x) for x in mean(losses, axis=0)]
-                evals_done = [so_far + float(more) if alive else so_far for so_far, more, alive
-                              in zip(evals_done, evals.sum(axis=0), live, strict=True)]  # fmt: skip
+                train_loss = run.count(losses, evals, skip_nonfinite)
                 done = interval + eval_every
-                rows = evaluate(state, done, train_loss, evals_done, wall)
-                history(rows, live)
+                rows = evaluate(run.state, done, train_loss, run.evals_done, run.wall)
+                history(rows, run.live)
                 stopping = bool(signals) and done < steps
-                saver(state, done, wall, diverged, now=done == steps or stopping)
-                rows = [row for row, alive in zip(rows, live, strict=True) if alive]
+                saver(run.state, done, run.wall, run.diverged, now=done == steps or stopping)
+                rows = [row for row, alive in zip(rows, run.live, strict=True) if alive]
                 for row in rows if on_record is not None else ():
                     on_record(row)
                 bar(eval_every, rows)
@@ -533,27 +524,87 @@ def _train(
     finally:
         bar.close()
         saver.close()
+    return run.state, _results(run, history, phases, programs, saver, evaluate.metric, steps,
+                               updates_per_step, vmapped)  # fmt: skip
 
-    results = [
-        TrainResult(
-            steps=(end := steps if gone is None else rows[-1]["step"]),
-            grad_evals=run_evals,
-            wall_time_s=wall,
-            compile_time_s=programs.compile_time,
-            updates=end * updates_per_step,
-            batches=_batches_done(phases, end),
-            train_curve=[(x["step"], x["train_loss"]) for x in rows if x["train_loss"] is not None],
-            eval_curve=[(x["step"], x[evaluate.metric]) for x in rows],
-            records=rows,
-            skipped_updates=_skipped(state.opt_state, r if vmapped else None),
-            trained_on=saver.trained_on(end),
-            diverged=gone,
+
+@dataclasses.dataclass
+class _Seeds:
+    """What the loop carries from one interval to the next: the state, the outer step it
+    started from, the wall time so far, and per seed its divergence and gradient count."""
+
+    state: TrainState
+    start: int
+    wall: float
+    diverged: list[Diverged | None]
+    evals_done: list[float]
+
+    @property
+    def live(self) -> list[bool]:
+        return [gone is None for gone in self.diverged]
+
+    def drop_diverged(
+        self, errors: dict[int, Diverged], before: TrainState, placement: Placement
+    ) -> None:
+        """Marks the seeds that went non-finite in the interval (one run raises at once) and
+        puts them back to their last finite state, so the others train on."""
+        for r, error in errors.items():
+            if not placement.vmapped:
+                raise error
+            if self.diverged[r] is None:
+                self.diverged[r] = error
+        if any(self.live) and not all(self.live):
+            self.state = placement.place(freeze(self.state, before, self.live))
+
+    def count(self, losses: np.ndarray, evals: np.ndarray, skip_nonfinite: bool) -> list[float]:
+        """Adds the interval's gradient evaluations of the live seeds; returns each seed's
+        mean training loss over it (skipped steps have NaN losses)."""
+        mean = np.nanmean if skip_nonfinite else np.mean
+        more = evals.sum(axis=0)
+        self.evals_done = [
+            so_far + float(extra) if alive else so_far
+            for so_far, extra, alive in zip(self.evals_done, more, self.live, strict=True)
+        ]
+        return [float(x) for x in mean(losses, axis=0)]
+
+
+def _results(
+    run: _Seeds,
+    history: Curves,
+    phases: Sequence[Phase],
+    programs: Programs,
+    saver: Saver,
+    metric: str,
+    steps: int,
+    updates_per_step: int,
+    vmapped: bool,
+) -> list[TrainResult]:
+    """One :class:`TrainResult` per seed, read from its curve (a diverged seed ends at its
+    last evaluation)."""
+    results = []
+    for r, (rows, run_evals, gone) in enumerate(
+        zip(history.history, run.evals_done, run.diverged, strict=True)
+    ):
+        end = steps if gone is None else rows[-1]["step"]
+        results.append(
+            TrainResult(
+                steps=end,
+                grad_evals=run_evals,
+                wall_time_s=run.wall,
+                compile_time_s=programs.compile_time,
+                updates=end * updates_per_step,
+                batches=_batches_done(phases, end),
+                train_curve=[
+                    (x["step"], x["train_loss"]) for x in rows if x["train_loss"] is not None
+                ],
+                eval_curve=[(x["step"], x[metric]) for x in rows],
+                records=rows,
+                skipped_updates=_skipped(run.state.opt_state, r if vmapped else None),
+                trained_on=saver.trained_on(end),
+                diverged=gone,
+            )
         )
-        for r, (rows, run_evals, gone) in enumerate(
-            zip(history.history, evals_done, diverged, strict=True)
-        )
-    ]
-    return state, results
+    return results
 
 
 def _resume(
