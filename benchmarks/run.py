@@ -711,132 +711,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[list[Config]]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run",
-        description=__doc__.split("\n")[0],
-        formatter_class=_HelpFormatter,
-        epilog="methods:\n"
-        + "\n".join(f"  {k:10s} {m.description}" for k, m in METHODS.items())
-        + "\n\n--set fields (field=value; the preset and method give the defaults):\n"
-        + "\n".join(f"  {name:18s} {kind}" for name, kind in configs.settable_fields()),
-    )
-    parser.add_argument("--task", required=True, choices=tuple(TASKS))
-    parser.add_argument(
-        "--method",
-        required=True,
-        nargs="+",
-        choices=(*METHODS, "all"),
-        help="one or more rows of the paper's tables; 'all': every method that fits the task",
-    )
-    parser.add_argument(
-        "--preset",
-        default="cpu",
-        choices=configs.PRESETS,
-        help="the budget and settings: paper (the authors') or cpu (a reduced budget)",
-    )
-    parser.add_argument(
-        "--K",
-        type=int,
-        nargs="+",
-        help="Frank-Wolfe inner steps (FW methods; several: one run each)",
-    )
-    parser.add_argument("--flavour", choices=configs.FLAVOURS, help="FW flavour (default authors)")
-    parser.add_argument("--seed", type=int, default=0, help="the seed of one run")
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        help="several seeds of each configuration, trained in one compiled program",
-    )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        metavar="FIELD=VALUE",
-        help="any other setting of benchmarks.registry.configs.Config, e.g. --set lr=3e-4 "
-        "hidden=64",
-    )
-    parser.add_argument(
-        "--gap-tol",
-        dest="gap_tol",
-        type=float,
-        help="FW adaptive K: stop the inner loop once the FW gap is <= gap_tol x the first one",
-    )
-    parser.add_argument(
-        "--step-rule",
-        dest="step_rule",
-        help="FW step size γ_k, frank_wolfe's step_rule: average (1/k, the paper; default) "
-        "or open_loop (2/(k+1))",
-    )
-    parser.add_argument(
-        "--on-nonfinite",
-        dest="on_nonfinite",
-        choices=configs.ON_NONFINITE,
-        help="stop (default) at the first non-finite loss, or skip non-finite updates",
-    )
-    parser.add_argument(
-        "--fw-mode",
-        dest="fw_mode",
-        choices=configs.FW_MODES,
-        help="Frank-Wolfe on several devices: sync (default: every gradient averaged, equal to "
-        "one device on the whole batch) or local (inner steps on each device's shard, Δ_K "
-        "averaged once per outer step)",
-    )
-    parser.add_argument("--length", type=int, help="adding task: sequence length T")
-    parser.add_argument("--steps", type=int, help="adding task: outer steps (may grow on resume)")
-    parser.add_argument("--eval-every", dest="eval_every", type=int, help="adding task")
-    parser.add_argument("--epochs", type=int, help="datasets: epochs (may grow on resume)")
-    parser.add_argument("--train-size", dest="train_size", type=int, help="first N train examples")
-    parser.add_argument("--test-size", dest="test_size", type=int, help="first N test examples")
-    parser.add_argument(
-        "--steps-per-call",
-        dest="steps_per_call",
-        type=int,
-        help="outer steps per jitted call, a divisor of the evaluation interval (default: all)",
-    )
-    parser.add_argument(
-        "--devices",
-        type=int,
-        help="train data-parallel over this many devices (default: all; on CPU one device "
-        "per core, see benchmarks.training.parallel)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs"),
-        help="the folder the runs go to (default runs/, which git ignores); the "
-        "reproduction's evidence is written only when named: --out results",
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="start over: drop the runs' checkpoints and replace their files",
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        dest="checkpoint_every",
-        type=parse_interval,
-        default=(60.0, None),
-        metavar="INTERVAL",
-        help="save the training state this often: seconds ('90s', '10m', '1h') or outer "
-        "steps ('500steps'), at the next evaluation point (default 60s); a SIGKILL loses "
-        "at most that much work, while SIGTERM and Ctrl-C save before stopping",
-    )
-    parser.add_argument(
-        "--start-from",
-        dest="start_from",
-        type=Path,
-        metavar="FOLDER",
-        help="a run with no checkpoint under --out continues from its checkpoint and curves "
-        "in this results folder (e.g. a larger --steps in another folder)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        dest="data_dir",
-        metavar="FOLDER",
-        help='a local copy of the data instead of its package: the official "UCI HAR '
-        'Dataset" folder (HAR-2, Noisy-HAR-2) or the four MNIST IDX files',
-    )
-    parser.add_argument("--no-progress", action="store_true")
+    """The command line: its arguments, checked, and the run groups they ask for."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
@@ -861,6 +737,155 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         if args.start_from.resolve() == args.out.resolve():
             parser.error(f"--start-from {args.start_from} is --out itself")
     return args, groups
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n")[0],
+        formatter_class=_HelpFormatter,
+        epilog="methods:\n"
+        + "\n".join(f"  {k:10s} {m.description}" for k, m in METHODS.items())
+        + "\n\n--set fields (field=value; the preset and method give the defaults):\n"
+        + "\n".join(f"  {name:18s} {kind}" for name, kind in configs.settable_fields()),
+    )
+    _run_arguments(parser.add_argument_group("what to run"))
+    _fw_arguments(parser.add_argument_group("Frank-Wolfe"))
+    _budget_arguments(parser.add_argument_group("data and budget"))
+    _output_arguments(parser.add_argument_group("results, checkpoints and progress"))
+    return parser
+
+
+def _run_arguments(group: argparse._ArgumentGroup) -> None:
+    """The task, methods, preset, K, flavour, seeds and --set overrides."""
+    group.add_argument("--task", required=True, choices=tuple(TASKS))
+    group.add_argument(
+        "--method",
+        required=True,
+        nargs="+",
+        choices=(*METHODS, "all"),
+        help="one or more rows of the paper's tables; 'all': every method that fits the task",
+    )
+    group.add_argument(
+        "--preset",
+        default="cpu",
+        choices=configs.PRESETS,
+        help="the budget and settings: paper (the authors') or cpu (a reduced budget)",
+    )
+    group.add_argument(
+        "--K",
+        type=int,
+        nargs="+",
+        help="Frank-Wolfe inner steps (FW methods; several: one run each)",
+    )
+    group.add_argument("--flavour", choices=configs.FLAVOURS, help="FW flavour (default authors)")
+    group.add_argument("--seed", type=int, default=0, help="the seed of one run")
+    group.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="several seeds of each configuration, trained in one compiled program",
+    )
+    group.add_argument(
+        "--set",
+        nargs="+",
+        metavar="FIELD=VALUE",
+        help="any other setting of benchmarks.registry.config.Config, e.g. --set lr=3e-4 hidden=64",
+    )
+
+
+def _fw_arguments(group: argparse._ArgumentGroup) -> None:
+    """Frank-Wolfe settings with their own flags."""
+    group.add_argument(
+        "--gap-tol",
+        dest="gap_tol",
+        type=float,
+        help="FW adaptive K: stop the inner loop once the FW gap is <= gap_tol x the first one",
+    )
+    group.add_argument(
+        "--step-rule",
+        dest="step_rule",
+        help="FW step size γ_k, frank_wolfe's step_rule: average (1/k, the paper; default) "
+        "or open_loop (2/(k+1))",
+    )
+    group.add_argument(
+        "--on-nonfinite",
+        dest="on_nonfinite",
+        choices=configs.ON_NONFINITE,
+        help="stop (default) at the first non-finite loss, or skip non-finite updates",
+    )
+    group.add_argument(
+        "--fw-mode",
+        dest="fw_mode",
+        choices=configs.FW_MODES,
+        help="Frank-Wolfe on several devices: sync (default: every gradient averaged, equal to "
+        "one device on the whole batch) or local (inner steps on each device's shard, Δ_K "
+        "averaged once per outer step)",
+    )
+
+
+def _budget_arguments(group: argparse._ArgumentGroup) -> None:
+    """The budget, the data subsets, and how the steps are placed."""
+    group.add_argument("--length", type=int, help="adding task: sequence length T")
+    group.add_argument("--steps", type=int, help="adding task: outer steps (may grow on resume)")
+    group.add_argument("--eval-every", dest="eval_every", type=int, help="adding task")
+    group.add_argument("--epochs", type=int, help="datasets: epochs (may grow on resume)")
+    group.add_argument("--train-size", dest="train_size", type=int, help="first N train examples")
+    group.add_argument("--test-size", dest="test_size", type=int, help="first N test examples")
+    group.add_argument(
+        "--steps-per-call",
+        dest="steps_per_call",
+        type=int,
+        help="outer steps per jitted call, a divisor of the evaluation interval (default: all)",
+    )
+    group.add_argument(
+        "--devices",
+        type=int,
+        help="train data-parallel over this many devices (default: all; on CPU one device "
+        "per core, see benchmarks.training.parallel)",
+    )
+
+
+def _output_arguments(group: argparse._ArgumentGroup) -> None:
+    """Where the runs go, restarting, checkpoints, data, progress."""
+    group.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs"),
+        help="the folder the runs go to (default runs/, which git ignores); the "
+        "reproduction's evidence is written only when named: --out results",
+    )
+    group.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: drop the runs' checkpoints and replace their files",
+    )
+    group.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_every",
+        type=parse_interval,
+        default=(60.0, None),
+        metavar="INTERVAL",
+        help="save the training state this often: seconds ('90s', '10m', '1h') or outer "
+        "steps ('500steps'), at the next evaluation point (default 60s); a SIGKILL loses "
+        "at most that much work, while SIGTERM and Ctrl-C save before stopping",
+    )
+    group.add_argument(
+        "--start-from",
+        dest="start_from",
+        type=Path,
+        metavar="FOLDER",
+        help="a run with no checkpoint under --out continues from its checkpoint and curves "
+        "in this results folder (e.g. a larger --steps in another folder)",
+    )
+    group.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        metavar="FOLDER",
+        help='a local copy of the data instead of its package: the official "UCI HAR '
+        'Dataset" folder (HAR-2, Noisy-HAR-2) or the four MNIST IDX files',
+    )
+    group.add_argument("--no-progress", action="store_true")
 
 
 _INTERVAL = re.compile(r"(?P<steps>\d+)steps?|(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<unit>[smh])")
