@@ -21,12 +21,14 @@ Everything is built in memory first: a bad results folder leaves nothing written
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import io
 import itertools
 import json
 import statistics
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -1160,82 +1162,102 @@ def _updates_to(run: dict[str, Any], level: float) -> int | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fig3Curves:
+    """One dataset's Fig. 3 runs (label -> run), read at one epoch."""
+
+    name: str
+    runs: dict[str, dict[str, Any]]
+    epoch: float
+
+    def ce(self, label: str) -> float:
+        return _at_epoch(self.runs[label], self.epoch, "train_loss")
+
+    def acc(self, label: str) -> float:
+        return 100 * _at_epoch(self.runs[label], self.epoch, "test_accuracy")
+
+
+_FW1, _FW5, _BOTH = "fw K=1 authors", "fw K=5 authors", "tbptt_fw K=1 authors"
+
+
+def _claim_sgd_slow(c: _Fig3Curves) -> tuple[bool, str]:
+    first = c.runs["sgd"]["records"][0]["test_loss"]  # at step 0, before training
+    drop, fw_drop = first - c.ce("sgd"), first - c.ce(_FW1)
+    holds = c.acc("sgd") < c.acc(_FW1) and drop < fw_drop / 2
+    return holds, (
+        f"{c.name}: SGD's loss {first:.3f} → CE {c.ce('sgd'):.3f}, {c.acc('sgd'):.1f}% "
+        f"(FW K=1: {c.ce(_FW1):.3f}, {c.acc(_FW1):.1f}%)"
+    )
+
+
+def _claim_tbptt_gain(c: _Fig3Curves) -> tuple[float, str]:
+    gain = c.acc("tbptt") - c.acc("sgd")
+    rises = _rises(c.runs["tbptt"], c.epoch)
+    return gain, f"{c.name}: TBPTT − SGD {gain:+.1f} points, {rises} rises of TBPTT's loss"
+
+
+def _claim_fw_stable(c: _Fig3Curves) -> tuple[bool, str]:
+    others = ("sgd", "tbptt")
+    rises = {label: _rises(c.runs[label], c.epoch) for label in (*others, _FW1)}
+    holds = c.ce(_FW1) < min(c.ce(o) for o in others) and rises[_FW1] <= min(
+        rises[o] for o in others
+    )
+    return holds, (
+        f"{c.name}: CE FW {c.ce(_FW1):.3f}, SGD {c.ce('sgd'):.3f}, TBPTT {c.ce('tbptt'):.3f}; "
+        f"rises {rises[_FW1]}, {rises['sgd']}, {rises['tbptt']}"
+    )
+
+
+def _claim_combined(c: _Fig3Curves, *, faster: bool) -> tuple[bool, str]:
+    holds = c.acc(_BOTH) > c.acc("sgd") and (not faster or c.ce(_BOTH) < c.ce("sgd"))
+    return holds, (
+        f"{c.name}: TBPTT+FW {c.acc(_BOTH):.1f}% (CE {c.ce(_BOTH):.3f}) against SGD "
+        f"{c.acc('sgd'):.1f}% (CE {c.ce('sgd'):.3f})"
+    )
+
+
+def _claim_larger_k(c: _Fig3Curves) -> tuple[bool, str]:
+    level = c.ce(_FW1)
+    one, five = (_updates_to(c.runs[label], level) for label in (_FW1, _FW5))
+    return five is not None and five < one, (
+        f"{c.name}: to FW K=1's CE at epoch {round(c.epoch, 1):g} ({level:.3f}), K=1 took "
+        f"{one} updates, K=5 {five if five is not None else 'not reached'}"
+    )
+
+
+_FIG3_CHECKS: dict[int, tuple[tuple[str, ...], tuple[str, ...], Callable[[_Fig3Curves], Any]]] = {
+    1: (("sgd", _FW1), MNIST_TASKS, _claim_sgd_slow),
+    2: (("sgd", "tbptt"), MNIST_TASKS, _claim_tbptt_gain),
+    3: (("sgd", "tbptt", _FW1), MNIST_TASKS, _claim_fw_stable),
+    4: (("sgd", _BOTH), ("pixel_mnist",), functools.partial(_claim_combined, faster=True)),
+    5: (("sgd", _BOTH), ("permuted_mnist",), functools.partial(_claim_combined, faster=False)),
+    6: ((_FW1, _FW5), MNIST_TASKS, _claim_larger_k),
+}
+"""Per claim: the curves it needs, the datasets it speaks of, and its check on one
+dataset's curves (whether it holds there, and what the curves show)."""
+
+
 def _fig3_claim(number: int, chosen: dict[str, dict[str, Any]]) -> tuple[str, bool | None, str]:
     """Claim ``number`` (1-6) of the paper's Fig. 3 text, from each dataset's curves
-    (``chosen``: task -> label -> run): ``(what our curves show, holds, the epoch)``; holds
-    is ``None`` where a curve it needs has not run."""
-    needs = {
-        1: ["sgd", "fw K=1 authors"],
-        2: ["sgd", "tbptt"],
-        3: ["sgd", "tbptt", "fw K=1 authors"],
-        4: ["sgd", "tbptt_fw K=1 authors"],
-        5: ["sgd", "tbptt_fw K=1 authors"],
-        6: ["fw K=1 authors", "fw K=5 authors"],
-    }[number]
-    tasks = {4: ["pixel_mnist"], 5: ["permuted_mnist"]}.get(number, list(MNIST_TASKS))
+    (``chosen``: task -> label -> run), each read at the last epoch all its curves reached:
+    ``(what our curves show, holds, the epochs)``; holds is ``None`` where a curve it needs
+    has not run."""
+    needs, tasks, check = _FIG3_CHECKS[number]
     if any(label not in chosen.get(task, {}) for task in tasks for label in needs):
         return NOT_RUN, None, "–"
-    shown, holds, epochs = [], [], []
+    curves = []
     for task in tasks:
-        run = chosen[task]
-        epoch = min(_epochs_reached(run[label]) for label in needs)
-        epochs.append(f"{round(epoch, 1):g}")
+        epoch = min(_epochs_reached(chosen[task][label]) for label in needs)
         name = "Pixel" if task == "pixel_mnist" else "Permuted"
-
-        def ce(label, run=run, epoch=epoch):
-            return _at_epoch(run[label], epoch, "train_loss")
-
-        def acc(label, run=run, epoch=epoch):
-            return 100 * _at_epoch(run[label], epoch, "test_accuracy")
-
-        if number == 1:
-            first = run["sgd"]["records"][0]["test_loss"]  # at step 0, before training
-            drop, fw_drop = first - ce("sgd"), first - ce("fw K=1 authors")
-            holds.append(acc("sgd") < acc("fw K=1 authors") and drop < fw_drop / 2)
-            shown.append(
-                f"{name}: SGD's loss {first:.3f} → CE {ce('sgd'):.3f}, {acc('sgd'):.1f}% "
-                f"(FW K=1: {ce('fw K=1 authors'):.3f}, {acc('fw K=1 authors'):.1f}%)"
-            )
-        elif number == 2:
-            gain = acc("tbptt") - acc("sgd")
-            holds.append(gain)
-            shown.append(
-                f"{name}: TBPTT − SGD {gain:+.1f} points, {_rises(run['tbptt'], epoch)} "
-                "rises of TBPTT's loss"
-            )
-        elif number == 3:
-            others = ("sgd", "tbptt")
-            rises = {label: _rises(run[label], epoch) for label in (*others, "fw K=1 authors")}
-            holds.append(
-                ce("fw K=1 authors") < min(ce(o) for o in others)
-                and rises["fw K=1 authors"] <= min(rises[o] for o in others)
-            )
-            shown.append(
-                f"{name}: CE FW {ce('fw K=1 authors'):.3f}, SGD {ce('sgd'):.3f}, "
-                f"TBPTT {ce('tbptt'):.3f}; rises {rises['fw K=1 authors']}, "
-                f"{rises['sgd']}, {rises['tbptt']}"
-            )
-        elif number in (4, 5):
-            both = "tbptt_fw K=1 authors"
-            faster = ce(both) < ce("sgd")
-            holds.append(acc(both) > acc("sgd") and (faster or number == 5))
-            shown.append(
-                f"{name}: TBPTT+FW {acc(both):.1f}% (CE {ce(both):.3f}) against SGD "
-                f"{acc('sgd'):.1f}% (CE {ce('sgd'):.3f})"
-            )
-        else:
-            level = ce("fw K=1 authors")
-            one, five = (_updates_to(run[f"fw K={K} authors"], level) for K in (1, 5))
-            holds.append(five is not None and five < one)
-            shown.append(
-                f"{name}: to FW K=1's CE at epoch {round(epoch, 1):g} ({level:.3f}), K=1 took "
-                f"{one} updates, K=5 {five if five is not None else 'not reached'}"
-            )
+        curves.append(_Fig3Curves(name, chosen[task], epoch))
+    found = [check(c) for c in curves]
+    holds = [h for h, _ in found]
     if number == 2:  # helps on Permuted, only slightly on Pixel
         verdict = holds[1] > 0 and holds[1] > holds[0]
     else:
         verdict = all(holds)
-    return "; ".join(shown), verdict, " / ".join(epochs)
+    epochs = " / ".join(f"{round(c.epoch, 1):g}" for c in curves)
+    return "; ".join(shown for _, shown in found), verdict, epochs
 
 
 FIG3_CLAIMS = (

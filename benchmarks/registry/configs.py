@@ -196,7 +196,17 @@ def _is_int(value: Any) -> bool:
 
 
 def validate(config: Config) -> None:
-    """Raises ValueError naming the first setting that cannot run."""
+    """Raises ValueError naming the first setting that cannot run: each value on its own,
+    then what the method needs, then the task's budget."""
+    _check_values(config)
+    _check_method(config)
+    _check_budget(config)
+    if is_tbptt(config) and config.chunk_length is None:
+        raise ValueError(f"method {config.method!r} needs chunk_length")
+
+
+def _check_values(config: Config) -> None:
+    """Each setting on its own: its type, its range, one of its choices."""
     for f in dataclasses.fields(config):
         _check_type(f.name, getattr(config, f.name))
     positive = ["hidden", "depth", "batch_size", "K", "evals_per_epoch", "eval_batch_size"]
@@ -229,6 +239,10 @@ def validate(config: Config) -> None:
     _check_choice("step_rule", config.step_rule, STEP_RULES)
     _check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
     _check_choice("fw_mode", config.fw_mode, FW_MODES)
+
+
+def _check_method(config: Config) -> None:
+    """Settings that only some methods take: local FW, the K = 1 warm-up, delta."""
     if config.fw_mode == "local" and not (is_fw(config) and not is_tbptt(config)):
         raise ValueError(
             f"fw_mode='local' needs a Frank-Wolfe method without truncated BPTT, not "
@@ -258,6 +272,10 @@ def validate(config: Config) -> None:
         raise ValueError("fw_mode='local' stops every device at its own k: drop gap_tol")
     if is_fw(config) and config.delta is None:
         raise ValueError(f"method {config.method!r} needs delta")
+
+
+def _check_budget(config: Config) -> None:
+    """The budget the task counts in: outer steps and a length (adding), or epochs."""
     budget = get_task(config.task).presets[config.preset]
     if "steps" in budget:
         if config.length is None or config.length < 2 or config.steps is None:
@@ -271,8 +289,6 @@ def validate(config: Config) -> None:
             )
     elif config.epochs is None:
         raise ValueError(f"task {config.task!r} needs epochs")
-    if is_tbptt(config) and config.chunk_length is None:
-        raise ValueError(f"method {config.method!r} needs chunk_length")
 
 
 _HINTS = typing.get_type_hints(Config)
