@@ -40,6 +40,8 @@ from benchmarks.registry.tasks import adding_problem
 from benchmarks.training.step import make_steps_fn
 
 TARGETS = {"step": 1.05, "compile": 1.2, "memory": 1.1, "tensors": 1.25}
+STEP_KS = {"RNN": (1, 5, 10), "GRU": (5,)}
+"""(a)'s Ks per model."""
 
 
 def _adding_problem(length: int, batch: int, hidden: int, cell: str = "simple"):
@@ -70,93 +72,100 @@ def _many_tensors(num_leaves: int, total: int) -> tuple[dict, Callable]:
     return params, loss_fn
 
 
-def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> list[dict]:
-    """Measures (a), (b), (c) and (d) and prints one table; returns its rows."""
-    keys = jax.random.split(jax.random.key(1), args.steps_per_call)  # one jitted call
-    problems = {
-        "RNN": _adding_problem(args.length, args.batch, args.hidden),
-        "GRU": _adding_problem(args.gru_length, args.gru_batch, args.gru_hidden, cell="gru"),
-    }
-    step_Ks = {"RNN": (1, 5, 10), "GRU": (5,)}
+def _compiled_steps(problem: tuple, tx: optax.GradientTransformation, keys: jax.Array):
+    """``problem``'s steps under ``tx`` compiled for ``keys`` (one step per key), and the
+    seconds the compilation took."""
+    params, loss_fn, make_batch = problem
+    run = make_steps_fn(loss_fn, tx, make_batch)
+    t0 = time.perf_counter()
+    compiled = run.lower(params, tx.init(params), keys).compile()
+    return compiled, time.perf_counter() - t0
 
-    def compiled_steps(problem, tx):
-        params, loss_fn, make_batch = problem
-        run = make_steps_fn(loss_fn, tx, make_batch)
-        t0 = time.perf_counter()
-        compiled = run.lower(params, tx.init(params), keys).compile()
-        return compiled, time.perf_counter() - t0
 
-    def prepared(problem, tx):
-        compiled, _ = compiled_steps(problem, tx)
-        params, state = problem[0], tx.init(problem[0])
-        jax.block_until_ready(compiled(params, state, keys))  # warm-up
-        return functools.partial(compiled, params, state, keys)
+def _prepared(problem: tuple, tx: optax.GradientTransformation, keys: jax.Array) -> Callable:
+    """A zero-argument call of ``problem``'s compiled steps from its first weights, warmed up."""
+    compiled, _ = _compiled_steps(problem, tx, keys)
+    params, state = problem[0], tx.init(problem[0])
+    jax.block_until_ready(compiled(params, state, keys))  # warm-up
+    return functools.partial(compiled, params, state, keys)
 
+
+def _step_times(args: argparse.Namespace, problems: dict[str, tuple], keys: jax.Array) -> dict:
+    """Seconds per step of (a)'s SGD and FW runs and of (d)'s tensor counts, in one round-robin."""
     runs = {}
     for name, problem in problems.items():
-        runs[(name, "sgd")] = prepared(problem, optax.sgd(0.01))
-        for K in step_Ks[name]:
-            runs[(name, K)] = prepared(problem, _fw_tx(K))
+        runs[(name, "sgd")] = _prepared(problem, optax.sgd(0.01), keys)
+        for K in STEP_KS[name]:
+            runs[(name, K)] = _prepared(problem, _fw_tx(K), keys)
     # (d): the same number of parameters as 1 tensor and as many; the loss costs ~nothing.
-    leaf_counts = (1, args.many_tensors)
-    for count in leaf_counts:
+    for count in (1, args.many_tensors):
         params, loss_fn = _many_tensors(count, args.many_tensors * 512)
         problem = (params, loss_fn, lambda key: None)
-        runs[("tensors", count)] = prepared(problem, _fw_tx(5))
-        runs[("tensors sgd", count)] = prepared(problem, optax.sgd(0.01))
-    step = _round_robin(runs, args.repeats, args.steps_per_call)
+        runs[("tensors", count)] = _prepared(problem, _fw_tx(5), keys)
+        runs[("tensors sgd", count)] = _prepared(problem, optax.sgd(0.01), keys)
+    return _round_robin(runs, args.repeats, args.steps_per_call)
 
+
+def _row(metric: str, ratio: float, detail: str, target: str) -> dict:
+    return {"metric": metric, "ratio": ratio, "detail": detail, "target": TARGETS[target]}
+
+
+def _step_rows(step: dict) -> list[dict]:
+    """(a): each FW step against K SGD steps."""
     rows = []
-    for name in problems:
+    for name, Ks in STEP_KS.items():
         sgd = step[(name, "sgd")]
-        for K in step_Ks[name]:
+        for K in Ks:
             fw = step[(name, K)]
+            detail = f"{fw * 1e3:.2f} ms vs {K} x {sgd * 1e3:.2f} ms"
             rows.append(
-                {
-                    "metric": f"(a) {name} step FW K={K} / ({K} x SGD)",
-                    "ratio": fw / (K * sgd),
-                    "detail": f"{fw * 1e3:.2f} ms vs {K} x {sgd * 1e3:.2f} ms",
-                    "target": TARGETS["step"],
-                }
+                _row(f"(a) {name} step FW K={K} / ({K} x SGD)", fw / (K * sgd), detail, "step")
             )
+    return rows
 
-    def compile_and_memory(K: int) -> tuple[float, int]:
-        times, temp = [], 0
-        for _ in range(args.compile_repeats):
-            compiled, seconds = compiled_steps(problems["RNN"], _fw_tx(K))  # fresh closure
-            times.append(seconds)
-            temp = compiled.memory_analysis().temp_size_in_bytes
-        return statistics.median(times), temp
 
-    (t2, m2), (t64, m64) = compile_and_memory(2), compile_and_memory(64)
-    rows.append(
-        {
-            "metric": "(b) compile time K=64 / K=2",
-            "ratio": t64 / t2,
-            "detail": f"{t64:.2f} s vs {t2:.2f} s",
-            "target": TARGETS["compile"],
-        }
-    )
-    rows.append(
-        {
-            "metric": "(c) XLA temp memory K=64 / K=2",
-            "ratio": m64 / m2,
-            "detail": f"{m64 / 2**20:.2f} MiB vs {m2 / 2**20:.2f} MiB",
-            "target": TARGETS["memory"],
-        }
-    )
+def _compile_and_memory(args: argparse.Namespace, problem: tuple, K: int, keys: jax.Array):
+    """The median compile seconds of FW K's steps and their XLA temporary bytes."""
+    times, temp = [], 0
+    for _ in range(args.compile_repeats):
+        compiled, seconds = _compiled_steps(problem, _fw_tx(K), keys)  # fresh closure
+        times.append(seconds)
+        temp = compiled.memory_analysis().temp_size_in_bytes
+    return statistics.median(times), temp
+
+
+def _compile_rows(args: argparse.Namespace, problem: tuple, keys: jax.Array) -> list[dict]:
+    """(b) and (c): compile time and temporary memory, K=64 against K=2."""
+    t2, m2 = _compile_and_memory(args, problem, 2, keys)
+    t64, m64 = _compile_and_memory(args, problem, 64, keys)
+    return [
+        _row("(b) compile time K=64 / K=2", t64 / t2, f"{t64:.2f} s vs {t2:.2f} s", "compile"),
+        _row(
+            "(c) XLA temp memory K=64 / K=2",
+            m64 / m2,
+            f"{m64 / 2**20:.2f} MiB vs {m2 / 2**20:.2f} MiB",
+            "memory",
+        ),
+    ]
+
+
+def _tensors_row(step: dict, count: int) -> dict:
+    """(d): the optimizer's own cost with ``count`` tensors against 1."""
     # The optimizer's own cost: an FW step less its 5 gradient evaluations (5 SGD steps),
     # which themselves cost more with more tensors.
-    few, many = (step[("tensors", c)] - 5 * step[("tensors sgd", c)] for c in leaf_counts)
-    rows.append(
-        {
-            "metric": f"(d) FW K=5 own cost, {leaf_counts[1]} tensors / 1",
-            "ratio": max(many, 1e-9) / max(few, 1e-9),
-            "detail": f"{many * 1e6:.0f} us vs {few * 1e6:.0f} us per step beyond 5 gradients, "
-            f"{leaf_counts[1] * 512} parameters",
-            "target": TARGETS["tensors"],
-        }
+    few, many = (step[("tensors", c)] - 5 * step[("tensors sgd", c)] for c in (1, count))
+    return _row(
+        f"(d) FW K=5 own cost, {count} tensors / 1",
+        max(many, 1e-9) / max(few, 1e-9),
+        f"{many * 1e6:.0f} us vs {few * 1e6:.0f} us per step beyond 5 gradients, "
+        f"{count * 512} parameters",
+        "tensors",
     )
+
+
+def _print_table(
+    args: argparse.Namespace, rows: list[dict], print_fn: Callable[[str], None]
+) -> None:
     print_fn(
         f"frank_wolfe overheads, adding task: RNN T={args.length} batch {args.batch} hidden "
         f"{args.hidden}; GRU T={args.gru_length} batch {args.gru_batch} hidden "
@@ -170,6 +179,20 @@ def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = pr
         print_fn(
             f"{row['metric']:44s} {row['ratio']:7.3f} {row['target']:7.2f}  {ok:4s} {row['detail']}"
         )
+
+
+def fw_benchmarks(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Measures (a), (b), (c) and (d) and prints one table; returns its rows."""
+    keys = jax.random.split(jax.random.key(1), args.steps_per_call)  # one jitted call
+    problems = {
+        "RNN": _adding_problem(args.length, args.batch, args.hidden),
+        "GRU": _adding_problem(args.gru_length, args.gru_batch, args.gru_hidden, cell="gru"),
+    }
+    step = _step_times(args, problems, keys)
+    rows = _step_rows(step)
+    rows += _compile_rows(args, problems["RNN"], keys)
+    rows.append(_tensors_row(step, args.many_tensors))
+    _print_table(args, rows, print_fn)
     return rows
 
 
