@@ -25,12 +25,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import describe, machine
+from benchmarks.perf import timing
 from benchmarks.training import parallel
 
 CASES = {
@@ -80,47 +80,48 @@ def _measure(configs_: list[Any], devices: int | None) -> dict[str, Any]:
 
 def gradient_rows(seeds: int, repeats: int, quick: bool) -> list[dict[str, Any]]:
     """S separate gradient calls against one vmap-ed call, per recurrence implementation."""
+    size = (8, 4, 4) if quick else (100, 50, 128)
+    return [_gradient_row(impl, size, seeds, repeats) for impl in ("fused", "flax")]
+
+
+def _gradient_row(
+    impl: str, size: tuple[int, int, int], seeds: int, repeats: int
+) -> dict[str, Any]:
+    """The gradient of ``seeds`` parameter sets of the adding task at ``size`` (T, batch,
+    hidden) with ``impl``: S jitted calls against one vmap-ed call, timed in turn
+    (``benchmarks.perf.timing``), and the largest difference of their gradients."""
     import jax
     import jax.numpy as jnp
 
     from benchmarks.registry.tasks import adding_problem
 
-    length, batch, hidden = (8, 4, 4) if quick else (100, 50, 128)
-    rows = []
-    for impl in ("fused", "flax"):
-        problem = adding_problem(length=length, batch_size=batch, hidden=hidden, impl=impl)
-        x, y = problem.make_batch(jax.random.key(0))
+    length, batch, hidden = size
+    problem = adding_problem(length=length, batch_size=batch, hidden=hidden, impl=impl)
+    x, y = problem.make_batch(jax.random.key(0))
 
-        def grad(params, x, y, loss=problem.loss):
-            return jax.grad(loss)(params, (x, y))
+    def grad(params, x, y):
+        return jax.grad(problem.loss)(params, (x, y))
 
-        params = [problem.init(s) for s in range(seeds)]
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
-        xs, ys = jnp.stack([x] * seeds), jnp.stack([y] * seeds)
-        one, batched = jax.jit(grad), jax.jit(jax.vmap(grad))
-        # Both ways compute the same S gradients: the largest difference, relative to the largest.
-        separate = jax.tree.map(lambda *a: jnp.stack(a), *[one(q, x, y) for q in params])
-        diff = max(
-            float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
-            for a, b in zip(
-                jax.tree.leaves(separate), jax.tree.leaves(batched(stacked, xs, ys)), strict=True
-            )
+    params = [problem.init(s) for s in range(seeds)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
+    xs, ys = jnp.stack([x] * seeds), jnp.stack([y] * seeds)
+    one, batched = jax.jit(grad), jax.jit(jax.vmap(grad))
+    # Both ways compute the same S gradients: the largest difference, relative to the largest.
+    separate = jax.tree.map(lambda *a: jnp.stack(a), *[one(q, x, y) for q in params])
+    diff = max(
+        float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+        for a, b in zip(
+            jax.tree.leaves(separate), jax.tree.leaves(batched(stacked, xs, ys)), strict=True
         )
-        apart, together = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for seed_params in params:
-                jax.block_until_ready(one(seed_params, x, y))
-            apart.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            jax.block_until_ready(batched(stacked, xs, ys))
-            together.append(time.perf_counter() - t0)
-        a, b = statistics.median(apart), statistics.median(together)
-        rows.append(
-            {"impl": impl, "apart_ms": 1e3 * a, "together_ms": 1e3 * b, "speedup": a / b,
-             "diff": diff}
-        )  # fmt: skip
-    return rows
+    )
+    ways = {
+        "apart": lambda: [jax.block_until_ready(one(q, x, y)) for q in params],
+        "together": lambda: batched(stacked, xs, ys),
+    }
+    seconds = timing.median_wall(timing.rounds(ways, repeats))
+    a, b = seconds["apart"], seconds["together"]
+    return {"impl": impl, "apart_ms": 1e3 * a, "together_ms": 1e3 * b, "speedup": a / b,
+            "diff": diff}  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -154,51 +155,72 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         parallel.start_cpu_devices(1)
         repeats = 1 if args.quick else max(args.repeats, 7)
         rows = gradient_rows(args.seeds, repeats, args.quick)
-        lines = [
-            f"Vanilla-RNN gradient of S={args.seeds} parameter sets (adding task, T=100, batch "
-            f"50, hidden 128), S jitted calls vs one vmap-ed call, one device, median of "
-            f"{repeats}. Machine: {describe(machine())}; load average "
-            f"{os.getloadavg()[0]:.2f} at the end.",
-            "",
-            "| recurrence | S calls (ms) | one vmap call (ms) | speed-up of vmap | max rel. diff |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['impl']} | {r['apart_ms']:.1f} | {r['together_ms']:.1f} | {r['speedup']:.2f}x "
-            f"| {r['diff']:.1e} |"
-            for r in rows
-        ]
-        _emit(lines, args.out, argv)
+        _emit(_gradient_lines(rows, args.seeds, repeats), args.out, argv)
         return rows
     parallel.start_cpu_devices(args.devices)
+    repeats = 1 if args.quick else args.repeats
+    rows = [
+        _case_row(name, case, args.seeds, repeats, args.devices)
+        for name, case in _cases(args.quick, args.tasks).items()
+    ]
+    _emit(_case_lines(rows, args.seeds, repeats), args.out, argv)
+    return rows
+
+
+def _gradient_lines(rows: list[dict[str, Any]], seeds: int, repeats: int) -> list[str]:
+    """``--gradient``'s table."""
+    lines = [
+        f"Vanilla-RNN gradient of S={seeds} parameter sets (adding task, T=100, batch "
+        f"50, hidden 128), S jitted calls vs one vmap-ed call, one device, median of "
+        f"{repeats}. Machine: {describe(machine())}; load average "
+        f"{os.getloadavg()[0]:.2f} at the end.",
+        "",
+        "| recurrence | S calls (ms) | one vmap call (ms) | speed-up of vmap | max rel. diff |",
+        "|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r['impl']} | {r['apart_ms']:.1f} | {r['together_ms']:.1f} | {r['speedup']:.2f}x "
+        f"| {r['diff']:.1e} |"
+        for r in rows
+    ]
+
+
+def _cases(quick: bool, tasks: Sequence[str] | None) -> dict[str, tuple]:
+    """The cases to run: ``--quick``'s or the full ones, of ``tasks`` only if given."""
+    cases = QUICK if quick else CASES
+    if tasks is None:
+        return cases
+    return {name: case for name, case in cases.items() if case[0] in tasks}
+
+
+def _case_row(
+    name: str, case: tuple, seeds: int, repeats: int, devices: int | None
+) -> dict[str, Any]:
+    """One case trained both ways for seeds 0..S-1, ``repeats`` alternating rounds: medians
+    per seed, the compile times and the largest difference of the final metric."""
     from benchmarks.registry.configs import get_config
 
-    cases = QUICK if args.quick else CASES
-    if args.tasks is not None:
-        cases = {name: case for name, case in cases.items() if case[0] in args.tasks}
-    repeats = 1 if args.quick else args.repeats
-    rows = []
-    for name, (task, method, keys, settings) in cases.items():
-        configs_ = [
-            get_config(task, method, "cpu", seed=s, **keys, **settings) for s in range(args.seeds)
-        ]
-        rounds = [_measure(configs_, args.devices) for _ in range(repeats)]
-        apart = statistics.median(r["apart"] for r in rounds) / args.seeds
-        together = statistics.median(r["together"] for r in rounds) / args.seeds
-        rows.append(
-            {
-                "case": name,
-                "apart_s": apart,
-                "together_s": together,
-                "speedup": apart / together,
-                "apart_compile_s": statistics.median(r["apart_compile"] for r in rounds),
-                "together_compile_s": statistics.median(r["together_compile"] for r in rounds),
-                "diff": max(r["diff"] for r in rounds),
-                "devices": rounds[0]["devices"],
-            }
-        )
+    task, method, keys, settings = case
+    configs_ = [get_config(task, method, "cpu", seed=s, **keys, **settings) for s in range(seeds)]
+    rounds = [_measure(configs_, devices) for _ in range(repeats)]
+    apart = statistics.median(r["apart"] for r in rounds) / seeds
+    together = statistics.median(r["together"] for r in rounds) / seeds
+    return {
+        "case": name,
+        "apart_s": apart,
+        "together_s": together,
+        "speedup": apart / together,
+        "apart_compile_s": statistics.median(r["apart_compile"] for r in rounds),
+        "together_compile_s": statistics.median(r["together_compile"] for r in rounds),
+        "diff": max(r["diff"] for r in rounds),
+        "devices": rounds[0]["devices"],
+    }
+
+
+def _case_lines(rows: list[dict[str, Any]], seeds: int, repeats: int) -> list[str]:
+    """The table of the cases."""
     lines = [
-        f"Seeds in one program vs separate runs, S={args.seeds} seeds, median of {repeats} "
+        f"Seeds in one program vs separate runs, S={seeds} seeds, median of {repeats} "
         f"alternating rounds. Machine: {describe(machine())}; load average "
         f"{os.getloadavg()[0]:.2f} at the end.",
         "",
@@ -206,14 +228,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "compile s, separate (all) | compile s, one program | max rel. diff of final metric |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['devices']} | {r['apart_s']:.3f} | {r['together_s']:.3f} | "
-            f"{r['speedup']:.2f}x | {r['apart_compile_s']:.1f} | {r['together_compile_s']:.1f} | "
-            f"{r['diff']:.1e} |"
-        )
-    _emit(lines, args.out, argv)
-    return rows
+    return lines + [
+        f"| {r['case']} | {r['devices']} | {r['apart_s']:.3f} | {r['together_s']:.3f} | "
+        f"{r['speedup']:.2f}x | {r['apart_compile_s']:.1f} | {r['together_compile_s']:.1f} | "
+        f"{r['diff']:.1e} |"
+        for r in rows
+    ]
 
 
 def _emit(lines: list[str], out: Path | None, argv: Sequence[str] | None) -> None:
