@@ -324,23 +324,36 @@ def _commit() -> str:
     return (git("rev-parse", "--short", "HEAD") or "unknown") + (" (modified)" if changed else "")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--devices", type=int, default=4, help="devices to split the batch over")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument(
+    _run_arguments(parser.add_argument_group("what to run"))
+    _process_arguments(parser.add_argument_group("several processes"))
+    return parser
+
+
+def _run_arguments(group: argparse._ArgumentGroup) -> None:
+    """The devices, seeds, tasks, sizes and where the summary goes."""
+    group.add_argument("--devices", type=int, default=4, help="devices to split the batch over")
+    group.add_argument("--seeds", type=int, default=3)
+    group.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    group.add_argument(
         "--out",
         default=str(ROOT / "runs" / "distributed"),
         help="where summary.json/.md go (default runs/distributed, which git ignores; the "
         "committed measurement: --out results/distributed)",
     )
-    parser.add_argument("--quick", action="store_true", help="toy sizes, 1 seed: a smoke test")
-    parser.add_argument("--coordinator", default=None, help="host:port of process 0")
-    parser.add_argument("--num-processes", type=int, default=1)
-    parser.add_argument("--process-id", type=int, default=0)
-    args = parser.parse_args(argv)
+    group.add_argument("--quick", action="store_true", help="toy sizes, 1 seed: a smoke test")
+
+
+def _process_arguments(group: argparse._ArgumentGroup) -> None:
+    """One process per host: ``jax.distributed.initialize``'s settings."""
+    group.add_argument("--coordinator", default=None, help="host:port of process 0")
+    group.add_argument("--num-processes", type=int, default=1)
+    group.add_argument("--process-id", type=int, default=0)
+
+
+def _start_mesh(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Mesh:
+    """The mesh of ``--devices`` devices: fake CPU devices made, the processes joined."""
     if args.devices < 1 or args.devices % args.num_processes:
         parser.error(
             f"--devices must be a positive multiple of --num-processes={args.num_processes}, "
@@ -357,22 +370,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     if len(jax.devices()) < args.devices:
         parser.error(f"--devices {args.devices}: JAX has only {len(jax.devices())} devices")
-    mesh = parallel.data_mesh(jax.devices()[: args.devices])
-    seeds = [0] if args.quick else list(range(args.seeds))
-    configs = {
-        name: task_config(name, quick=args.quick, devices=args.devices)
-        for name in dict.fromkeys(["adding", *args.tasks])
-    }
-    commit = _commit()  # now: the files may change while the runs go on
-    say = print if jax.process_index() == 0 else (lambda *_, **__: None)
-    kind = jax.devices()[0].device_kind
-    say(f"Machine: {describe(machine())}; a mesh of {args.devices} {kind} devices", flush=True)
+    return parallel.data_mesh(jax.devices()[: args.devices])
 
-    communicated = []
+
+def _communication_rows(adding: Config, mesh: Mesh, say: Callable[..., None]) -> list[dict]:
+    """(a): the collectives of every mode's outer step, K = 1 and 5."""
+    rows = []
     for K in (1, 5):
         for mode in MODES:
-            communicated.append(communication(configs["adding"], mesh, mode, K))
-            say(communicated[-1], flush=True)
+            rows.append(communication(adding, mesh, mode, K))
+            say(rows[-1], flush=True)
+    return rows
+
+
+def _train_runs(
+    args: argparse.Namespace, seeds: Sequence[int], mesh: Mesh, say: Callable[..., None]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(b): every task, seed and mode trained; the runs' rows and each task's outer steps."""
     runs, steps = [], {}
     for name in args.tasks:
         for seed in seeds:
@@ -383,6 +397,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 row, steps[name] = train(config, mesh)
                 runs.append(row)
                 say(row, flush=True)
+    return runs, steps
+
+
+def _write(summary: dict[str, Any], out: Path, say: Callable[..., None]) -> None:
+    """``summary.json`` and ``summary.md`` in ``out``, the tables printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(summary))
+    say(markdown(summary))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    mesh = _start_mesh(args, parser)
+    seeds = [0] if args.quick else list(range(args.seeds))
+    configs = {
+        name: task_config(name, quick=args.quick, devices=args.devices)
+        for name in dict.fromkeys(["adding", *args.tasks])
+    }
+    commit = _commit()  # now: the files may change while the runs go on
+    say = print if jax.process_index() == 0 else (lambda *_, **__: None)
+    kind = jax.devices()[0].device_kind
+    say(f"Machine: {describe(machine())}; a mesh of {args.devices} {kind} devices", flush=True)
+    communicated = _communication_rows(configs["adding"], mesh, say)
+    runs, steps = _train_runs(args, seeds, mesh, say)
     adding = configs["adding"]
     summary = {
         "machine": machine(),
@@ -397,11 +438,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "runs": runs,
     }
     if jax.process_index() == 0:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "summary.md").write_text(markdown(summary))
-        say(markdown(summary))
+        _write(summary, Path(args.out), say)
     return summary
 
 
