@@ -956,56 +956,83 @@ def report(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    config = get_config("adding", "fw", "cpu", flavour="alg1")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 400], help="T values")
-    parser.add_argument("--variants", nargs="+", choices=["alg1", "authors"], default=None)
-    parser.add_argument("--K", type=int, default=5, help="inner Frank-Wolfe steps")
-    parser.add_argument("--hidden", type=int, default=config.hidden)
-    parser.add_argument("--batch", type=int, default=config.batch_size)
-    parser.add_argument("--repeats", type=int, default=7, help="timing rounds")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="outer steps per contender per round (default 300 // T, at least 1)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default="cpu",
-        help="where both sides run; cuda needs JAX on a GPU and a CUDA build of torch",
-    )
-    parser.add_argument(
-        "--impls",
-        nargs="+",
-        default=["auto"],
-        metavar="IMPL",
-        help="models.RNNModel implementations timed on the fw-optax side, each a contender",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=sorted(JAX_PRECISION),
-        default="float32",
-        help="float32 matmuls as float32 or as TF32 (cuda only), on both sides",
-    )
-    parser.add_argument(
-        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try (cpu)"
-    )
-    parser.add_argument("--check-length", type=int, default=None, help="T of the float64 check")
-    parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile (cpu; compiles for minutes)"
-    )
-    parser.add_argument("--quick", action="store_true", help="smoke run: T=10, one round")
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=None, help="also write the printed lines to this file"
-    )
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.repeats, args.steps = [10], 1, 1
     if args.variants is None:
         args.variants = ["alg1", "authors"]
     args.impls = list(dict.fromkeys(args.impls))
+    _check_sizes(args, parser)
+    _check_setups(args, parser)
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _problem_arguments(parser.add_argument_group("what is compared"))
+    _timing_arguments(parser.add_argument_group("timing"))
+    _setup_arguments(parser.add_argument_group("where and how both sides run"))
+    return parser
+
+
+def _problem_arguments(group: argparse._ArgumentGroup) -> None:
+    """The sizes, optimizers and K, defaults from the adding task's cpu table."""
+    config = get_config("adding", "fw", "cpu", flavour="alg1")
+    group.add_argument("--lengths", type=int, nargs="+", default=[100, 400], help="T values")
+    group.add_argument("--variants", nargs="+", choices=["alg1", "authors"], default=None)
+    group.add_argument("--K", type=int, default=5, help="inner Frank-Wolfe steps")
+    group.add_argument("--hidden", type=int, default=config.hidden)
+    group.add_argument("--batch", type=int, default=config.batch_size)
+    group.add_argument("--check-length", type=int, default=None, help="T of the float64 check")
+
+
+def _timing_arguments(group: argparse._ArgumentGroup) -> None:
+    """Rounds, steps per round, the smoke run and the output file."""
+    group.add_argument("--repeats", type=int, default=7, help="timing rounds")
+    group.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="outer steps per contender per round (default 300 // T, at least 1)",
+    )
+    group.add_argument("--quick", action="store_true", help="smoke run: T=10, one round")
+    group.add_argument(
+        "--out", type=pathlib.Path, default=None, help="also write the printed lines to this file"
+    )
+
+
+def _setup_arguments(group: argparse._ArgumentGroup) -> None:
+    """The device, the fw-optax implementations, the precision and the torch set-ups."""
+    group.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where both sides run; cuda needs JAX on a GPU and a CUDA build of torch",
+    )
+    group.add_argument(
+        "--impls",
+        nargs="+",
+        default=["auto"],
+        metavar="IMPL",
+        help="models.RNNModel implementations timed on the fw-optax side, each a contender",
+    )
+    group.add_argument(
+        "--precision",
+        choices=sorted(JAX_PRECISION),
+        default="float32",
+        help="float32 matmuls as float32 or as TF32 (cuda only), on both sides",
+    )
+    group.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to try (cpu)"
+    )
+    group.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (cpu; compiles for minutes)"
+    )
+
+
+def _check_sizes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Counts at least 1, sequence lengths at least 2."""
     for name in ("K", "hidden", "batch", "repeats", "steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -1013,6 +1040,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if min(args.lengths + [args.check_length or 2]) < 2:
         parser.error(f"sequence lengths must be >= 2 (the adding task), got {args.lengths}")
+
+
+def _check_setups(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Implementations ``models.RNNModel`` knows, and a precision and set-ups the device has."""
     for impl in args.impls:
         try:
             Problem(2, args.batch, args.hidden).task(impl)  # RNNModel checks the name
@@ -1022,7 +1053,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--precision tf32 needs --device cuda: a CPU has no TF32")
     if args.device == "cuda" and args.compile:
         parser.error("--compile is a CPU set-up; on cuda the torch step is a CUDA graph")
-    return args
 
 
 @contextlib.contextmanager
@@ -1071,59 +1101,93 @@ def _compare(
     setups = torch_setups(args.threads, args.compile, device=args.device, precision=args.precision)
     print_fn(f"python -m benchmarks.perf.compare_torch {' '.join(argv or sys.argv[1:])}")
     with torch_processes(setups) as workers:
-        where = f"torch on {workers[0].describe()}; " if args.device == "cuda" else ""
-        print_fn(
-            f"Machine: {describe(machine())}; torch {torch.__version__}; {where}{load_average()}"
-        )
-        print_fn(
-            f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}, "
-            f"precision {args.precision}; "
-            + "; ".join(f"{v.name}: δ={v.delta}, η={v.eta}" for v in chosen)
-        )
-        if args.device == "cpu" and jax.default_backend() != "cpu":
-            print_fn(
-                f"Note: JAX's default backend is {jax.default_backend()}: fw-optax runs there, "
-                "torch on the CPU (--device cuda puts both on the GPU)."
-            )
-
-        check_problem = Problem(args.check_length or min(args.lengths), args.batch, args.hidden)
-        print_fn(f"float64 check, one outer step at T={check_problem.length}:")
-        checks = [check_first_step(check_problem, v) for v in chosen]
-        for check in checks:
-            print_fn("  " + check.line())
-        if not all(check.ok for check in checks):
-            print_fn("The two sides disagree: not timing them.")
-            raise SystemExit(1)
-
-        if args.device == "cuda":
-            print_fn(
-                "torch on the GPU: eager (cuDNN nn.RNN), and the whole outer step captured once "
-                f"as a CUDA graph after {WARMUP} warm-up steps, then replayed."
-            )
-        elif not args.compile:
-            print_fn(
-                "torch.compile not timed (--compile does): dynamo leaves nn.RNN in eager mode "
-                "unless torch._dynamo.config.allow_rnn, and with it unrolls all T steps."
-            )
+        _print_header(args, chosen, workers, print_fn)
+        checks = _float64_checks(args, chosen, print_fn)
+        _print_torch_note(args, print_fn)
         ratios = {}
         for length in args.lengths:
-            problem = Problem(length, args.batch, args.hidden)
-            steps = args.steps or max(1, 300 // length)
             for variant in chosen:
-                timing = benchmark(
-                    problem,
-                    variant,
-                    workers,
-                    repeats=args.repeats,
-                    steps=steps,
-                    impls=args.impls,
-                    device=args.device,
-                    precision=args.precision,
-                )
                 key = (variant.name, length, args.batch, args.hidden)
-                ratios[key] = report(problem, variant, timing, print_fn)
-                print_fn(f"  ({load_average()})")
+                ratios[key] = _time_and_report(args, length, variant, workers, print_fn)
     return {"checks": checks, "ratios": ratios}
+
+
+def _print_header(
+    args: argparse.Namespace,
+    chosen: Sequence[Variant],
+    workers: Sequence[TorchProcess],
+    print_fn: Callable[[str], None],
+) -> None:
+    """The machine, both sides' versions and devices, the model and the optimizers."""
+    where = f"torch on {workers[0].describe()}; " if args.device == "cuda" else ""
+    print_fn(f"Machine: {describe(machine())}; torch {torch.__version__}; {where}{load_average()}")
+    print_fn(
+        f"vanilla RNN hidden {args.hidden}, batch {args.batch}, K={args.K}, "
+        f"precision {args.precision}; "
+        + "; ".join(f"{v.name}: δ={v.delta}, η={v.eta}" for v in chosen)
+    )
+    if args.device == "cpu" and jax.default_backend() != "cpu":
+        print_fn(
+            f"Note: JAX's default backend is {jax.default_backend()}: fw-optax runs there, "
+            "torch on the CPU (--device cuda puts both on the GPU)."
+        )
+
+
+def _float64_checks(
+    args: argparse.Namespace, chosen: Sequence[Variant], print_fn: Callable[[str], None]
+) -> list[Check]:
+    """One outer step of each optimizer on both sides in float64; exits if they disagree.
+
+    Raises:
+      SystemExit: the two sides disagree.
+    """
+    check_problem = Problem(args.check_length or min(args.lengths), args.batch, args.hidden)
+    print_fn(f"float64 check, one outer step at T={check_problem.length}:")
+    checks = [check_first_step(check_problem, v) for v in chosen]
+    for check in checks:
+        print_fn("  " + check.line())
+    if not all(check.ok for check in checks):
+        print_fn("The two sides disagree: not timing them.")
+        raise SystemExit(1)
+    return checks
+
+
+def _print_torch_note(args: argparse.Namespace, print_fn: Callable[[str], None]) -> None:
+    """What the torch set-ups are on a GPU, or why torch.compile is not timed."""
+    if args.device == "cuda":
+        print_fn(
+            "torch on the GPU: eager (cuDNN nn.RNN), and the whole outer step captured once "
+            f"as a CUDA graph after {WARMUP} warm-up steps, then replayed."
+        )
+    elif not args.compile:
+        print_fn(
+            "torch.compile not timed (--compile does): dynamo leaves nn.RNN in eager mode "
+            "unless torch._dynamo.config.allow_rnn, and with it unrolls all T steps."
+        )
+
+
+def _time_and_report(
+    args: argparse.Namespace,
+    length: int,
+    variant: Variant,
+    workers: Sequence[TorchProcess],
+    print_fn: Callable[[str], None],
+) -> float:
+    """One table: every contender timed at T = ``length``; the ratio ``report`` returns."""
+    problem = Problem(length, args.batch, args.hidden)
+    timing = benchmark(
+        problem,
+        variant,
+        workers,
+        repeats=args.repeats,
+        steps=args.steps or max(1, 300 // length),
+        impls=args.impls,
+        device=args.device,
+        precision=args.precision,
+    )
+    ratio = report(problem, variant, timing, print_fn)
+    print_fn(f"  ({load_average()})")
+    return ratio
 
 
 if __name__ == "__main__":
