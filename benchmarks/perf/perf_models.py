@@ -621,42 +621,30 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> di
     return rows
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="toy sizes: the smoke test")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", help="also write the printed report to this file")
-    parser.add_argument(
-        "--sections",
-        nargs="+",
-        choices=SECTIONS,
-        default=None,
-        help="run only these sections (default: all but precision and launch, which say "
-        "something only on a GPU; --table: cells and unroll)",
-    )
-    parser.add_argument(
-        "--table",
-        action="store_true",
-        help="print models.rnn.MEASURED's entry for this backend from sections 3 and 7",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["tensorfloat32", "float32"],
-        default=None,
-        help="jax.default_matmul_precision for every section (default: JAX's default)",
-    )
-    parser.add_argument(
-        "--lengths", type=int, nargs="+", default=None, help="T of sections 2, 3 and 7"
-    )
-    parser.add_argument(
-        "--launch-warps", type=int, nargs="+", default=None, help="section 0b's warps"
-    )
-    parser.add_argument(
-        "--launch-cells", nargs="+", choices=CELLS, default=None, help="section 0b's cells"
-    )
-    args = parser.parse_args(argv)
-    gpu = jax.default_backend() == "gpu"
-    full = {
+QUICK_SIZES: dict[str, Any] = {
+    "peak_size": 64,
+    "lengths": (4,),
+    "cells": ("lstm", "indrnn"),
+    "unrolls": (3,),
+    "anatomy_lengths": (4,),
+    "batch": 3,
+    "hidden": 8,
+    "har_windows": 12,
+    "har_length": 5,
+    "har_batch": 4,
+    "har_depth": 1,
+    "har_hidden": 8,
+    "har_breakdown_steps": 1,
+    "repeats": 1,
+    "launch_rows": (16,),
+    "launch_warps": (4,),
+}
+"""``--quick``'s toy sizes: every section runs, nothing is measured."""
+
+
+def full_sizes(gpu: bool) -> dict[str, Any]:
+    """The sections' sizes: HAR-2's real shapes, and longer unrolls and sequences on a GPU."""
+    return {
         "peak_size": 1024,
         "lengths": (100, 400),
         "cells": CELLS,
@@ -673,26 +661,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "launch_rows": (16, 32),
         "launch_warps": (1, 2, 4, 8),
     }
-    quick = {
-        "peak_size": 64,
-        "lengths": (4,),
-        "cells": ("lstm", "indrnn"),
-        "unrolls": (3,),
-        "anatomy_lengths": (4,),
-        "batch": 3,
-        "hidden": 8,
-        "har_windows": 12,
-        "har_length": 5,
-        "har_batch": 4,
-        "har_depth": 1,
-        "har_hidden": 8,
-        "har_breakdown_steps": 1,
-        "repeats": 1,
-        "launch_rows": (16,),
-        "launch_warps": (4,),
-    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    gpu = jax.default_backend() == "gpu"
     lengths, warps, launch_cells = args.lengths, args.launch_warps, args.launch_cells
-    for name, value in (quick if args.quick else full).items():
+    for name, value in (QUICK_SIZES if args.quick else full_sizes(gpu)).items():
         setattr(args, name, value)
     if lengths is not None:
         if min(lengths) < 1:
@@ -707,9 +683,57 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _section_arguments(parser.add_argument_group("what to run"))
+    _size_arguments(parser.add_argument_group("sizes and timing"))
+    return parser
+
+
+def _section_arguments(group: argparse._ArgumentGroup) -> None:
+    """The sections, the MEASURED table, the matmul precision and the output file."""
+    group.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        help="run only these sections (default: all but precision and launch, which say "
+        "something only on a GPU; --table: cells and unroll)",
+    )
+    group.add_argument(
+        "--table",
+        action="store_true",
+        help="print models.rnn.MEASURED's entry for this backend from sections 3 and 7",
+    )
+    group.add_argument(
+        "--precision",
+        choices=["tensorfloat32", "float32"],
+        default=None,
+        help="jax.default_matmul_precision for every section (default: JAX's default)",
+    )
+    group.add_argument("--out", help="also write the printed report to this file")
+
+
+def _size_arguments(group: argparse._ArgumentGroup) -> None:
+    """Toy sizes, timing rounds, and the lengths, warps and cells that replace the defaults."""
+    group.add_argument("--quick", action="store_true", help="toy sizes: the smoke test")
+    group.add_argument("--repeats", type=int, default=15)
+    group.add_argument(
+        "--lengths", type=int, nargs="+", default=None, help="T of sections 2, 3 and 7"
+    )
+    group.add_argument(
+        "--launch-warps", type=int, nargs="+", default=None, help="section 0b's warps"
+    )
+    group.add_argument(
+        "--launch-cells", nargs="+", choices=CELLS, default=None, help="section 0b's cells"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    # One device per core, for section 5's last row: before parse_args asks JAX its backend,
+    # which starts it.
+    parallel.start_cpu_devices(None)
     args = parse_args(argv)
-    parallel.start_cpu_devices(None)  # one device per core, for section 5's last row
     lines: list[str] = []
 
     def print_fn(line: str) -> None:
