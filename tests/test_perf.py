@@ -93,6 +93,30 @@ def test_the_landed_deep_indrnn_baseline_is_the_same_function_as_rnn_model():
     )
 
 
+def test_the_deep_indrnn_sections_train_the_registrys_model():
+    """Sections 5 and 6 train HAR-2's ``indrnn`` row as the registry builds it, and each
+    breakdown row's model is the one its configuration names, batch norm off included."""
+    from benchmarks.perf import perf_models
+    from benchmarks.registry.tasks import build_model, init_variables
+
+    args = perf_models.parse_args(["--quick"])
+    config, data = perf_models.har2_run(args)
+    assert (config.task, config.method, config.weight_decay, config.dropout) == (
+        "har2", "indrnn", 1e-4, 0.1,
+    )  # fmt: skip
+    params, _ = init_variables(config, build_model(config, data), data)
+    now = perf_models.deep_indrnn_model(args, "now")
+    assert jax.tree.structure(init_variables(config, now, data)[0]) == jax.tree.structure(params)
+    bare = perf_models.deep_indrnn_model(args, "now", dropout=0.0, layer_batch_norm=False)
+    assert (bare.dropout_rate, bare.layer_batch_norm) == (0.0, False)
+    assert init_variables(config, bare, data)[1] == {}  # no batch statistics
+    step, state = perf_models.indrnn_train_step(args, "now")
+    trained = step(state, 0)
+    assert int(trained.step) == 1
+    pairs = zip(jax.tree.leaves(trained.params), jax.tree.leaves(state.params), strict=True)
+    assert not any(np.allclose(a, b) for a, b in pairs)  # every tensor took the step
+
+
 def test_the_one_timer_interleaves_the_variants_round_after_round():
     from benchmarks.perf import timing
 

@@ -16,13 +16,15 @@ parameters (``tests/test_fused.py``, ``tests/test_models.py``).
 3. Every cell's gradient (vanilla, LSTM, GRU, IndRNN) with each implementation.
 4. Anatomy of the compiled gradient: how many [T, ...] stacked arrays each scan writes
    per step, read from the optimized HLO, next to microseconds per step at several T.
-5. Deep IndRNN of Table 2 (6 x 128, batch norm, dropout 0.1) on a HAR-2 training epoch
-   (7415 windows of 128 x 9, batch 64, Adam, recurrent weights clipped; generated data of
-   the real shapes), steps interleaved: as it landed (``LandedDeepIndRNN``: ``nn.RNN``,
+5. Deep IndRNN of Table 2 on a HAR-2 training epoch: the registry's ``indrnn`` row (6 x 128,
+   batch norm, dropout 0.1, Adam with weight decay, recurrent weights clipped) trained by
+   the loop's step on HAR-2's loader fed generated data of the real shapes (7415 windows of
+   128 x 9, batch 64), steps interleaved: as it landed (``LandedDeepIndRNN``: ``nn.RNN``,
    ``nn.BatchNorm``, ``nn.Dropout``, one device) against ``RNNModel`` as the runner trains
    it now, on one device and data-parallel on all of them (one per core).
 6. Where that training step's time goes, landed and now, on one device: the same step
-   without dropout, and without dropout and batch norm.
+   without dropout, and without dropout and batch norm (the configuration's ``dropout=0``
+   and ``layer_batch_norm=False``).
 7. The fused vanilla-RNN gradient with scan unroll 1, 2, 4 and 8.
 
 Run: ``python -m benchmarks.perf.perf_models --out results/cpu/perf_models.txt`` (about 5
@@ -34,32 +36,38 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+import numpy as np
+from jax.sharding import Mesh
 
 from benchmarks.machine import describe, machine
 from benchmarks.perf import timing
-from benchmarks.registry.tasks import adding_problem
-from benchmarks.training import parallel
-from models import (
-    clip_indrnn_recurrent,
-    deep_indrnn,
-    default_impl,
-    default_unroll,
-    indrnn_recurrent_bound,
-    sigmoid_mse_loss,
+from benchmarks.registry.config import Config
+from benchmarks.registry.configs import get_config
+from benchmarks.registry.methods import build_optimizer
+from benchmarks.registry.tasks import (
+    TaskData,
+    adding_problem,
+    build_model,
+    init_variables,
+    load_task_data,
+    make_objective,
 )
+from benchmarks.run import make_plan
+from benchmarks.training import parallel
+from benchmarks.training.data import Dataset
+from benchmarks.training.placement import Placement
+from benchmarks.training.step import make_step
+from models import default_impl, default_unroll, indrnn_recurrent_bound
 from models.cells import IndRNNCell
 
 IMPLS: tuple[str, ...] = ("flax", "hoisted", "fused")
@@ -285,8 +293,6 @@ def launch_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> l
 def precision_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> list[dict]:
     """Section 0: what a float32 product gives under each ``jax.default_matmul_precision``,
     XLA's matmul and the Pallas forward kernel, against float64 on the host."""
-    import numpy as np
-
     from models import pallas
 
     key_a, key_b, key_p = jax.random.split(jax.random.key(5), 3)
@@ -396,12 +402,16 @@ def unroll_table(args: argparse.Namespace, print_fn: Callable[[str], None]) -> l
     return rows
 
 
-def _har2_like(num: int, seq_len: int, features: int) -> tuple[jax.Array, jax.Array]:
-    """Generated data of HAR-2's shapes: standardized windows and binary labels."""
+@functools.cache
+def _har2_like(num: int, seq_len: int, features: int = 9) -> Dataset:
+    """Generated data of HAR-2's shapes (standardized windows, binary labels) as a dataset
+    the registry's HAR-2 loader takes in place of the real one; its test set is the first
+    windows (nothing here evaluates)."""
     kx, ky = jax.random.split(jax.random.key(42))
-    x = jax.random.normal(kx, (num, seq_len, features))
-    y = jax.random.bernoulli(ky, 0.5, (num,)).astype(jnp.int32)
-    return x, y
+    x = np.asarray(jax.random.normal(kx, (num, seq_len, features)))
+    y = np.asarray(jax.random.bernoulli(ky, 0.5, (num,)), np.int32)
+    card = {"name": "har2-shapes", "source": "generated (benchmarks/perf/perf_models.py)"}
+    return Dataset("har2-shapes", x, y, x[:2], y[:2], 2, card)
 
 
 class LandedDeepIndRNN(nn.Module):
@@ -435,86 +445,65 @@ class LandedDeepIndRNN(nn.Module):
         return nn.Dense(1, name="head")(xs[-1])
 
 
-def deep_indrnn_model(
-    args: argparse.Namespace,
-    variant: str,
-    *,
-    dropout_rate: float = 0.1,
-    layer_batch_norm: bool = True,
-) -> nn.Module:
-    """``"landed"``: ``LandedDeepIndRNN``; ``"now"``: ``models.deep_indrnn`` (an
-    ``RNNModel`` with ``impl="auto"``), what the runner trains, with these settings; any
-    other name is an ``RNNModel`` impl run in that model (``"pallas"``)."""
-    bound = indrnn_recurrent_bound(2.0, args.har_length)
+def har2_run(args: argparse.Namespace, **overrides: Any) -> tuple[Config, TaskData]:
+    """The registry's deep IndRNN on HAR-2 (Table 2's ``indrnn`` row, ``paper`` preset) at
+    the sections' sizes, ``overrides`` replacing any field, and its data: HAR-2's loader on
+    generated windows of the real shapes."""
+    sizes = {"depth": args.har_depth, "hidden": args.har_hidden, "batch_size": args.har_batch}
+    config = get_config("har2", "indrnn", "paper", **sizes, **overrides)
+    return config, load_task_data(config, _har2_like(args.har_windows, args.har_length))
+
+
+def _indrnn_model(config: Config, data: TaskData, variant: str) -> nn.Module:
+    bound = indrnn_recurrent_bound(config.indrnn_gamma, data.sequence_length)
     if variant == "landed":
         return LandedDeepIndRNN(
-            args.har_hidden, args.har_depth, bound, dropout_rate, layer_batch_norm
+            config.hidden, config.depth, bound, config.dropout, config.layer_batch_norm
         )
-    model = deep_indrnn(
-        1, bound, depth=args.har_depth, hidden_size=args.har_hidden, dropout_rate=dropout_rate
-    )
     impl = "auto" if variant == "now" else variant
-    return model.clone(layer_batch_norm=layer_batch_norm, impl=impl)
+    # The registry gives its IndRNN batch norm whatever config.layer_batch_norm says
+    # (build_model); the clone makes the model the one its config names.
+    return build_model(config, data).clone(layer_batch_norm=config.layer_batch_norm, impl=impl)
+
+
+def deep_indrnn_model(args: argparse.Namespace, variant: str, **overrides: Any) -> nn.Module:
+    """The deep IndRNN of :func:`har2_run`'s configuration: ``"landed"``:
+    ``LandedDeepIndRNN``; ``"now"``: the registry's model (an ``RNNModel`` with
+    ``impl="auto"``), what the runner trains; any other name is an ``RNNModel`` impl run in
+    that model (``"pallas"``). ``overrides`` are configuration fields (``dropout``,
+    ``layer_batch_norm``)."""
+    return _indrnn_model(*har2_run(args, **overrides), variant)
 
 
 def indrnn_train_step(
-    args: argparse.Namespace,
-    data: tuple[jax.Array, jax.Array],
-    model: nn.Module,
-    mesh: Mesh | None = None,
+    args: argparse.Namespace, variant: str, mesh: Mesh | None = None, **overrides: Any
 ) -> tuple[Callable[[Any, int], Any], Any]:
-    """The deep IndRNN's jitted training step ``carry, i -> carry`` on batch ``i`` (Adam,
-    recurrent weights clipped), and its first carry. With ``mesh``, the step is
-    data-parallel over its devices the way the runner trains (``benchmarks.training.parallel``:
+    """The jitted training step ``state, i -> state`` on batch ``i`` of :func:`har2_run`'s
+    configuration, with the model of ``variant`` (:func:`deep_indrnn_model`), and its first
+    state: the registry's objective (the head's loss, dropout, the recurrent clip) and
+    optimizer (Adam with weight decay) in the loop's step (``benchmarks.training.step``).
+    With ``mesh``, data-parallel as the loop places it (``benchmarks.training.placement``:
     each device its shard of the batch and its own dropout masks, gradients averaged)."""
-    x_all, y_all = data
-    bound = indrnn_recurrent_bound(2.0, args.har_length)
-    variables = model.init(jax.random.key(0), x_all[: args.har_batch])
-    params = variables["params"]
-    state = {name: value for name, value in variables.items() if name != "params"}
-    tx = optax.adam(2e-4)
-
-    def loss(p, st, x, y, key):
-        out, new_state = model.apply(
-            {"params": p, **st}, x, train=True, mutable=list(st), rngs={"dropout": key}
-        )
-        return sigmoid_mse_loss(out, y), new_state
-
-    def update(carry, x, y, key, loss_fn):
-        p, st, opt_state = carry
-        (_, st), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, x, y, key)
-        updates, opt_state = tx.update(g, opt_state, p)
-        p = clip_indrnn_recurrent(optax.apply_updates(p, updates), bound)
-        return p, dict(st), opt_state
-
-    if mesh is None:
-        apply = functools.partial(update, loss_fn=loss)
-    else:
-        local_loss = parallel.data_parallel_loss(loss, has_aux=True)
-
-        def local(carry, x, y, key):
-            key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
-            return update(carry, x, y, key, local_loss)
-
-        apply = parallel.data_parallel(
-            local,
-            mesh,
-            in_specs=(P(), parallel.batch_spec(), parallel.batch_spec(), P()),
-            out_specs=P(),
-        )
-        replicated = NamedSharding(mesh, P())
-        x_all, y_all = jax.device_put((x_all, y_all), replicated)
+    config, data = har2_run(args, **overrides)
+    model = _indrnn_model(config, data, variant)
+    placement = Placement(runs=1, vmapped=False, mesh=mesh, generated=False)
+    objective, _ = placement.split(
+        make_objective(config, model, data), data.stream, local_gradients=False
+    )
+    tx = build_optimizer(config, make_plan(config, data).updates_per_epoch)
+    update = make_step(objective, tx)
+    run = placement.compile(lambda state, inputs: jax.lax.scan(update, state, inputs))
+    x_all, y_all = placement.place(tuple(jnp.asarray(a) for a in data.stream.arrays))
+    size = config.batch_size
 
     @jax.jit
-    def step(carry, i):
-        x = jax.lax.dynamic_slice_in_dim(x_all, i * args.har_batch, args.har_batch)
-        y = jax.lax.dynamic_slice_in_dim(y_all, i * args.har_batch, args.har_batch)
-        return apply(carry, x, y, jax.random.fold_in(jax.random.key(1), i))
+    def step(state, i):
+        x = jax.lax.dynamic_slice_in_dim(x_all, i * size, size)
+        y = jax.lax.dynamic_slice_in_dim(y_all, i * size, size)
+        return run(state, (i[None], (x[None, None], y[None, None])))[0]
 
-    carry = (params, state, tx.init(params))
-    if mesh is not None:
-        carry = jax.device_put(carry, NamedSharding(mesh, P()))
-    return step, carry
+    params, model_state = init_variables(config, model, data)
+    return step, placement.place(placement.init_state(tx, params, model_state, (config.seed,)))
 
 
 def _epoch_variants(args: argparse.Namespace) -> dict[str, tuple[str, Mesh | None]]:
@@ -528,21 +517,30 @@ def _epoch_variants(args: argparse.Namespace) -> dict[str, tuple[str, Mesh | Non
     return variants
 
 
+def _epoch_call(step: Callable[[Any, int], Any], state: Any) -> Callable[[], Any]:
+    """``step`` as a zero-argument call that trains on the epoch's next batch each time,
+    after one untimed step on batch 0 (compilation, warm-up)."""
+    state = jax.block_until_ready(step(state, 0))
+    batches = itertools.count()
+
+    def call():
+        nonlocal state
+        state = step(state, next(batches))
+        return state
+
+    return call
+
+
 def indrnn_epoch(args: argparse.Namespace, print_fn: Callable[[str], None]) -> dict:
     """Section 5: one HAR-2 epoch of the deep IndRNN, the variants' steps interleaved: as it
     landed (one device), as the runner trains it now on one device and on all of them."""
-    data = _har2_like(args.har_windows, args.har_length, 9)
     steps = args.har_windows // args.har_batch
-    runs = {}
-    for name, (variant, mesh) in _epoch_variants(args).items():
-        step, carry = indrnn_train_step(args, data, deep_indrnn_model(args, variant), mesh)
-        runs[name] = [step, jax.block_until_ready(step(carry, 0))]
-    seconds = dict.fromkeys(runs, 0.0)
-    for i in range(steps):
-        for name, run_ in runs.items():
-            start = time.perf_counter()
-            run_[1] = jax.block_until_ready(run_[0](run_[1], i))
-            seconds[name] += time.perf_counter() - start
+    calls = {
+        name: _epoch_call(*indrnn_train_step(args, variant, mesh))
+        for name, (variant, mesh) in _epoch_variants(args).items()
+    }
+    times = timing.rounds(calls, steps)
+    seconds = {name: sum(t.wall for t in ts) for name, ts in times.items()}
     speedups = {name: seconds["landed"] / s for name, s in seconds.items() if name != "landed"}
     print_fn(
         f"\n[5] deep IndRNN ({args.har_depth} x {args.har_hidden}, batch norm, dropout 0.1), "
@@ -560,19 +558,17 @@ def indrnn_step_breakdown(args: argparse.Namespace, print_fn: Callable[[str], No
     """Section 6: where a deep-IndRNN step's time goes, on one device: the step with and
     without dropout and batch norm, as landed and now, ``args.har_breakdown_steps`` steps
     round-robin."""
-    data = _har2_like(args.har_windows, args.har_length, 9)
     settings = {
         "full": {},
-        "no dropout": {"dropout_rate": 0.0},
-        "no dropout, no BN": {"dropout_rate": 0.0, "layer_batch_norm": False},
+        "no dropout": {"dropout": 0.0},
+        "no dropout, no BN": {"dropout": 0.0, "layer_batch_norm": False},
     }
     variants = ("landed", "now")
     fns = {}
     for variant in variants:
         for name, overrides in settings.items():
-            model = deep_indrnn_model(args, variant, **overrides)
-            step, carry = indrnn_train_step(args, data, model)
-            fns[f"{variant}/{name}"] = lambda step=step, carry=carry: step(carry, 0)
+            step, state = indrnn_train_step(args, variant, **overrides)
+            fns[f"{variant}/{name}"] = functools.partial(step, state, 0)
     times = round_robin(fns, args.har_breakdown_steps)
     print_fn(
         f"\n[6] deep-IndRNN training step on one device, ms (median of {args.har_breakdown_steps})"
