@@ -133,6 +133,19 @@ def test_the_one_timer_interleaves_the_variants_round_after_round():
         timing.rounds(fns, 0)
 
 
+def test_tee_prints_each_line_and_writes_it_as_it_goes(tmp_path):
+    from benchmarks.perf import timing
+
+    printed, path = [], tmp_path / "new folder" / "report.txt"
+    with timing.tee(printed.append, path) as print_fn:
+        print_fn("first")
+        assert path.read_text() == "first\n"  # a long run's file holds what it has so far
+        print_fn("second")
+    assert printed == ["first", "second"] and path.read_text() == "first\nsecond\n"
+    with timing.tee(printed.append, None) as print_fn:
+        assert print_fn == printed.append  # no file: the printer itself
+
+
 def test_the_scripts_adding_problem_is_the_runners_task():
     """``adding_problem``, which every perf script builds its set-up with, computes what the
     runner trains: the registry's model and initial weights, its batches and its loss."""

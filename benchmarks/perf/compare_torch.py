@@ -82,7 +82,7 @@ from jax.sharding import PartitionSpec as P
 
 import fw_optax
 from benchmarks.machine import describe, machine
-from benchmarks.perf.timing import load_average
+from benchmarks.perf.timing import load_average, tee
 from benchmarks.registry import tasks
 from benchmarks.registry.configs import get_config
 from benchmarks.training import parallel
@@ -1055,25 +1055,6 @@ def _check_setups(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--compile is a CPU set-up; on cuda the torch step is a CUDA graph")
 
 
-@contextlib.contextmanager
-def _tee(
-    print_fn: Callable[[str], None], path: pathlib.Path | None
-) -> Iterator[Callable[[str], None]]:
-    """``print_fn``, which also writes each line to ``path`` when one is given."""
-    if path is None:
-        yield print_fn
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as out:
-
-        def both(line: str) -> None:
-            print_fn(line)
-            out.write(line + "\n")
-            out.flush()
-
-        yield both
-
-
 def main(argv: list[str] | None = None, print_fn: Callable[[str], None] | None = None) -> dict:
     """Checks, then times; returns ``{"checks": [...], "ratios": {(variant, T, B, H): ratio}}``.
 
@@ -1089,7 +1070,7 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] | None =
             f"--device cuda times fw-optax on a GPU, but JAX's default backend is {backend!r} "
             f"({jax.devices()[0].device_kind}): install a CUDA build of jax, or run --device cpu"
         )
-    with _tee(print_fn or functools.partial(print, flush=True), args.out) as print_fn:
+    with tee(print_fn or functools.partial(print, flush=True), args.out) as print_fn:
         return _compare(args, argv, print_fn)
 
 

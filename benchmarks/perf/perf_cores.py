@@ -215,23 +215,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"needs at least 2 CPU devices to split over, got {args.devices}")
     parallel.per_device_batch(args.batch, args.devices)
 
-    lines: list[str] = []
-
-    def print_fn(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-
-    print_fn(
-        f"One training step on all CPU cores. Machine: {describe(machine())}; this process "
-        f"may run on {parallel.default_device_count()} of them"
-    )
     rows = []
-    for impl in args.impls:
-        for length in args.lengths:
-            rows += measure_length(args, impl, length, print_fn)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    with timing.tee(functools.partial(print, flush=True), args.out) as print_fn:
+        print_fn(
+            f"One training step on all CPU cores. Machine: {describe(machine())}; this process "
+            f"may run on {parallel.default_device_count()} of them"
+        )
+        for impl in args.impls:
+            for length in args.lengths:
+                rows += measure_length(args, impl, length, print_fn)
     return rows
 
 

@@ -730,16 +730,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # which starts it.
     parallel.start_cpu_devices(None)
     args = parse_args(argv)
-    lines: list[str] = []
-
-    def print_fn(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-
-    run(args, print_fn)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    with timing.tee(functools.partial(print, flush=True), args.out) as print_fn:
+        run(args, print_fn)
 
 
 if __name__ == "__main__":

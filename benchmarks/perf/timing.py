@@ -1,13 +1,16 @@
 """The one timer of the measurement scripts: variants timed round-robin (one call of each in
 turn, round after round), so that a slow spell of a shared machine hits every variant alike
-instead of whichever happened to run during it."""
+instead of whichever happened to run during it; and what their reports share, the load
+average and the printed lines also written to ``--out`` (:func:`tee`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
 import statistics
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -55,3 +58,24 @@ def load_average() -> str:
         return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         return "load average unknown"
+
+
+@contextlib.contextmanager
+def tee(
+    print_fn: Callable[[str], None], path: str | os.PathLike | None
+) -> Iterator[Callable[[str], None]]:
+    """``print_fn``, which also writes each line to ``path`` when one is given (as it goes,
+    so a long run's file holds what it has measured so far)."""
+    if path is None:
+        yield print_fn
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+
+        def both(line: str) -> None:
+            print_fn(line)
+            out.write(line + "\n")
+            out.flush()
+
+        yield both
