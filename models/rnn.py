@@ -431,9 +431,11 @@ def deep_indrnn(
     depth: int = 6,
     hidden_size: int = 128,
     dropout_rate: float = 0.1,
+    layer_batch_norm: bool = True,
     **kwargs: Any,
 ) -> RNNModel:
-    """The authors' deep IndRNN: 6 layers x 128, batch norm after each layer, dropout 0.1.
+    """The authors' deep IndRNN: 6 layers x 128, batch norm after each layer
+    (``layer_batch_norm``), dropout 0.1.
 
     ``recurrent_bound`` is ``indrnn_recurrent_bound(gamma, T)``; clip to it after each step
     with ``clip_indrnn_recurrent``.
@@ -443,7 +445,7 @@ def deep_indrnn(
         output_size=output_size,
         cell="indrnn",
         depth=depth,
-        layer_batch_norm=True,
+        layer_batch_norm=layer_batch_norm,
         dropout_rate=dropout_rate,
         recurrent_bound=recurrent_bound,
         **kwargs,

@@ -461,9 +461,7 @@ def _indrnn_model(config: Config, data: TaskData, variant: str) -> nn.Module:
             config.hidden, config.depth, bound, config.dropout, config.layer_batch_norm
         )
     impl = "auto" if variant == "now" else variant
-    # The registry gives its IndRNN batch norm whatever config.layer_batch_norm says
-    # (build_model); the clone makes the model the one its config names.
-    return build_model(config, data).clone(layer_batch_norm=config.layer_batch_norm, impl=impl)
+    return build_model(config, data).clone(impl=impl)
 
 
 def deep_indrnn_model(args: argparse.Namespace, variant: str, **overrides: Any) -> nn.Module:

@@ -378,6 +378,7 @@ def build_model(config: Config, data: TaskData) -> RNNModel:
             depth=config.depth,
             hidden_size=config.hidden,
             dropout_rate=config.dropout,
+            layer_batch_norm=config.layer_batch_norm,
             unroll=config.unroll,
         )
     return RNNModel(
