@@ -12,20 +12,19 @@ import textwrap
 import numpy as np
 import pytest
 
-from worker import run_worker
+from tests.worker import run_worker
 
 _WORKER = textwrap.dedent(
     """
-    import json, sys
+    import json
     from pathlib import Path
     from benchmarks.training import parallel
     parallel.use_cpu_devices({devices})
-    sys.path.insert(0, "tests")
     import jax, numpy as np, optax
     import fw_optax
     from benchmarks.training.checkpoints import Checkpoints
     from benchmarks.training.train import train
-    from test_train import PARAMS, _host_stream, _regression
+    from tests.test_train import PARAMS, _host_stream, _regression
 
     tx = optax.chain(fw_optax.frank_wolfe(2, 0.1), optax.adam(0.05))
     mesh = parallel.training_mesh(None, 8)

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from benchmarks.registry.tasks import TASKS
 from benchmarks.report import PAPER_TABLE1, PAPER_TABLE2, TABLE2_ROWS
 from benchmarks.training.summaries import is_summary
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
 
 PAIRS = [(task, method) for task in TASKS for method in configs.task_methods(task)]
 

@@ -15,7 +15,7 @@ import pytest
 
 import fw_optax
 
-from worker import host_devices, run_worker
+from tests.worker import host_devices, run_worker
 
 RTOL = 1e-5  # float32 after 2 outer steps; the sums over the batch are split differently
 KS = (1, 3)

@@ -25,9 +25,9 @@ import pytest
 
 import fw_optax
 
-from worker import run_worker
+from tests import ROOT
+from tests.worker import run_worker
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md"))
 # Pages whose blocks run in a fresh process, as a reader's script would (the mesh page sets

@@ -11,7 +11,12 @@ import pytest
 
 import fw_optax
 
-from numpy_reference import frank_wolfe_delta, frank_wolfe_run, quadratic_grad, rnn_loss_and_grad
+from tests.numpy_reference import (
+    frank_wolfe_delta,
+    frank_wolfe_run,
+    quadratic_grad,
+    rnn_loss_and_grad,
+)
 
 P_VALUES = [1.0, 2.0, 3.0, math.inf]
 SCOPES = ["global", "leaf"]

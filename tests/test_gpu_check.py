@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
 
 
 def _gpu_check(out: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 CONSTRAINTS = ROOT / ".ci" / "minimum-versions.txt"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # The tests of fw_optax itself, which need neither flax nor the repository's models/ and
 # benchmarks/, and the modules they share.
 LIBRARY_TESTS = ["test_doctests.py", "test_frank_wolfe.py", "test_lmo.py", "test_optax_battery.py"]
 HELPERS = ["conftest.py", "numpy_reference.py", "worker.py"]
+# The package they import the helpers through (``tests.worker``).
+PACKAGE = ["__init__.py"]
 # What those files may import besides the standard library and each other.
 ALLOWED_IMPORTS = {"fw_optax", "jax", "numpy", "optax", "chex", "pytest", "hypothesis"}
 # The library's source: what pip builds the wheel from (pyproject.toml names the rest).
@@ -87,7 +90,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", LIBRARY_TESTS + HELPERS)
 def test_the_library_tests_need_only_the_library_and_its_test_tools(name):
-    local = {Path(n).stem for n in HELPERS}
+    local = {"tests"}
     extra = _imports(ROOT / "tests" / name) - set(sys.stdlib_module_names) - local
     assert extra <= ALLOWED_IMPORTS, f"{name} imports {sorted(extra - ALLOWED_IMPORTS)}"
 
@@ -181,7 +184,7 @@ def test_the_library_tests_pass_at_the_minimum_versions(tmp_path):
 
     tests = tmp_path / "tests"
     tests.mkdir()
-    for name in LIBRARY_TESTS + HELPERS:
+    for name in PACKAGE + LIBRARY_TESTS + HELPERS:
         (tests / name).write_text((ROOT / "tests" / name).read_text())
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # this folder is the rootdir, no addopts
     run = _run(

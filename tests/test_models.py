@@ -3,7 +3,6 @@ errors, and a few jitted steps with ``chain(frank_wolfe(...), sgd(...))``."""
 
 import re
 import typing
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -32,7 +31,7 @@ from models import (
 )
 from models.rnn import check_impl, resolve_impl
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import ROOT
 
 B, T, F, H = 3, 6, 2, 5
 X = jax.random.normal(jax.random.key(0), (B, T, F))
@@ -196,12 +195,12 @@ def test_measured_entries_are_numbers_from_results_files_that_exist():
     for backend, table in models_rnn.MEASURED.items():
         files = re.findall(r"results/\S+\.txt", table.source)
         assert files, backend
-        assert all((REPO / f).is_file() for f in files), table.source
+        assert all((ROOT / f).is_file() for f in files), table.source
         for by_length in table.ms.values():
             for times in by_length.values():
                 assert times and all(isinstance(ms, float) and ms > 0 for ms in times.values())
                 assert set(times) <= set(IMPLS) - {"auto"}
-    assert (REPO / "results" / "MEASURED_history.md").is_file()
+    assert (ROOT / "results" / "MEASURED_history.md").is_file()
 
 
 def test_impl_is_a_literal_checked_once_with_the_bad_value_named():

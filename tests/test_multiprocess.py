@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker import ROOT
+from tests import ROOT
 
 RTOL = 1e-5
 TIMEOUT_S = 150

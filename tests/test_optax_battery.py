@@ -20,7 +20,7 @@ import pytest
 
 import fw_optax
 
-from worker import host_devices
+from tests.worker import host_devices
 
 STEPS = 5000
 # δ_t → 0 as (1 - t/STEPS)^2: steps shrink onto the minimizer instead of orbiting it.

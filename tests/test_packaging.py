@@ -15,9 +15,10 @@ import pytest
 
 import fw_optax
 
+from tests import ROOT
+
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-ROOT = Path(__file__).resolve().parents[1]
 # The library's source files, __init__ included, and the modules pkgutil lists (without it).
 LIBRARY_FILES = sorted(p.name for p in (ROOT / "fw_optax").glob("*.py"))
 LIBRARY_MODULES = sorted(name[:-3] for name in LIBRARY_FILES if name != "__init__.py")

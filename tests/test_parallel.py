@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks.training import parallel
 
-from worker import host_devices, run_worker
+from tests.worker import host_devices, run_worker
 
 RTOL = 1e-5  # float32 after 2 outer steps; the sums over the batch are split differently
 

@@ -4,13 +4,13 @@ documentation (your own oracle, inject_hyperparams, shard_map) are run by tests/
 
 import re
 import tomllib
-from pathlib import Path
 
 import jax
 import numpy as np
 from markdown.extensions.toc import slugify
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
+
 README = (ROOT / "README.md").read_text()
 
 

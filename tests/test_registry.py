@@ -3,7 +3,6 @@ from the command line end to end."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,9 @@ from benchmarks.registry import configs
 from benchmarks.registry.methods import METHODS
 from benchmarks.registry.tasks import TASKS
 
-README = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+from tests import ROOT
+
+README = (ROOT / "benchmarks" / "README.md").read_text()
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 

@@ -26,7 +26,8 @@ from benchmarks.training import train as train_module
 from benchmarks.training.data import Dataset, add_gaussian_noise
 from benchmarks.training.stopping import Diverged, Stopped
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 T, F = 8, 2
 _CACHE_OPTIONS = {
     "jax_compilation_cache_dir": None,

@@ -11,20 +11,19 @@ import textwrap
 
 import pytest
 
-from worker import run_worker
+from tests.worker import run_worker
 
 RTOL = 1e-4  # float32 after a few outer steps; the batch sums are split differently
 
 _WORKER = textwrap.dedent(
     """
-    import json, sys, tempfile
+    import json, tempfile
     from pathlib import Path
-    sys.path.insert(0, "tests")
     from benchmarks.training import parallel
     from benchmarks import run
     from benchmarks.registry import configs
     parallel.use_cpu_devices(2)
-    from test_run import toy_config, toy_dataset
+    from tests.test_run import toy_config, toy_dataset
 
     out = {}
     tmp = Path(tempfile.mkdtemp())

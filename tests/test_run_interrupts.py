@@ -13,7 +13,8 @@ from pathlib import Path
 
 from benchmarks import run
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 STEPS, EVAL_EVERY = 300, 10
 ARGS = ["--task", "adding", "--method", "fw", "--K", "2", "--flavour", "alg1",
         "--set", "hidden=3", "length=8", "unroll=1", "--steps", str(STEPS),

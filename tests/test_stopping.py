@@ -4,7 +4,6 @@ one at once; divergence found at each seed's first non-finite loss; a diverged s
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,8 @@ import pytest
 
 from benchmarks.training.step import TrainState
 from benchmarks.training.stopping import Diverged, Stopped, freeze, nonfinite, stop_on_signals
+
+from tests import ROOT
 
 
 def test_a_second_signal_ends_the_process_at_once():
@@ -27,8 +28,7 @@ def test_a_second_signal_ends_the_process_at_once():
         "    time.sleep(30)\n"
         "    print('still running', flush=True)\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.stdout.strip() == f"[{int(signal.SIGINT)}]"
     assert done.returncode == -signal.SIGINT

@@ -2,13 +2,13 @@
 was; a summary with a field nobody knows or a status that contradicts it is refused."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from benchmarks.training.summaries import RunSummary, is_summary, read_summary, write_summary
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 COMMITTED = [
     p for p in sorted((ROOT / "results").rglob("*.json")) if is_summary(json.loads(p.read_text()))
 ]
