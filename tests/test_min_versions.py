@@ -26,10 +26,16 @@ CONSTRAINTS = ROOT / ".ci" / "minimum-versions.txt"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # The tests of fw_optax itself, which need neither flax nor the repository's models/ and
 # benchmarks/, and the modules they share.
-LIBRARY_TESTS = ["test_doctests.py", "test_frank_wolfe.py", "test_lmo.py", "test_optax_battery.py"]
-HELPERS = ["conftest.py", "numpy_reference.py", "worker.py"]
-# The package they import the helpers through (``tests.worker``).
-PACKAGE = ["__init__.py"]
+# Paths relative to tests/.
+LIBRARY_TESTS = [
+    "fw_optax/test_doctests.py",
+    "fw_optax/test_frank_wolfe.py",
+    "fw_optax/test_lmo.py",
+    "fw_optax/test_optax_battery.py",
+]
+HELPERS = ["conftest.py", "fw_optax/numpy_reference.py", "worker.py"]
+# The packages they import the helpers through (``tests.worker``).
+PACKAGE = ["__init__.py", "fw_optax/__init__.py"]
 # What those files may import besides the standard library and each other.
 ALLOWED_IMPORTS = {"fw_optax", "jax", "numpy", "optax", "chex", "pytest", "hypothesis"}
 # The library's source: what pip builds the wheel from (pyproject.toml names the rest).
@@ -96,11 +102,14 @@ def test_the_library_tests_need_only_the_library_and_its_test_tools(name):
 
 
 def test_every_library_module_with_a_test_file_is_selected():
-    # tests/ mirrors the modules: tests/test_lmo.py tests fw_optax/_lmo.py.
+    # tests/ mirrors the modules: tests/fw_optax/test_lmo.py tests fw_optax/_lmo.py.
     mirrored = {
-        f"test_{module.stem.lstrip('_')}.py" for module in (ROOT / "fw_optax").glob("_*.py")
+        f"fw_optax/test_{module.stem.lstrip('_')}.py"
+        for module in (ROOT / "fw_optax").glob("_*.py")
     }
-    present = {path.name for path in (ROOT / "tests").glob("test_*.py")}
+    present = {
+        path.relative_to(ROOT / "tests").as_posix() for path in (ROOT / "tests").rglob("test_*.py")
+    }
     assert mirrored & present <= set(LIBRARY_TESTS)
 
 
@@ -183,8 +192,8 @@ def test_the_library_tests_pass_at_the_minimum_versions(tmp_path):
     assert Path(library).is_relative_to(tmp_path / "env")
 
     tests = tmp_path / "tests"
-    tests.mkdir()
     for name in PACKAGE + LIBRARY_TESTS + HELPERS:
+        (tests / name).parent.mkdir(parents=True, exist_ok=True)
         (tests / name).write_text((ROOT / "tests" / name).read_text())
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # this folder is the rootdir, no addopts
     run = _run(
@@ -206,7 +215,7 @@ def test_the_library_tests_pass_at_the_minimum_versions(tmp_path):
     by_file: dict[str, list[str]] = {}
     for case in ET.parse(tmp_path / "report.xml").getroot().iter("testcase"):
         outcome = {child.tag for child in case} & {"failure", "error", "skipped"}
-        by_file.setdefault(case.get("classname").split(".")[1] + ".py", []).append(
+        by_file.setdefault("/".join(case.get("classname").split(".")[1:3]) + ".py", []).append(
             min(outcome, default="passed")
         )
     assert sorted(by_file) == sorted(LIBRARY_TESTS)

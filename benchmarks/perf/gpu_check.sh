@@ -8,7 +8,7 @@
 #      float32 at T=400;
 #   3. perf_seeds on the adding cases (seeds in one program against separate runs);
 #   4. perf_models again at full float32: microseconds per time step;
-#   5. tests/test_pallas.py on the GPU, the kernels compiled (not interpreted).
+#   5. tests/models/test_pallas.py on the GPU, the kernels compiled (not interpreted).
 # Each step has its own time limit; a step that fails or overruns is reported and the others
 # still run. The exit status is 0 only if every step passed.
 #
@@ -116,7 +116,7 @@ if wants perf; then
 fi
 if wants tests; then
     step tests "${limits[0]}" "$out/test_pallas.log" \
-        "$py" -m pytest tests/test_pallas.py -q -o addopts="" -p no:cacheprovider \
+        "$py" -m pytest tests/models/test_pallas.py -q -o addopts="" -p no:cacheprovider \
         "${pytest_args[@]}"
 fi
 

@@ -23,7 +23,7 @@ _WORKER = textwrap.dedent(
     from benchmarks import run
     from benchmarks.registry import configs
     parallel.use_cpu_devices(2)
-    from tests.test_run import toy_config, toy_dataset
+    from tests.benchmarks.test_run import toy_config, toy_dataset
 
     out = {}
     tmp = Path(tempfile.mkdtemp())

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 import fw_optax
 from fw_optax import group_l2_lmo, k_sparse_lmo, lp_ball_lmo, nuclear_lmo, relative_radii
 
-from tests import numpy_reference as ref
+from tests.fw_optax import numpy_reference as ref
 
 P_VALUES = [1.0, 1.5, 2.0, 3.0, 7.0, math.inf]
 

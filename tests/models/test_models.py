@@ -71,7 +71,7 @@ def test_shapes_dtypes_and_carries(config):
     assert all(leaf.shape == (B, H) for leaf in jax.tree.leaves(carries))
 
 
-# The fused path is checked cell by cell in tests/test_fused.py; here in the stacks.
+# The fused path is checked cell by cell in tests/models/test_fused.py; here in the stacks.
 FAST_CASES = [(name, "hoisted") for name in CONFIGS] + [
     (name, "fused") for name in ("deep-lstm", "deep-gru", "irnn", "deep-indrnn-bn-dropout")
 ]

@@ -2,7 +2,7 @@
 the one train-state pytree as it is laid out, and restores it as the new run lays it out.
 
 A process has the CPU devices it started with, so each device count runs in a fresh process
-(``worker.run_worker``); they share one checkpoint folder and print the restored state.
+(``tests.worker.run_worker``); they share one checkpoint folder and print the restored state.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _WORKER = textwrap.dedent(
     import fw_optax
     from benchmarks.training.checkpoints import Checkpoints
     from benchmarks.training.train import train
-    from tests.test_train import PARAMS, _host_stream, _regression
+    from tests.benchmarks.training.test_train import PARAMS, _host_stream, _regression
 
     tx = optax.chain(fw_optax.frank_wolfe(2, 0.1), optax.adam(0.05))
     mesh = parallel.training_mesh(None, 8)

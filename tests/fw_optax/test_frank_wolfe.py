@@ -11,7 +11,7 @@ import pytest
 
 import fw_optax
 
-from tests.numpy_reference import (
+from tests.fw_optax.numpy_reference import (
     frank_wolfe_delta,
     frank_wolfe_run,
     quadratic_grad,
