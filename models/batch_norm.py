@@ -19,7 +19,7 @@ In the deep IndRNN's training step batch norm's share went from 33 to 24 ms
 ``BatchNorm`` is ``flax.linen.BatchNorm`` with the statistics over all axes but the last:
 the same variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``),
 the same running averages and the same numbers up to float rounding
-(``tests/test_batch_norm.py``).
+(``tests/models/test_batch_norm.py``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ where one large one would do. The recurrences here split the work the way the ma
 
 Each function takes the parameters of one Flax cell in Flax's layout and returns what
 ``nn.RNN(cell, time_major=True, return_carry=True)`` returns, with the same numbers up to
-float rounding (``tests/test_fused.py`` checks outputs and gradients, also with
+float rounding (``tests/models/test_fused.py`` checks outputs and gradients, also with
 ``jax.test_util.check_grads`` in float64). Gradients flow to the parameters, the inputs
 and the initial carry, so deep stacks and truncated BPTT work unchanged; ``jit``, ``vmap``
 and ``grad`` inside ``lax.scan`` work as for any ``custom_vjp``.

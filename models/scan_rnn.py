@@ -9,7 +9,7 @@ and runs the cell's recurrence over a whole sequence. Two things differ from ``n
 * the gate kernels are concatenated once, so each step is a single matmul.
 
 They compute the same function as the Flax cells for the same weights (checked in
-``tests/test_scan_rnn.py``, up to float rounding from the changed summation order).
+``tests/models/test_scan_rnn.py``, up to float rounding from the changed summation order).
 ``simple_rnn_scan`` is the readable reference of a vanilla RNN and the tests' oracle.
 """
 

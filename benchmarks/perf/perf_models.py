@@ -7,7 +7,7 @@ busy machine slows them alike; times are medians. Implementations (``RNNModel.im
 steps as one matmul, autodiff through the scan) and ``fused`` (the same projection, and the
 custom backward of ``models.fused``: a loop that carries only the state cotangent, weight
 gradients as one matmul after it). All three compute the same function with the same
-parameters (``tests/test_fused.py``, ``tests/test_models.py``).
+parameters (``tests/models/test_fused.py``, ``tests/models/test_models.py``).
 
 1. Peak: a jitted float32 1024^3 matmul, GFLOP/s, timed in the same rounds as section 2.
 2. The vanilla-RNN gradient (``models.RNNModel``, hidden 128, batch 50, 2 inputs, T = 100
@@ -419,8 +419,9 @@ class LandedDeepIndRNN(nn.Module):
     ``nn.BatchNorm`` and ``nn.Dropout`` after each layer, a dense head on ``h_T``.
 
     The same parameters and, at evaluation, the same function as
-    ``RNNModel(cell="indrnn", layer_batch_norm=True, impl="flax")`` (``tests/test_perf.py``);
-    in training its dropout masks come from ``nn.Dropout`` (``jax.random.bernoulli``).
+    ``RNNModel(cell="indrnn", layer_batch_norm=True, impl="flax")``
+    (``tests/benchmarks/perf/test_perf.py``); in training its dropout masks come from
+    ``nn.Dropout`` (``jax.random.bernoulli``).
     Kept here as the baseline sections 5 and 6 measure against.
     """
 
