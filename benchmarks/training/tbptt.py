@@ -28,7 +28,8 @@ Where ``tbptt_step`` differs from the authors, and why:
   forward once at the update's weights ω (under ``stop_gradient``) and hand chunk
   k's entering carry to inner step k through ``inner_batches``. The carry into the
   first chunk of an update comes from the previous update's weights, as theirs did.
-  Cost: one extra forward pass over the update's chunks.
+  Cost: one extra forward pass over the update's chunks but the first, whose carry out
+  comes from its gradient's forward pass (so none at K = 1).
 * Batches. They took chunks from a stream of mini-batches; here a call handles one
   batch: ``ceil(n / K)`` updates, and when K does not divide n the last update wraps
   around to chunk 0 of the same batch (restarting from ``initial_carry``) instead of
@@ -182,32 +183,38 @@ def tbptt_step(
     value = chunk_loss(chunk_fn, loss_fn)
     tx = optax.with_extra_args_support(tx)
 
-    def entering_carries(params: Params, carry: Carry, idx: Array) -> tuple[Carry, Carry]:
+    def value_and_carry(params: Params, batch: ChunkBatch) -> tuple[Array, Carry]:
+        carry, y = chunk_fn(params, jax.lax.stop_gradient(batch.carry), batch.x)
+        return loss_fn(y, batch.y), carry
+
+    def enter(carry: Carry, i: Array) -> Carry:
+        """The carry entering chunk ``i``: ``initial_carry`` at chunk 0, else ``carry``."""
+        return jax.tree.map(lambda c, c0: jnp.where(i == 0, c0, c), carry, initial_carry)
+
+    def later_carries(params: Params, carry: Carry, idx: Array) -> tuple[Carry, Carry]:
         """Carries entering each chunk of ``idx`` at ``params``, and the carry after them."""
 
         def body(carry: Carry, i: Array) -> tuple[Carry, Carry]:
-            carry = jax.tree.map(lambda c, c0: jnp.where(i == 0, c0, c), carry, initial_carry)
-            new_carry, _ = chunk_fn(params, carry, chunks[i])
-            return new_carry, carry
+            carry = enter(carry, i)
+            return chunk_fn(params, carry, chunks[i])[0], carry
 
-        last, carries = jax.lax.scan(body, carry, idx)
-        return jax.lax.stop_gradient(last), jax.lax.stop_gradient(carries)
+        return jax.lax.scan(body, carry, idx)
 
     def update(state: tuple[Params, optax.OptState, Carry], idx: Array):
         params, opt_state, carry = state
-        carry_out, carries = entering_carries(params, carry, idx)
-        batches = ChunkBatch(chunks[idx], carries, jnp.broadcast_to(y, (inner_steps,) + y.shape))
-        first = jax.tree.map(lambda leaf: leaf[0], batches)
-        loss, grads = jax.value_and_grad(value)(params, first)
+        first = ChunkBatch(chunks[idx[0]], enter(carry, idx[0]), y)
+        (loss, carry), grads = jax.value_and_grad(value_and_carry, has_aux=True)(params, first)
+        carry = jax.lax.stop_gradient(carry)
         if inner_steps == 1:
             extra = {"value_fn": lambda w: value(w, first)}
         else:
-            extra = {
-                "value_fn": value,
-                "inner_batches": jax.tree.map(lambda leaf: leaf[1:], batches),
-            }
+            carry, carries = jax.lax.stop_gradient(later_carries(params, carry, idx[1:]))
+            batches = ChunkBatch(
+                chunks[idx[1:]], carries, jnp.broadcast_to(y, (inner_steps - 1,) + y.shape)
+            )
+            extra = {"value_fn": value, "inner_batches": batches}
         step, opt_state = tx.update(grads, opt_state, params, **extra)
-        return (optax.apply_updates(params, step), opt_state, carry_out), loss
+        return (optax.apply_updates(params, step), opt_state, carry), loss
 
     (params, opt_state, _), losses = jax.lax.scan(
         update, (params, opt_state, initial_carry), schedule, length=updates

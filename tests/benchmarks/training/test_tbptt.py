@@ -181,6 +181,38 @@ def test_tbptt_with_frank_wolfe_feeds_chunk_k_to_inner_step_k():
     assert step._cache_size() == 1
 
 
+def test_tbptt_with_frank_wolfe_wraps_the_last_update_around_to_chunk_zero():
+    """K = 3 on n = 4 chunks: updates [0, 1, 2] then [3, 0, 1]. Chunk 3 enters with the carry
+    of the previous update's weights; chunk 0 restarts from the initial carry."""
+    model, params = _model("simple")
+    apply, value = rnn_chunk_fn(model), chunk_loss(rnn_chunk_fn(model), mse_loss)
+    K, length = 3, 2
+    tx = optax.chain(fw_optax.frank_wolfe(K=K, delta=0.1), optax.sgd(1.0))
+    init = model.initialize_carry(B)
+    new, _, losses = jax.jit(
+        lambda p, s: tbptt_step(
+            apply, mse_loss, tx, p, s, X, Y, chunk_length=length, initial_carry=init,
+            inner_steps=K,
+        )
+    )(params, tx.init(params))  # fmt: skip
+
+    chunks, state, carry, expected = split_chunks(X, length), tx.init(params), init, []
+    for idx in ([0, 1, 2], [3, 0, 1]):
+        carries = []
+        for c in idx:
+            carry = init if c == 0 else carry
+            carries.append(carry)
+            carry, _ = apply(params, carry, chunks[c])
+        batches = [ChunkBatch(chunks[c], h, Y) for c, h in zip(idx, carries, strict=True)]
+        loss, grads = jax.value_and_grad(value)(params, batches[0])
+        inner = jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches[1:])
+        updates, state = tx.update(grads, state, params, value_fn=value, inner_batches=inner)
+        params = optax.apply_updates(params, updates)
+        expected.append(loss)
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    _allclose_tree(new, params)
+
+
 @pytest.mark.parametrize("length", [0, -2, 3, 16])
 def test_bad_chunk_length_raises_value_error_naming_it(length):
     model, params = _model()
