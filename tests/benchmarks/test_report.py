@@ -509,6 +509,16 @@ def test_fig3_claims_hold_on_curves_that_tell_the_papers_story(tmp_path):
     assert figure.startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize(
+    ("ends", "text"),
+    [([1.0], "1 epoch"), ([7.0, 5.98719], "6-7 epochs"), ([5.98719, 6.0], "6 epochs"),
+     ([2.5], "2.5 epochs")],
+)  # fmt: skip
+def test_fig3_titles_give_the_epochs_reached_to_a_tenth(ends, text):
+    runs = [{"records": [{"epoch": 0.0}, {"epoch": end}]} for end in ends]
+    assert report.epoch_span(runs) == text
+
+
 def test_fig3_claims_fail_where_the_curves_disagree_and_early_reads_say_so(tmp_path):
     _paper_story(tmp_path / "slow_k5", k5_faster=False)
     assert _claims(tmp_path / "slow_k5")[6] == "no"
