@@ -97,18 +97,26 @@ def rnn_chunk_fn(model: Any, state: dict[str, Any] | None = None) -> ChunkFn:
     return apply
 
 
+def _loss_and_carry(
+    chunk_fn: ChunkFn, loss_fn: LossFn
+) -> Callable[[Params, ChunkBatch], tuple[Array, Carry]]:
+    """``(loss, carry out)`` of one chunk from its given, constant, entering carry."""
+
+    def loss_and_carry(params: Params, batch: ChunkBatch) -> tuple[Array, Carry]:
+        carry, y = chunk_fn(params, jax.lax.stop_gradient(batch.carry), batch.x)
+        return loss_fn(y, batch.y), carry
+
+    return loss_and_carry
+
+
 def chunk_loss(chunk_fn: ChunkFn, loss_fn: LossFn) -> Callable[[Params, ChunkBatch], Array]:
     """``value(params, batch) = loss(y_last, label)`` of one chunk from its given carry.
 
     The entering carry is a constant (``stop_gradient``): the gradient stays in the chunk.
     This is the ``value_fn`` that ``tbptt_step`` hands to ``frank_wolfe``.
     """
-
-    def value(params: Params, batch: ChunkBatch) -> Array:
-        _, y = chunk_fn(params, jax.lax.stop_gradient(batch.carry), batch.x)
-        return loss_fn(y, batch.y)
-
-    return value
+    loss_and_carry = _loss_and_carry(chunk_fn, loss_fn)
+    return lambda params, batch: loss_and_carry(params, batch)[0]
 
 
 def tbptt_loss(
@@ -181,11 +189,8 @@ def tbptt_step(
     chunks = split_chunks(x, chunk_length)
     updates, schedule = _chunk_schedule(chunks.shape[0], inner_steps)
     value = chunk_loss(chunk_fn, loss_fn)
+    grad_and_carry = jax.value_and_grad(_loss_and_carry(chunk_fn, loss_fn), has_aux=True)
     tx = optax.with_extra_args_support(tx)
-
-    def value_and_carry(params: Params, batch: ChunkBatch) -> tuple[Array, Carry]:
-        carry, y = chunk_fn(params, jax.lax.stop_gradient(batch.carry), batch.x)
-        return loss_fn(y, batch.y), carry
 
     def enter(carry: Carry, i: Array) -> Carry:
         """The carry entering chunk ``i``: ``initial_carry`` at chunk 0, else ``carry``."""
@@ -203,7 +208,7 @@ def tbptt_step(
     def update(state: tuple[Params, optax.OptState, Carry], idx: Array):
         params, opt_state, carry = state
         first = ChunkBatch(chunks[idx[0]], enter(carry, idx[0]), y)
-        (loss, carry), grads = jax.value_and_grad(value_and_carry, has_aux=True)(params, first)
+        (loss, carry), grads = grad_and_carry(params, first)
         carry = jax.lax.stop_gradient(carry)
         if inner_steps == 1:
             extra = {"value_fn": lambda w: value(w, first)}
